@@ -1,0 +1,255 @@
+//! Wiring: opens the bus and stores a configuration names and runs the services together
+//! (`livros up`) or alone (`livros s1|s2|s3`). The binary parses flags into [`Settings`];
+//! tests and the benchmark call these functions directly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::embedded::EmbeddedBus;
+use crate::bus::{Bus, BusError};
+use crate::routing::{self, Router};
+use crate::services::s1::{S1Config, S1Report};
+use crate::services::s2::S2Config;
+use crate::services::s3::S3Config;
+use crate::services::{Counters, ServiceError, s1, s2, s3};
+use crate::store::{OpenError, StoreConfig, Stores};
+
+/// Where everything lives and how the services behave.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory of the embedded bus, stores and audit log.
+    pub data_dir: PathBuf,
+    /// Real stores, by URL.
+    pub stores: StoreConfig,
+    /// Partitions of topics created at start.
+    pub partitions: i32,
+    /// The audit log S3 writes.
+    pub audit_log: PathBuf,
+    /// S2's settings.
+    pub s2: S2Config,
+    /// S3's consumer group.
+    pub s3_group: String,
+    /// Google Books API key, if any.
+    pub google_books_key: Option<String>,
+    /// Google Books API root.
+    pub google_books_url: String,
+}
+
+impl Settings {
+    /// Embedded defaults under `data_dir`.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            audit_log: data_dir.join("messages.log"),
+            data_dir,
+            stores: StoreConfig::default(),
+            partitions: 3,
+            s2: S2Config::default(),
+            s3_group: crate::services::S3_GROUP.into(),
+            google_books_key: None,
+            google_books_url: crate::catalog::GOOGLE_BOOKS_URL.into(),
+        }
+    }
+}
+
+/// Errors of the wiring.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The bus could not be opened or failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// A store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A service stopped with an error.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+/// Opens the bus the settings name, creating every topic the system uses.
+pub async fn open_bus(settings: &Settings) -> Result<Arc<dyn Bus>, AppError> {
+    let bus = EmbeddedBus::open(&settings.data_dir).await?;
+    bus.ensure_topics(&routing::all_topics(), settings.partitions).await?;
+    Ok(Arc::new(bus))
+}
+
+/// Opens the stores the settings name.
+pub async fn open_stores(settings: &Settings) -> Result<Stores, AppError> {
+    Ok(Stores::open(&settings.data_dir, &settings.stores).await?)
+}
+
+/// Lines saying where each kind of data goes, for the start of `up` and `s2`.
+pub fn describe(bus: &dyn Bus, stores: Option<&Stores>, settings: &Settings) -> Vec<String> {
+    let mut lines = vec![format!("bus: {}", bus.describe())];
+    if let Some(stores) = stores {
+        for route in routing::ROUTES {
+            let store = match route.store {
+                routing::StoreKind::Relational => stores.relational.describe(),
+                routing::StoreKind::Document => stores.document.describe(),
+                routing::StoreKind::KeyValue => stores.key_value.describe(),
+            };
+            lines.push(format!("{:<9} → {} store: {store}", route.topic, route.store.name()));
+        }
+    }
+    lines.push(format!("audit log: {}", settings.audit_log.display()));
+    lines
+}
+
+/// What a run of the whole pipeline did.
+#[derive(Debug, Clone, Default)]
+pub struct UpReport {
+    /// What S1 sent.
+    pub sent: S1Report,
+    /// Messages S2 stored.
+    pub stored: u64,
+    /// Messages S2 dead-lettered.
+    pub dead_lettered: u64,
+    /// Messages S3 logged.
+    pub logged: u64,
+    /// From start to every message logged.
+    pub elapsed: Duration,
+}
+
+/// The services of one process, running until cancelled.
+pub struct Pipeline {
+    /// Cancel to stop every service.
+    pub shutdown: CancellationToken,
+    /// Running totals.
+    pub counters: Arc<Counters>,
+    /// The router S2 uses (for its store timings).
+    pub router: Option<Router>,
+    tasks: tokio::task::JoinSet<Result<(), ServiceError>>,
+}
+
+impl Pipeline {
+    /// Starts S2 (when `stores` is given) and S3 (when `with_s3`) in the background.
+    pub fn start(bus: Arc<dyn Bus>, stores: Option<Stores>, with_s3: bool, settings: &Settings, print_events: bool) -> Self {
+        let shutdown = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        let router = stores.map(Router::new);
+        if let Some(router) = &router {
+            let config = S2Config {
+                print_events,
+                ..settings.s2.clone()
+            };
+            tasks.spawn(s2::run(bus.clone(), router.clone(), config, counters.clone(), shutdown.clone()));
+        }
+        if with_s3 {
+            let config = S3Config {
+                group: settings.s3_group.clone(),
+                log_path: settings.audit_log.clone(),
+                topics: routing::all_topics(),
+                batch_size: settings.s2.batch_size,
+                print_events,
+            };
+            tasks.spawn(s3::run(bus.clone(), config, counters.clone(), shutdown.clone()));
+        }
+        Self {
+            shutdown,
+            counters,
+            router,
+            tasks,
+        }
+    }
+
+    /// Waits until `group` has committed everything published on `topics`, or a service
+    /// fails.
+    pub async fn drain(&mut self, bus: &dyn Bus, group: &str, topics: &[String]) -> Result<(), AppError> {
+        loop {
+            if bus.lag(group, topics).await? == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                Some(done) = self.tasks.join_next() => {
+                    done.expect("service task panicked")?;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Stops every service (each finishes the batch it is on) and waits for them.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        self.shutdown.cancel();
+        let mut result = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            if let Err(e) = done.expect("service task panicked") {
+                result = result.and(Err(e.into()));
+            }
+        }
+        result
+    }
+
+    /// Waits until a service fails or `stop_signal` fires, then stops them all.
+    pub async fn run_until(mut self, stop_signal: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+        tokio::pin!(stop_signal);
+        loop {
+            tokio::select! {
+                _ = &mut stop_signal => return self.stop().await,
+                done = self.tasks.join_next() => match done {
+                    None => return Ok(()),
+                    Some(done) => {
+                        if let Err(e) = done.expect("service task panicked") {
+                            self.shutdown.cancel();
+                            let _ = self.stop().await;
+                            return Err(e.into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs S1, S2 and S3 in this process. With `s1.count`, returns once every message S1
+/// sent has been stored (or dead-lettered) and logged; otherwise runs until `stop_signal`.
+pub async fn up(
+    bus: Arc<dyn Bus>,
+    stores: Stores,
+    settings: &Settings,
+    s1_config: S1Config,
+    stop_signal: impl std::future::Future<Output = ()>,
+    on_start: impl FnOnce(&Arc<Counters>),
+) -> Result<UpReport, AppError> {
+    let started = Instant::now();
+    let print_events = s1_config.print_events;
+    let mut pipeline = Pipeline::start(bus.clone(), Some(stores), true, settings, print_events);
+    on_start(&pipeline.counters);
+    let (books, source) = crate::catalog::load(settings.google_books_key.as_deref(), &settings.google_books_url).await;
+    tracing::info!("{source}");
+    let bounded = s1_config.count.is_some();
+    let s1 = s1::run(bus.clone(), books, s1_config, pipeline.counters.clone(), pipeline.shutdown.clone());
+    tokio::pin!(stop_signal);
+    let sent = tokio::select! {
+        sent = s1 => sent?,
+        _ = &mut stop_signal => {
+            pipeline.stop().await?;
+            return Ok(UpReport::default());
+        }
+    };
+    if bounded {
+        let drained = async {
+            pipeline.drain(&*bus, &settings.s2.group, &routing::entity_topics()).await?;
+            pipeline.drain(&*bus, &settings.s3_group, &routing::all_topics()).await
+        };
+        tokio::select! {
+            drained = drained => drained?,
+            _ = &mut stop_signal => {}
+        }
+    } else {
+        stop_signal.await;
+    }
+    let counters = pipeline.counters.clone();
+    pipeline.stop().await?;
+    Ok(UpReport {
+        sent,
+        stored: Counters::get(&counters.stored),
+        dead_lettered: Counters::get(&counters.dead_lettered),
+        logged: Counters::get(&counters.logged),
+        elapsed: started.elapsed(),
+    })
+}

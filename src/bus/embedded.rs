@@ -1,0 +1,519 @@
+//! The embedded bus: a durable, multi-process log in one SQLite file (`<data dir>/bus.db`).
+//!
+//! Layout: `topics` (name, partition count), `partitions` (next offset of each),
+//! `messages` (one row per message, keyed by topic, partition, offset), `group_offsets`
+//! (each group's committed next offset per partition) and `leases` (which group member reads
+//! a topic).
+//!
+//! Fsync policy: WAL journal with `synchronous=FULL`, so a publish or a commit that has
+//! returned survives kill -9 *and* power loss; batching is what keeps that affordable.
+//! Writers take the lock up front (`BEGIN IMMEDIATE`), so processes sharing the file queue on
+//! SQLite's busy timeout instead of failing.
+//!
+//! Group membership is a lease per (group, topic): one member reads a topic at a time; the
+//! others wait and take over when the holder closes, its lease expires, or its process is
+//! found dead. Commits are fenced by the lease. Scaling one group across machines is Kafka's
+//! job, not this module's. Messages are kept forever (it is also the audit trail).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::Notify;
+
+use super::{Bus, BusError, BusResult, Consumer, Message, Record, StartFrom, TopicPartition, TopicStats};
+
+/// How long a member's claim on a topic lasts without renewal. A crashed member on another
+/// host blocks its topic this long; one on this host is detected at once by its pid.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// Renew well before expiry so a busy member never loses its lease by accident.
+const LEASE_RENEW: Duration = Duration::from_secs(3);
+/// Idle poll interval: wake-ups within one process are immediate (a `Notify`); this bounds
+/// how long a consumer in another process waits to see a new message.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// Rows per INSERT statement: 7 bound values each stays far below SQLite's variable limit.
+const INSERT_CHUNK: usize = 500;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS partitions (topic TEXT NOT NULL, partition INTEGER NOT NULL,
+        next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS messages (topic TEXT NOT NULL, partition INTEGER NOT NULL,
+        offset INTEGER NOT NULL, key TEXT, headers TEXT, payload BLOB NOT NULL,
+        timestamp_ms INTEGER NOT NULL, PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS group_offsets (grp TEXT NOT NULL, topic TEXT NOT NULL,
+        partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+        PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS leases (grp TEXT NOT NULL, topic TEXT NOT NULL, owner TEXT NOT NULL,
+        host TEXT NOT NULL, pid INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (grp, topic)) WITHOUT ROWID",
+];
+
+fn unavailable(e: sqlx::Error) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// This machine's name, to tell whether a lease holder's pid can be checked here.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn pid_alive(pid: i64) -> bool {
+    // Without /proc we cannot tell; assume alive and let the lease expire.
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The embedded bus. Cheap to clone; clones share the pool and the wake-up signal.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    pool: SqlitePool,
+    path: PathBuf,
+    notify: Arc<Notify>,
+    partitions: Arc<Mutex<HashMap<String, i32>>>,
+    round_robin: Arc<AtomicU64>,
+}
+
+impl EmbeddedBus {
+    /// Opens (creating if needed) the bus stored in `dir/bus.db`.
+    pub async fn open(dir: &Path) -> BusResult<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BusError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("bus.db");
+        let pool = crate::sqlite::open(&path, 4).await.map_err(unavailable)?;
+        crate::sqlite::apply_schema(&pool, SCHEMA).await.map_err(unavailable)?;
+        Ok(Self {
+            pool,
+            path,
+            notify: Arc::new(Notify::new()),
+            partitions: Arc::default(),
+            round_robin: Arc::default(),
+        })
+    }
+
+    async fn partition_count(&self, topic: &str) -> BusResult<i32> {
+        if let Some(n) = self.partitions.lock().expect("poisoned").get(topic) {
+            return Ok(*n);
+        }
+        let n: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
+            .bind(topic)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let n = n.ok_or_else(|| BusError::UnknownTopic(topic.to_string()))? as i32;
+        self.partitions
+            .lock()
+            .expect("poisoned")
+            .insert(topic.to_string(), n);
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl Bus for EmbeddedBus {
+    async fn ensure_topics(&self, topics: &[String], partitions: i32) -> BusResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        for topic in topics {
+            let created = sqlx::query("INSERT INTO topics (name, partitions) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(topic)
+                .bind(i64::from(partitions.max(1)))
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+            if created == 1 {
+                for p in 0..partitions.max(1) {
+                    sqlx::query("INSERT INTO partitions (topic, partition, next_offset) VALUES (?, ?, 0)")
+                        .bind(topic)
+                        .bind(p)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn publish(&self, records: Vec<Record>) -> BusResult<Vec<(i32, i64)>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut placed = Vec::with_capacity(records.len());
+        for r in &records {
+            let n = self.partition_count(&r.topic).await?;
+            let fallback = self.round_robin.fetch_add(1, Ordering::Relaxed);
+            placed.push(super::partition_for(r.key.as_deref(), n, fallback));
+        }
+        let timestamp = now_ms();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        let mut result = Vec::with_capacity(records.len());
+        for (r, p) in records.iter().zip(&placed) {
+            let key = (r.topic.as_str(), *p);
+            if !next.contains_key(&key) {
+                let n: i64 = sqlx::query_scalar("SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?")
+                    .bind(&r.topic)
+                    .bind(p)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                next.insert(key, n);
+            }
+            let offset = next.get_mut(&key).expect("just inserted");
+            result.push((*p, *offset));
+            *offset += 1;
+        }
+        for chunk in records.iter().zip(&result).collect::<Vec<_>>().chunks(INSERT_CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO messages (topic, partition, offset, key, headers, payload, timestamp_ms) ",
+            );
+            q.push_values(chunk, |mut row, (r, (p, o))| {
+                let headers = (!r.headers.is_empty())
+                    .then(|| serde_json::to_string(&r.headers).expect("strings serialize"));
+                row.push_bind(r.topic.clone())
+                    .push_bind(*p)
+                    .push_bind(*o)
+                    .push_bind(r.key.clone())
+                    .push_bind(headers)
+                    .push_bind(r.payload.clone())
+                    .push_bind(timestamp);
+            });
+            q.build().execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        for ((topic, p), n) in &next {
+            sqlx::query("UPDATE partitions SET next_offset = ? WHERE topic = ? AND partition = ?")
+                .bind(n)
+                .bind(*topic)
+                .bind(p)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        self.notify.notify_waiters();
+        Ok(result)
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[String], start: StartFrom) -> BusResult<Box<dyn Consumer>> {
+        let mut partitions = BTreeMap::new();
+        for t in topics {
+            partitions.insert(t.clone(), self.partition_count(t).await?);
+        }
+        Ok(Box::new(EmbeddedConsumer {
+            bus: self.clone(),
+            group: group.to_string(),
+            owner: uuid::Uuid::new_v4().to_string(),
+            host: hostname(),
+            start,
+            partitions,
+            held: HashMap::new(),
+            positions: BTreeMap::new(),
+            last_claim_attempt: None,
+            cursor: 0,
+        }))
+    }
+
+    async fn stats(&self, topics: &[String]) -> BusResult<BTreeMap<String, TopicStats>> {
+        let mut out = BTreeMap::new();
+        for topic in topics {
+            let published: Option<i64> = sqlx::query_scalar("SELECT SUM(next_offset) FROM partitions WHERE topic = ?")
+                .bind(topic)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let rows = sqlx::query("SELECT grp, SUM(next_offset) AS n FROM group_offsets WHERE topic = ? GROUP BY grp")
+                .bind(topic)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            let consumed = rows
+                .iter()
+                .map(|r| (r.get::<String, _>("grp"), r.get::<i64, _>("n")))
+                .collect();
+            out.insert(
+                topic.clone(),
+                TopicStats {
+                    published: published.unwrap_or(0),
+                    consumed,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded ({})", self.path.display())
+    }
+}
+
+/// A group member on the embedded bus.
+struct EmbeddedConsumer {
+    bus: EmbeddedBus,
+    group: String,
+    owner: String,
+    host: String,
+    start: StartFrom,
+    /// Subscribed topics and their partition counts.
+    partitions: BTreeMap<String, i32>,
+    /// Topics whose lease this member holds, with when it was last renewed.
+    held: HashMap<String, Instant>,
+    /// Next offset to read, per held partition.
+    positions: BTreeMap<TopicPartition, i64>,
+    last_claim_attempt: Option<Instant>,
+    /// Rotates the partition read first, so one busy partition cannot starve the others.
+    cursor: usize,
+}
+
+impl EmbeddedConsumer {
+    /// Claims or renews the lease on `topic`; true when this member holds it afterwards.
+    async fn claim(&self, topic: &str) -> BusResult<bool> {
+        let mut tx = self.bus.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let current = sqlx::query("SELECT owner, host, pid, expires_ms FROM leases WHERE grp = ? AND topic = ?")
+            .bind(&self.group)
+            .bind(topic)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let free = match &current {
+            None => true,
+            Some(row) => {
+                let owner: String = row.get("owner");
+                let host: String = row.get("host");
+                let pid: i64 = row.get("pid");
+                let expires: i64 = row.get("expires_ms");
+                owner == self.owner
+                    || expires < now_ms()
+                    || (host == self.host && pid != i64::from(std::process::id()) && !pid_alive(pid))
+            }
+        };
+        if free {
+            sqlx::query(
+                "INSERT INTO leases (grp, topic, owner, host, pid, expires_ms) VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (grp, topic) DO UPDATE SET owner = excluded.owner, host = excluded.host,
+                 pid = excluded.pid, expires_ms = excluded.expires_ms",
+            )
+            .bind(&self.group)
+            .bind(topic)
+            .bind(&self.owner)
+            .bind(&self.host)
+            .bind(i64::from(std::process::id()))
+            .bind(now_ms() + LEASE_TTL.as_millis() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(free)
+    }
+
+    /// Loads where to start reading `topic`: the group's commits, else the start policy.
+    async fn load_positions(&mut self, topic: &str) -> BusResult<()> {
+        let n = self.partitions[topic];
+        for p in 0..n {
+            let committed: Option<i64> = sqlx::query_scalar(
+                "SELECT next_offset FROM group_offsets WHERE grp = ? AND topic = ? AND partition = ?",
+            )
+            .bind(&self.group)
+            .bind(topic)
+            .bind(p)
+            .fetch_optional(&self.bus.pool)
+            .await
+            .map_err(unavailable)?;
+            let position = match (committed, self.start) {
+                (Some(o), _) => o,
+                (None, StartFrom::Earliest) => 0,
+                (None, StartFrom::Latest) => {
+                    sqlx::query_scalar("SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?")
+                        .bind(topic)
+                        .bind(p)
+                        .fetch_one(&self.bus.pool)
+                        .await
+                        .map_err(unavailable)?
+                }
+            };
+            self.positions.insert((topic.to_string(), p), position);
+        }
+        Ok(())
+    }
+
+    /// Claims topics not yet held (at most once a second) and renews held ones when due.
+    async fn maintain_leases(&mut self) -> BusResult<()> {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, renewed)| now.duration_since(**renewed) >= LEASE_RENEW)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in due {
+            if self.claim(&topic).await? {
+                self.held.insert(topic, now);
+            } else {
+                tracing::warn!(group = %self.group, %topic, "lost the lease on a topic; another member took over");
+                self.held.remove(&topic);
+                self.positions.retain(|(t, _), _| *t != topic);
+            }
+        }
+        let missing: Vec<String> = self
+            .partitions
+            .keys()
+            .filter(|t| !self.held.contains_key(*t))
+            .cloned()
+            .collect();
+        if missing.is_empty() || self.last_claim_attempt.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return Ok(());
+        }
+        self.last_claim_attempt = Some(now);
+        for topic in missing {
+            if self.claim(&topic).await? {
+                self.load_positions(&topic).await?;
+                self.held.insert(topic, now);
+            } else {
+                tracing::info!(group = %self.group, %topic, "topic is read by another member of the group; waiting to take over");
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch(&mut self, max: usize) -> BusResult<Vec<Message>> {
+        let parts: Vec<(TopicPartition, i64)> = self.positions.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut out = Vec::new();
+        if parts.is_empty() {
+            return Ok(out);
+        }
+        self.cursor = (self.cursor + 1) % parts.len();
+        for i in 0..parts.len() {
+            if out.len() >= max {
+                break;
+            }
+            let ((topic, partition), from) = &parts[(self.cursor + i) % parts.len()];
+            let rows = sqlx::query(
+                "SELECT offset, key, headers, payload, timestamp_ms FROM messages
+                 WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+            )
+            .bind(topic)
+            .bind(partition)
+            .bind(from)
+            .bind((max - out.len()) as i64)
+            .fetch_all(&self.bus.pool)
+            .await
+            .map_err(unavailable)?;
+            for row in rows {
+                let headers: Option<String> = row.get("headers");
+                let message = Message {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: row.get("offset"),
+                    key: row.get("key"),
+                    headers: headers
+                        .and_then(|h| serde_json::from_str(&h).ok())
+                        .unwrap_or_default(),
+                    payload: row.get("payload"),
+                    timestamp_ms: row.get("timestamp_ms"),
+                };
+                self.positions
+                    .insert((topic.clone(), *partition), message.offset + 1);
+                out.push(message);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn poll(&mut self, max: usize, timeout: Duration) -> BusResult<Vec<Message>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notify = self.bus.notify.clone();
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.maintain_leases().await?;
+            let messages = self.fetch(max.max(1)).await?;
+            let now = Instant::now();
+            if !messages.is_empty() || now >= deadline {
+                return Ok(messages);
+            }
+            let wait = IDLE_POLL.min(deadline - now);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn commit(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> BusResult<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.bus.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let topics: HashSet<&String> = offsets.keys().map(|(t, _)| t).collect();
+        for topic in topics {
+            let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM leases WHERE grp = ? AND topic = ?")
+                .bind(&self.group)
+                .bind(topic)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            if owner.as_deref() != Some(self.owner.as_str()) {
+                return Err(BusError::Fenced(format!(
+                    "group `{}` no longer owns topic `{topic}` here; its messages will be redelivered",
+                    self.group
+                )));
+            }
+        }
+        for ((topic, partition), next) in offsets {
+            sqlx::query(
+                "INSERT INTO group_offsets (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            )
+            .bind(&self.group)
+            .bind(topic)
+            .bind(partition)
+            .bind(next)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn seek(&mut self, topic: &str, partition: i32, offset: i64) -> BusResult<()> {
+        let n = *self
+            .partitions
+            .get(topic)
+            .ok_or_else(|| BusError::UnknownTopic(topic.to_string()))?;
+        if partition < 0 || partition >= n {
+            return Err(BusError::UnknownTopic(format!("{topic}[{partition}]")));
+        }
+        self.maintain_leases().await?;
+        if self.held.contains_key(topic) {
+            self.positions.insert((topic.to_string(), partition), offset.max(0));
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> BusResult<()> {
+        sqlx::query("DELETE FROM leases WHERE grp = ? AND owner = ?")
+            .bind(&self.group)
+            .bind(&self.owner)
+            .execute(&self.bus.pool)
+            .await
+            .map_err(unavailable)?;
+        self.held.clear();
+        self.positions.clear();
+        Ok(())
+    }
+}

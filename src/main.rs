@@ -1,0 +1,430 @@
+//! `livros`: the command line. Parses flags (each with an environment variable), sets up
+//! logging, and calls into the library. Errors print as one line that says what to check.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use livros::app::{self, Settings};
+use livros::routing::{self, BOOKS_COLLECTION, Entity};
+use livros::services::Counters;
+use livros::services::s1::S1Config;
+use livros::store::StoreConfig;
+
+/// Livros & Dados: an online bookstore on polyglot persistence.
+///
+/// S1 generates customers, books and orders and publishes them on a message bus; S2 stores
+/// customers in a relational store, books in a document store and orders in a key-value
+/// store; S3 appends every message to an audit log. With no URLs given, everything runs
+/// embedded under --data-dir: no servers needed.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Directory for the embedded bus, embedded stores and the audit log.
+    #[arg(long, env = "LIVROS_DATA_DIR", default_value = "livros-data", global = true)]
+    data_dir: PathBuf,
+
+    /// PostgreSQL URL for customers (e.g. postgres://user:pass@127.0.0.1:5432/livros).
+    /// Unset: embedded SQLite in the data dir.
+    #[arg(long, env = "LIVROS_POSTGRES_URL", global = true)]
+    postgres_url: Option<String>,
+
+    /// Redis URL for orders (e.g. redis://127.0.0.1:6379). Unset: embedded key-value store.
+    #[arg(long, env = "LIVROS_REDIS_URL", global = true)]
+    redis_url: Option<String>,
+
+    /// Prefix for every Redis key, to share one Redis between deployments.
+    #[arg(long, env = "LIVROS_REDIS_PREFIX", default_value = "", global = true)]
+    redis_prefix: String,
+
+    /// Partitions of each topic created at start.
+    #[arg(long, env = "LIVROS_PARTITIONS", default_value_t = 3, global = true)]
+    partitions: i32,
+
+    /// The audit log S3 appends to. Default: <data dir>/messages.log.
+    #[arg(long, env = "LIVROS_AUDIT_LOG", global = true)]
+    audit_log: Option<PathBuf>,
+
+    /// Google Books API key; without it (or when the API is unreachable) S1 uses the
+    /// offline catalogue.
+    #[arg(long, env = "GOOGLE_BOOKS_API_KEY", global = true, hide_env_values = true)]
+    google_books_api_key: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct ProduceArgs {
+    /// Rounds to produce (each: one customer, one book, one order), then exit once all are
+    /// processed. Unset: run until Ctrl-C.
+    #[arg(long)]
+    count: Option<u64>,
+
+    /// Events per second; 0 means as fast as possible.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+
+    /// Seed for reproducible data.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Args, Clone)]
+struct ConsumeArgs {
+    /// Most messages per batch (and per store round trip).
+    #[arg(long, env = "LIVROS_BATCH_SIZE", default_value_t = 1000)]
+    batch_size: usize,
+
+    /// How long an order may wait for its customer and book before it is dead-lettered, in ms.
+    #[arg(long, env = "LIVROS_REFERENCE_GRACE_MS", default_value_t = 10_000)]
+    reference_grace_ms: u64,
+
+    /// S2's consumer group.
+    #[arg(long, env = "LIVROS_S2_GROUP", default_value = livros::services::S2_GROUP)]
+    s2_group: String,
+
+    /// S3's consumer group.
+    #[arg(long, env = "LIVROS_S3_GROUP", default_value = livros::services::S3_GROUP)]
+    s3_group: String,
+}
+
+#[derive(Args, Clone)]
+struct OutputArgs {
+    /// Print no line per event (a progress bar shows on a terminal instead).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run S1, S2 and S3 in this process.
+    Up {
+        #[command(flatten)]
+        produce: ProduceArgs,
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run S1 alone: generate and publish.
+    S1 {
+        #[command(flatten)]
+        produce: ProduceArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run S2 alone: store what arrives, by the routing table.
+    S2 {
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run S3 alone: append every message to the audit log.
+    S3 {
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Print a stored record as JSON, read from its store.
+    Get {
+        /// What to read.
+        entity: EntityArg,
+        /// Its id.
+        id: String,
+    },
+    /// Messages published and consumed per topic and group, and records per store.
+    Stats {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the pipeline on N events as fast as possible and print the throughput.
+    Bench {
+        /// Events (split evenly between customers, books and orders).
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Keep the data dir instead of using a fresh temporary one.
+        #[arg(long)]
+        in_data_dir: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EntityArg {
+    Customer,
+    Book,
+    Order,
+}
+
+impl Global {
+    fn settings(&self, consume: Option<&ConsumeArgs>) -> Settings {
+        let mut s = Settings::embedded(&self.data_dir);
+        s.stores = StoreConfig {
+            postgres_url: self.postgres_url.clone(),
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+        };
+        s.partitions = self.partitions;
+        if let Some(log) = &self.audit_log {
+            s.audit_log = log.clone();
+        }
+        s.google_books_key = self.google_books_api_key.clone();
+        if let Ok(url) = std::env::var("GOOGLE_BOOKS_API_URL") {
+            s.google_books_url = url;
+        }
+        if let Some(c) = consume {
+            s.s2.batch_size = c.batch_size.max(1);
+            s.s2.reference_grace = Duration::from_millis(c.reference_grace_ms);
+            s.s2.group = c.s2_group.clone();
+            s.s3_group = c.s3_group.clone();
+        }
+        s
+    }
+}
+
+fn s1_config(p: &ProduceArgs, o: &OutputArgs) -> anyhow::Result<S1Config> {
+    anyhow::ensure!(p.rate >= 0.0 && p.rate.is_finite(), "--rate must be 0 (as fast as possible) or a positive number of events per second");
+    Ok(S1Config {
+        count: p.count,
+        rate: p.rate,
+        seed: p.seed,
+        print_events: !o.quiet,
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    eprintln!("stopping: finishing in-flight batches…");
+}
+
+/// A progress bar over the counters, drawn only on a terminal.
+fn progress(counters: &Arc<Counters>, total: Option<u64>) -> tokio::task::JoinHandle<()> {
+    let counters = counters.clone();
+    tokio::spawn(async move {
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::no_length(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} logged  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        loop {
+            bar.set_position(Counters::get(&counters.logged));
+            bar.set_message(format!(
+                "sent {} · stored {} · dead-lettered {}",
+                Counters::get(&counters.sent),
+                Counters::get(&counters.stored),
+                Counters::get(&counters.dead_lettered)
+            ));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Up { produce, consume, output } => {
+            let settings = g.settings(Some(consume));
+            let s1 = s1_config(produce, output)?;
+            let bus = app::open_bus(&settings).await?;
+            let stores = app::open_stores(&settings).await?;
+            println!("Livros & Dados — data in {}", settings.data_dir.display());
+            for line in app::describe(&*bus, Some(&stores), &settings) {
+                println!("  {line}");
+            }
+            let quiet = output.quiet;
+            let total = produce.count.map(|n| n * 3);
+            let mut bar = None;
+            let report = app::up(bus, stores, &settings, s1, stop_signal(), |counters| {
+                if quiet {
+                    bar = Some(progress(counters, total));
+                }
+            })
+            .await?;
+            if let Some(bar) = bar {
+                bar.abort();
+            }
+            let s = &report.sent;
+            println!(
+                "Done in {:.1?}: sent {} customers, {} books, {} orders; S2 stored {} and dead-lettered {}; S3 logged {} to {}",
+                report.elapsed,
+                s.customers,
+                s.books,
+                s.orders,
+                report.stored,
+                report.dead_lettered,
+                report.logged,
+                settings.audit_log.display()
+            );
+        }
+        Command::S1 { produce, output } => {
+            let settings = g.settings(None);
+            let s1 = s1_config(produce, output)?;
+            let bus = app::open_bus(&settings).await?;
+            println!("[S1] publishing to {}", bus.describe());
+            let (books, source) = livros::catalog::load(settings.google_books_key.as_deref(), &settings.google_books_url).await;
+            println!("[S1] {source}");
+            let counters = Arc::new(Counters::default());
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stopper = {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    stop_signal().await;
+                    shutdown.cancel();
+                })
+            };
+            let report = livros::services::s1::run(bus, books, s1, counters, shutdown).await?;
+            stopper.abort();
+            println!("[S1] sent {} customers, {} books, {} orders", report.customers, report.books, report.orders);
+        }
+        Command::S2 { consume, output } => {
+            let settings = g.settings(Some(consume));
+            let bus = app::open_bus(&settings).await?;
+            let stores = app::open_stores(&settings).await?;
+            for line in app::describe(&*bus, Some(&stores), &settings).iter().filter(|l| !l.starts_with("audit")) {
+                println!("[S2] {line}");
+            }
+            let pipeline = app::Pipeline::start(bus, Some(stores), false, &settings, !output.quiet);
+            pipeline.run_until(stop_signal()).await?;
+        }
+        Command::S3 { consume, output } => {
+            let settings = g.settings(Some(consume));
+            let bus = app::open_bus(&settings).await?;
+            println!("[S3] following every topic on {}, logging to {}", bus.describe(), settings.audit_log.display());
+            let pipeline = app::Pipeline::start(bus, None, true, &settings, !output.quiet);
+            pipeline.run_until(stop_signal()).await?;
+        }
+        Command::Get { entity, id } => {
+            let settings = g.settings(None);
+            let stores = app::open_stores(&settings).await?;
+            let found = match entity {
+                EntityArg::Customer => stores.relational.customer(id).await?.map(|c| serde_json::to_value(c).expect("serializes")),
+                EntityArg::Book => stores.document.get(BOOKS_COLLECTION, id).await?,
+                EntityArg::Order => routing::order_from_hash(&stores.key_value.hgetall(&routing::order_key(id)).await?)
+                    .map(|o| serde_json::to_value(o).expect("serializes")),
+            };
+            let entity = match entity {
+                EntityArg::Customer => Entity::Customer,
+                EntityArg::Book => Entity::Book,
+                EntityArg::Order => Entity::Order,
+            };
+            match found {
+                Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+                None => anyhow::bail!(
+                    "no {} with id `{id}` in the {} store (data dir {}); `livros stats` shows what is stored",
+                    entity.name(),
+                    routing::route_of(entity).store.name(),
+                    settings.data_dir.display()
+                ),
+            }
+        }
+        Command::Stats { json } => {
+            let settings = g.settings(None);
+            let bus = app::open_bus(&settings).await?;
+            let stores = app::open_stores(&settings).await?;
+            let topics = bus.stats(&routing::all_topics()).await?;
+            let records = [
+                ("relational", "customers", stores.relational.describe(), stores.relational.count_customers().await?),
+                ("document", "books", stores.document.describe(), stores.document.count(BOOKS_COLLECTION).await?),
+                ("key-value", "orders", stores.key_value.describe(), stores.key_value.count_prefix("order:").await?),
+            ];
+            if *json {
+                let stores: serde_json::Map<String, serde_json::Value> = records
+                    .iter()
+                    .map(|(kind, what, engine, n)| (kind.to_string(), serde_json::json!({"engine": engine, "entity": what, "records": n})))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"topics": topics, "stores": stores}))?);
+            } else {
+                let groups: std::collections::BTreeSet<&String> = topics.values().flat_map(|t| t.consumed.keys()).collect();
+                print!("{:<16}{:>12}", "topic", "published");
+                for g in &groups {
+                    print!(" {g:>13}");
+                }
+                println!();
+                for (topic, t) in &topics {
+                    print!("{topic:<16}{:>12}", t.published);
+                    for g in &groups {
+                        print!("{:>14}", t.consumed.get(*g).copied().unwrap_or(0));
+                    }
+                    println!();
+                }
+                println!();
+                println!("(each group's column: messages it has consumed and committed)");
+                println!();
+                for (kind, what, engine, n) in &records {
+                    println!("{kind:<11} {n:>10} {what:<10} {engine}");
+                }
+            }
+        }
+        Command::Bench { events, in_data_dir } => {
+            let temp = tempfile::tempdir().context("creating a temporary data dir")?;
+            let mut global = g.clone();
+            if !in_data_dir {
+                global.data_dir = temp.path().to_path_buf();
+                global.audit_log = None;
+            }
+            let settings = global.settings(None);
+            println!("benchmark: {events} events, data in {}", settings.data_dir.display());
+            let report = livros::bench::run(&settings, *events).await?;
+            print!("{report}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("livros=info,warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

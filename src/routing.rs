@@ -1,0 +1,484 @@
+//! **The routing table: which data goes to which store.** This file is the only place that
+//! decides it; S2 (and, later, the HTTP API) ask it.
+//!
+//! | topic | entity | store | where exactly | why (the seed's "Escolha dos Bancos") |
+//! |---|---|---|---|---|
+//! | `customers` | customer | relational | table `customers` | structured, fixed fields, integrity |
+//! | `books` | book | document | collection `books` | semi-structured, fields vary by source |
+//! | `orders` | order | key-value | hash `order:<id>`, set `customer:<id>:orders` | fast writes and reads of recent history |
+//!
+//! Every topic has a dead-letter topic, `<topic>.dlq`, for messages that cannot be stored.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::{self, Book, Customer, Invalid, Order};
+use crate::store::{KvWrite, StoreResult, Stores};
+
+/// The kinds of data the bookstore handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Entity {
+    /// A customer.
+    Customer,
+    /// A book.
+    Book,
+    /// An order.
+    Order,
+}
+
+impl Entity {
+    /// Singular name, as users type it (`livros get customer …`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::Customer => "customer",
+            Entity::Book => "book",
+            Entity::Order => "order",
+        }
+    }
+}
+
+/// The kinds of store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// SQLite or PostgreSQL.
+    Relational,
+    /// Embedded documents, later MongoDB.
+    Document,
+    /// Embedded hashes and sets, or Redis.
+    KeyValue,
+}
+
+impl StoreKind {
+    /// Name for output lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Relational => "relational",
+            StoreKind::Document => "document",
+            StoreKind::KeyValue => "key-value",
+        }
+    }
+}
+
+/// One row of the routing table.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The topic carrying this entity.
+    pub topic: &'static str,
+    /// The entity.
+    pub entity: Entity,
+    /// The store that keeps it.
+    pub store: StoreKind,
+}
+
+/// The routing table.
+pub const ROUTES: [Route; 3] = [
+    Route {
+        topic: "customers",
+        entity: Entity::Customer,
+        store: StoreKind::Relational,
+    },
+    Route {
+        topic: "books",
+        entity: Entity::Book,
+        store: StoreKind::Document,
+    },
+    Route {
+        topic: "orders",
+        entity: Entity::Order,
+        store: StoreKind::KeyValue,
+    },
+];
+
+/// The document collection holding books.
+pub const BOOKS_COLLECTION: &str = "books";
+
+/// The route of an entity.
+pub fn route_of(entity: Entity) -> Route {
+    *ROUTES
+        .iter()
+        .find(|r| r.entity == entity)
+        .expect("every entity has a route")
+}
+
+/// The route of a topic, if it carries an entity.
+pub fn route_for_topic(topic: &str) -> Option<Route> {
+    ROUTES.iter().find(|r| r.topic == topic).copied()
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// The entity topics.
+pub fn entity_topics() -> Vec<String> {
+    ROUTES.iter().map(|r| r.topic.to_string()).collect()
+}
+
+/// Every topic the system uses: the entity topics and their dead-letter topics.
+pub fn all_topics() -> Vec<String> {
+    ROUTES
+        .iter()
+        .flat_map(|r| [r.topic.to_string(), dlq_topic(r.topic)])
+        .collect()
+}
+
+/// Redis key of an order's hash.
+pub fn order_key(id: &str) -> String {
+    format!("order:{id}")
+}
+
+/// Redis key of the set of a customer's order ids.
+pub fn customer_orders_key(customer_id: &str) -> String {
+    format!("customer:{customer_id}:orders")
+}
+
+/// The key-value writes that store an order.
+pub fn order_writes(order: &Order) -> [KvWrite; 2] {
+    [
+        KvWrite::HSet {
+            key: order_key(&order.id),
+            fields: vec![
+                ("id".into(), order.id.clone()),
+                ("customer_id".into(), order.customer_id.clone()),
+                ("book_id".into(), order.book_id.clone()),
+                ("quantity".into(), order.quantity.to_string()),
+                ("timestamp".into(), order.timestamp.clone()),
+            ],
+        },
+        KvWrite::SAdd {
+            key: customer_orders_key(&order.customer_id),
+            members: vec![order.id.clone()],
+        },
+    ]
+}
+
+/// Reads an order back from its hash; `None` when absent or not an order.
+pub fn order_from_hash(fields: &std::collections::BTreeMap<String, String>) -> Option<Order> {
+    Some(Order {
+        id: fields.get("id")?.clone(),
+        customer_id: fields.get("customer_id")?.clone(),
+        book_id: fields.get("book_id")?.clone(),
+        quantity: fields.get("quantity")?.parse().ok()?,
+        timestamp: fields.get("timestamp")?.clone(),
+    })
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored (or already there): the entity's id and a label for output lines.
+    Stored {
+        /// Entity id.
+        id: String,
+        /// A human label (a name, a title).
+        label: String,
+    },
+    /// Cannot be stored; goes to the dead-letter topic with this reason.
+    Rejected(String),
+}
+
+/// Time and volume spent in each store, for `livros bench`.
+#[derive(Debug, Default)]
+pub struct StoreTimings {
+    counters: [(AtomicU64, AtomicU64); 3],
+}
+
+impl StoreTimings {
+    fn index(kind: StoreKind) -> usize {
+        match kind {
+            StoreKind::Relational => 0,
+            StoreKind::Document => 1,
+            StoreKind::KeyValue => 2,
+        }
+    }
+
+    fn record(&self, kind: StoreKind, records: usize, elapsed: Duration) {
+        let (n, nanos) = &self.counters[Self::index(kind)];
+        n.fetch_add(records as u64, Ordering::Relaxed);
+        nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Records written to `kind` and the time its writes took.
+    pub fn get(&self, kind: StoreKind) -> (u64, Duration) {
+        let (n, nanos) = &self.counters[Self::index(kind)];
+        (
+            n.load(Ordering::Relaxed),
+            Duration::from_nanos(nanos.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// Stores batches of messages where the routing table says, one outcome per message.
+#[derive(Clone)]
+pub struct Router {
+    stores: Stores,
+    timings: Arc<StoreTimings>,
+}
+
+/// How long to wait between looks for an order's customer or book.
+const REFERENCE_RECHECK: Duration = Duration::from_millis(50);
+
+impl Router {
+    /// A router over `stores`.
+    pub fn new(stores: Stores) -> Self {
+        Self {
+            stores,
+            timings: Arc::default(),
+        }
+    }
+
+    /// The stores behind this router.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    /// Time spent per store so far.
+    pub fn timings(&self) -> Arc<StoreTimings> {
+        self.timings.clone()
+    }
+
+    /// Parses, validates and stores `payloads` as `entity`, returning one outcome per
+    /// payload in order. Invalid payloads are `Rejected` and do not affect the others.
+    /// An order whose customer or book is not stored yet is looked up again until
+    /// `reference_grace` has passed (they travel on other topics and may arrive later).
+    ///
+    /// `Err` means a store is unavailable: nothing is lost, the caller retries the batch
+    /// (writes are idempotent).
+    pub async fn apply(&self, entity: Entity, payloads: &[&[u8]], reference_grace: Duration) -> StoreResult<Vec<Outcome>> {
+        match entity {
+            Entity::Customer => {
+                let parsed: Vec<_> = payloads.iter().map(|p| domain::parse_customer(p)).collect();
+                self.store_customers(parsed).await
+            }
+            Entity::Book => {
+                let parsed: Vec<_> = payloads.iter().map(|p| domain::parse_book(p)).collect();
+                self.store_books(parsed).await
+            }
+            Entity::Order => {
+                let parsed: Vec<_> = payloads.iter().map(|p| domain::parse_order(p)).collect();
+                let checked = self.check_references(parsed, reference_grace).await?;
+                self.store_orders(checked).await
+            }
+        }
+    }
+
+    async fn store_customers(&self, parsed: Vec<Result<Customer, Invalid>>) -> StoreResult<Vec<Outcome>> {
+        let valid: Vec<Customer> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let store = &self.stores.relational;
+        let failures = self
+            .write_isolating(StoreKind::Relational, &valid, |batch| {
+                let batch = batch.to_vec();
+                async move { store.upsert_customers(&batch).await }
+            })
+            .await?;
+        Ok(outcomes(parsed, &failures, |c| (c.id.clone(), c.name.clone()), |c| c.id.clone()))
+    }
+
+    async fn store_books(&self, parsed: Vec<Result<Book, Invalid>>) -> StoreResult<Vec<Outcome>> {
+        let docs: Vec<(String, Value)> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .map(|b| (b.id.clone(), serde_json::to_value(b).expect("books serialize")))
+            .collect();
+        let started = Instant::now();
+        let results = self.stores.document.upsert(BOOKS_COLLECTION, &docs).await?;
+        self.timings.record(StoreKind::Document, docs.len(), started.elapsed());
+        let failures: HashMap<String, String> = docs
+            .iter()
+            .zip(results)
+            .filter_map(|((id, _), r)| r.err().map(|e| (id.clone(), e.to_string())))
+            .collect();
+        Ok(outcomes(parsed, &failures, |b| (b.id.clone(), b.title.clone()), |b| b.id.clone()))
+    }
+
+    async fn store_orders(&self, parsed: Vec<Result<Order, Invalid>>) -> StoreResult<Vec<Outcome>> {
+        let valid: Vec<Order> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let store = &self.stores.key_value;
+        let failures = self
+            .write_isolating(StoreKind::KeyValue, &valid, |batch| {
+                let writes: Vec<KvWrite> = batch.iter().flat_map(order_writes).collect();
+                async move { store.write(&writes).await }
+            })
+            .await?;
+        Ok(outcomes(
+            parsed,
+            &failures,
+            |o| (o.id.clone(), format!("{} × book {}", o.quantity, short(&o.book_id))),
+            |o| o.id.clone(),
+        ))
+    }
+
+    /// Writes `items` in one batch; if the store rejects the batch, writes them one by one
+    /// so that only the bad ones fail. Returns the rejected items' ids with reasons.
+    async fn write_isolating<T, F, Fut>(&self, kind: StoreKind, items: &[T], write: F) -> StoreResult<HashMap<String, String>>
+    where
+        T: HasId,
+        F: Fn(&[T]) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<()>>,
+    {
+        let mut failures = HashMap::new();
+        if items.is_empty() {
+            return Ok(failures);
+        }
+        let started = Instant::now();
+        let result = write(items).await;
+        self.timings.record(kind, items.len(), started.elapsed());
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            Err(batch_error) => {
+                tracing::warn!(store = kind.name(), error = %batch_error, "batch rejected; writing its records one by one");
+                for item in items {
+                    match write(std::slice::from_ref(item)).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => {
+                            failures.insert(item.id().to_string(), e.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    /// Turns orders whose customer or book is missing into `UnknownReference`, after
+    /// waiting up to `grace` for them to appear.
+    async fn check_references(&self, mut parsed: Vec<Result<Order, Invalid>>, grace: Duration) -> StoreResult<Vec<Result<Order, Invalid>>> {
+        let deadline = Instant::now() + grace;
+        loop {
+            let orders: Vec<&Order> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+            let customer_ids: Vec<String> = unique(orders.iter().map(|o| o.customer_id.clone()));
+            let book_ids: Vec<String> = unique(orders.iter().map(|o| o.book_id.clone()));
+            let customers = self.stores.relational.existing_customers(&customer_ids).await?;
+            let books = self.stores.document.existing(BOOKS_COLLECTION, &book_ids).await?;
+            let missing = |o: &Order| -> Option<Invalid> {
+                if !customers.contains(&o.customer_id) {
+                    Some(Invalid::UnknownReference {
+                        kind: "customer",
+                        id: o.customer_id.clone(),
+                    })
+                } else if !books.contains(&o.book_id) {
+                    Some(Invalid::UnknownReference {
+                        kind: "book",
+                        id: o.book_id.clone(),
+                    })
+                } else {
+                    None
+                }
+            };
+            let any_missing = orders.iter().any(|o| missing(o).is_some());
+            if !any_missing {
+                return Ok(parsed);
+            }
+            if Instant::now() >= deadline {
+                for p in parsed.iter_mut() {
+                    if let Ok(order) = p
+                        && let Some(invalid) = missing(order)
+                    {
+                        *p = Err(invalid);
+                    }
+                }
+                return Ok(parsed);
+            }
+            tokio::time::sleep(REFERENCE_RECHECK.min(deadline - Instant::now())).await;
+        }
+    }
+}
+
+/// Entities with an id, for isolating failures.
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+impl HasId for Customer {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl HasId for Order {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+fn unique(ids: impl Iterator<Item = String>) -> Vec<String> {
+    let set: HashSet<String> = ids.collect();
+    set.into_iter().collect()
+}
+
+fn outcomes<T>(
+    parsed: Vec<Result<T, Invalid>>,
+    failures: &HashMap<String, String>,
+    label: impl Fn(&T) -> (String, String),
+    id: impl Fn(&T) -> String,
+) -> Vec<Outcome> {
+    parsed
+        .into_iter()
+        .map(|p| match p {
+            Err(invalid) => Outcome::Rejected(invalid.to_string()),
+            Ok(item) => match failures.get(&id(&item)) {
+                Some(reason) => Outcome::Rejected(reason.clone()),
+                None => {
+                    let (id, label) = label(&item);
+                    Outcome::Stored { id, label }
+                }
+            },
+        })
+        .collect()
+}
+
+/// The first 8 characters of an id and an ellipsis, for output lines.
+pub fn short(id: &str) -> String {
+    match id.char_indices().nth(8) {
+        Some((i, _)) => format!("{}…", &id[..i]),
+        None => id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_topic_has_one_route_and_a_dead_letter_topic() {
+        assert_eq!(route_for_topic("customers").unwrap().store, StoreKind::Relational);
+        assert_eq!(route_for_topic("books").unwrap().store, StoreKind::Document);
+        assert_eq!(route_for_topic("orders").unwrap().store, StoreKind::KeyValue);
+        assert!(route_for_topic("customers.dlq").is_none());
+        assert_eq!(all_topics().len(), 6);
+        assert!(all_topics().contains(&"orders.dlq".to_string()));
+    }
+
+    #[test]
+    fn order_hash_round_trips() {
+        let order = Order {
+            id: "o1".into(),
+            customer_id: "c1".into(),
+            book_id: "b1".into(),
+            quantity: 3,
+            timestamp: "2024-01-01T00:00:00Z".into(),
+        };
+        let [KvWrite::HSet { key, fields }, KvWrite::SAdd { key: set, .. }] = order_writes(&order) else {
+            panic!("an order is a hash and a set entry");
+        };
+        assert_eq!(key, "order:o1");
+        assert_eq!(set, "customer:c1:orders");
+        assert_eq!(order_from_hash(&fields.into_iter().collect()), Some(order));
+    }
+
+    #[test]
+    fn short_ids_keep_eight_characters() {
+        assert_eq!(short("3f2a9c1e-aaaa"), "3f2a9c1e…");
+        assert_eq!(short("abc"), "abc");
+    }
+}

@@ -1,0 +1,249 @@
+//! S1, the producer: generates customers (pt_BR names), books (from [`crate::catalog`]) and
+//! orders referencing them, and publishes each to its topic, keyed by entity id, wrapped
+//! in the CloudEvents envelope.
+//!
+//! A round is one customer, one book and one order, published in that order so an order's
+//! references are always published before it. Nothing is reported as sent before the bus
+//! has made it durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake::Fake;
+use fake::faker::name::raw::{FirstName, LastName};
+use fake::locales::PT_BR;
+use fake::rand::rngs::StdRng;
+use fake::rand::seq::{IndexedRandom, SliceRandom};
+use fake::rand::{RngExt, SeedableRng};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Counters, ServiceError, bus_transient};
+use crate::bus::{Bus, Record};
+use crate::domain::{Book, Customer, Order};
+use crate::routing::{Entity, route_of, short};
+use crate::{envelope, retry};
+
+/// Rounds per publish when running flat out: big enough to amortize a durable commit.
+const ROUNDS_PER_BATCH: u64 = 500;
+/// How many recent customers orders pick from; bounds memory on endless runs.
+const RECENT_CUSTOMERS: usize = 10_000;
+
+/// S1's settings.
+#[derive(Debug, Clone)]
+pub struct S1Config {
+    /// Rounds to produce (each: a customer, a book, an order); `None` runs until stopped.
+    pub count: Option<u64>,
+    /// Events per second; 0 is as fast as possible.
+    pub rate: f64,
+    /// Seed for reproducible data.
+    pub seed: Option<u64>,
+    /// Print one line per event.
+    pub print_events: bool,
+}
+
+/// What S1 did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S1Report {
+    /// Customers published.
+    pub customers: u64,
+    /// Books published.
+    pub books: u64,
+    /// Orders published.
+    pub orders: u64,
+}
+
+/// Generates the bookstore's data.
+pub struct Generator {
+    rng: StdRng,
+    books: Vec<Book>,
+    next_book: usize,
+    customers: Vec<String>,
+    sent_books: Vec<String>,
+}
+
+/// Lower-case ASCII for an e-mail local part: accents dropped, other symbols removed.
+fn ascii_slug(s: &str) -> String {
+    s.chars()
+        .filter_map(|c| {
+            let c = c.to_lowercase().next().unwrap_or(c);
+            Some(match c {
+                'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
+                'é' | 'è' | 'ê' | 'ë' => 'e',
+                'í' | 'ì' | 'î' | 'ï' => 'i',
+                'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
+                'ú' | 'ù' | 'û' | 'ü' => 'u',
+                'ç' => 'c',
+                'ñ' => 'n',
+                c if c.is_ascii_alphanumeric() => c,
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+impl Generator {
+    /// A generator over `books`, seeded for reproducibility when `seed` is given.
+    pub fn new(mut books: Vec<Book>, seed: Option<u64>) -> Self {
+        let mut rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => fake::rand::make_rng(),
+        };
+        books.shuffle(&mut rng);
+        Self {
+            rng,
+            books,
+            next_book: 0,
+            customers: Vec::new(),
+            sent_books: Vec::new(),
+        }
+    }
+
+    /// A new customer with a pt_BR name and an e-mail on a reserved example domain.
+    pub fn customer(&mut self) -> Customer {
+        let first: String = FirstName(PT_BR).fake_with_rng(&mut self.rng);
+        let last: String = LastName(PT_BR).fake_with_rng(&mut self.rng);
+        let domain = ["example.com", "example.org", "example.net"]
+            .choose(&mut self.rng)
+            .expect("non-empty");
+        let n: u16 = self.rng.random_range(1..1000);
+        let customer = Customer {
+            id: uuid::Uuid::new_v4().to_string(),
+            email: format!("{}.{}{n}@{domain}", ascii_slug(&first), ascii_slug(&last)),
+            name: format!("{first} {last}"),
+        };
+        if self.customers.len() >= RECENT_CUSTOMERS {
+            self.customers.swap_remove(0);
+        }
+        self.customers.push(customer.id.clone());
+        customer
+    }
+
+    /// The next book of the catalogue, cycling through it.
+    pub fn book(&mut self) -> Book {
+        let book = self.books[self.next_book % self.books.len()].clone();
+        self.next_book += 1;
+        if self.sent_books.len() < self.books.len() {
+            self.sent_books.push(book.id.clone());
+        }
+        book
+    }
+
+    /// An order by a customer already generated, for a book already generated.
+    pub fn order(&mut self) -> Order {
+        Order {
+            id: uuid::Uuid::new_v4().to_string(),
+            customer_id: self.customers.choose(&mut self.rng).cloned().expect("a customer was generated first"),
+            book_id: self.sent_books.choose(&mut self.rng).cloned().expect("a book was generated first"),
+            quantity: self.rng.random_range(1..=5),
+            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        }
+    }
+
+    /// One round: a customer, a book and an order, as records with output lines.
+    pub fn round(&mut self) -> Vec<(Record, String)> {
+        let customer = self.customer();
+        let book = self.book();
+        let order = self.order();
+        let customer_line = format!("customer {} ({})", short(&customer.id), customer.name);
+        let book_line = format!("book {} ({})", short(&book.id), book.title);
+        let order_line = format!("order {} ({} × book {})", short(&order.id), order.quantity, short(&order.book_id));
+        vec![
+            (record(Entity::Customer, &customer.id, serde_json::to_value(&customer)), customer_line),
+            (record(Entity::Book, &book.id, serde_json::to_value(&book)), book_line),
+            (record(Entity::Order, &order.id, serde_json::to_value(&order)), order_line),
+        ]
+    }
+}
+
+fn record(entity: Entity, id: &str, data: Result<Value, serde_json::Error>) -> Record {
+    let data = data.expect("entities serialize");
+    let event = envelope::wrap(&format!("livros.{}", entity.name()), id, None, data);
+    Record {
+        topic: route_of(entity).topic.to_string(),
+        key: Some(id.to_string()),
+        headers: envelope::headers(&event),
+        payload: serde_json::to_vec(&event).expect("values serialize"),
+    }
+}
+
+/// Runs S1 until it has produced `config.count` rounds or `shutdown` is cancelled.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    books: Vec<Book>,
+    config: S1Config,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> Result<S1Report, ServiceError> {
+    let mut generator = Generator::new(books, config.seed);
+    let mut report = S1Report::default();
+    let rounds_per_publish = if config.rate > 0.0 { 1 } else { ROUNDS_PER_BATCH };
+    let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
+    let mut round = 0_u64;
+    'outer: while config.count.is_none_or(|n| round < n) {
+        let rounds = config.count.map_or(rounds_per_publish, |n| (n - round).min(rounds_per_publish));
+        let events: Vec<(Record, String)> = (0..rounds).flat_map(|_| generator.round()).collect();
+        round += rounds;
+        // At a set rate, events go one at a time; flat out, a whole batch per publish.
+        let groups: Vec<Vec<(Record, String)>> = if interval.is_some() {
+            events.into_iter().map(|e| vec![e]).collect()
+        } else {
+            vec![events]
+        };
+        for group in groups {
+            if let Some(pause) = interval {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'outer,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            } else if shutdown.is_cancelled() {
+                break 'outer;
+            }
+            let records: Vec<Record> = group.iter().map(|(r, _)| r.clone()).collect();
+            let published = retry::until_ok("publishing", &shutdown, bus_transient, || bus.publish(records.clone())).await?;
+            if published.is_none() {
+                break 'outer;
+            }
+            for (record, line) in &group {
+                match record.topic.as_str() {
+                    t if t == route_of(Entity::Customer).topic => report.customers += 1,
+                    t if t == route_of(Entity::Book).topic => report.books += 1,
+                    _ => report.orders += 1,
+                }
+                if config.print_events {
+                    println!("[S1] Sent {line}");
+                }
+            }
+            Counters::add(&counters.sent, group.len());
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_data_is_valid_and_consistent() {
+        let mut g = Generator::new(crate::catalog::offline(), Some(7));
+        for _ in 0..50 {
+            let records = g.round();
+            let c = crate::domain::parse_customer(&records[0].0.payload).unwrap();
+            assert!(c.email.is_ascii(), "{}", c.email);
+            let domain = c.email.split('@').nth(1).unwrap();
+            assert!(["example.com", "example.org", "example.net"].contains(&domain));
+            crate::domain::parse_book(&records[1].0.payload).unwrap();
+            let o = crate::domain::parse_order(&records[2].0.payload).unwrap();
+            assert!((1..=5).contains(&o.quantity));
+            assert_eq!(records[0].0.key.as_deref(), Some(c.id.as_str()));
+        }
+    }
+
+    #[test]
+    fn slugs_drop_accents() {
+        assert_eq!(ascii_slug("Olívia"), "olivia");
+        assert_eq!(ascii_slug("Conceição"), "conceicao");
+        assert_eq!(ascii_slug("D'Ávila"), "davila");
+    }
+}

@@ -1,0 +1,129 @@
+//! The embedded document store: JSON documents in SQLite (`<data dir>/documents.db`),
+//! one row per (collection, id), the body kept as JSON text.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{DocumentStore, OpenError, StoreError, StoreResult};
+
+const STORE: &str = "embedded document store";
+/// Rows per statement (3 bound values each).
+const CHUNK: usize = 500;
+
+const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (collection, id)) WITHOUT ROWID"];
+
+fn err(e: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(STORE, e)
+}
+
+/// Documents in SQLite.
+pub struct SqliteDocumentStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteDocumentStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self, OpenError> {
+        let open_error = |e: sqlx::Error| OpenError {
+            kind: "document",
+            location: path.display().to_string(),
+            reason: e.to_string(),
+            hint: "Check that the data directory (--data-dir) is writable.".into(),
+        };
+        let pool = crate::sqlite::open(path, 4).await.map_err(open_error)?;
+        crate::sqlite::apply_schema(&pool, SCHEMA).await.map_err(open_error)?;
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    async fn upsert_rows(&self, collection: &str, docs: &[&(String, Value)]) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        for chunk in docs.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO documents (collection, id, body) ");
+            q.push_values(chunk, |mut row, (id, body)| {
+                row.push_bind(collection.to_string())
+                    .push_bind(id.clone())
+                    .push_bind(body.to_string());
+            });
+            q.push(" ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body WHERE body IS NOT excluded.body");
+            q.build().execute(&mut *tx).await.map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+}
+
+#[async_trait]
+impl DocumentStore for SqliteDocumentStore {
+    async fn upsert(&self, collection: &str, docs: &[(String, Value)]) -> StoreResult<Vec<StoreResult<()>>> {
+        let unique = super::last_by_id(docs, |(id, _)| id);
+        match self.upsert_rows(collection, &unique).await {
+            Ok(()) => Ok(docs.iter().map(|_| Ok(())).collect()),
+            Err(e) if e.is_transient() => Err(e),
+            // The batch was refused: write one by one so only the bad documents fail.
+            Err(_) => {
+                let mut results = Vec::with_capacity(docs.len());
+                for doc in docs {
+                    match self.upsert_rows(collection, &[doc]).await {
+                        Err(e) if e.is_transient() => return Err(e),
+                        other => results.push(other),
+                    }
+                }
+                Ok(results)
+            }
+        }
+    }
+
+    async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>> {
+        let body: Option<String> = sqlx::query_scalar("SELECT body FROM documents WHERE collection = ? AND id = ?")
+            .bind(collection)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        body.map(|b| {
+            serde_json::from_str(&b).map_err(|e| StoreError::Rejected {
+                store: STORE,
+                reason: format!("stored document {collection}/{id} is not JSON: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    async fn existing(&self, collection: &str, ids: &[String]) -> StoreResult<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM documents WHERE collection = ");
+            q.push_bind(collection.to_string()).push(" AND id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.clone());
+            }
+            q.push(")");
+            let rows = q.build().fetch_all(&self.pool).await.map_err(err)?;
+            found.extend(rows.iter().map(|r| r.get::<String, _>("id")));
+        }
+        Ok(found)
+    }
+
+    async fn count(&self, collection: &str) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM documents WHERE collection = ?")
+            .bind(collection)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded documents ({})", self.path.display())
+    }
+}

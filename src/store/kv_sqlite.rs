@@ -1,0 +1,138 @@
+//! The embedded key-value store: Redis' hashes and sets kept in SQLite
+//! (`<data dir>/keyvalue.db`), so it is durable and readable by other processes.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{KeyValueStore, KvWrite, OpenError, StoreError, StoreResult};
+
+const STORE: &str = "embedded key-value store";
+/// Keys per lookup statement.
+const CHUNK: usize = 500;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS kv_hash (key TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (key, field)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS kv_set (key TEXT NOT NULL, member TEXT NOT NULL,
+        PRIMARY KEY (key, member)) WITHOUT ROWID",
+];
+
+fn err(e: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(STORE, e)
+}
+
+/// Hashes and sets in SQLite.
+pub struct SqliteKvStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteKvStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self, OpenError> {
+        let open_error = |e: sqlx::Error| OpenError {
+            kind: "key-value",
+            location: path.display().to_string(),
+            reason: e.to_string(),
+            hint: "Check that the data directory (--data-dir) is writable.".into(),
+        };
+        let pool = crate::sqlite::open(path, 4).await.map_err(open_error)?;
+        crate::sqlite::apply_schema(&pool, SCHEMA).await.map_err(open_error)?;
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for SqliteKvStore {
+    async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
+        let mut fields = Vec::new();
+        let mut members = Vec::new();
+        for write in writes {
+            match write {
+                KvWrite::HSet { key, fields: f } => fields.extend(f.iter().map(|(k, v)| (key, k, v))),
+                KvWrite::SAdd { key, members: m } => members.extend(m.iter().map(|m| (key, m))),
+            }
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        for chunk in fields.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO kv_hash (key, field, value) ");
+            q.push_values(chunk, |mut row, (key, field, value)| {
+                row.push_bind((*key).clone())
+                    .push_bind((*field).clone())
+                    .push_bind((*value).clone());
+            });
+            q.push(" ON CONFLICT (key, field) DO UPDATE SET value = excluded.value");
+            q.build().execute(&mut *tx).await.map_err(err)?;
+        }
+        for chunk in members.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO kv_set (key, member) ");
+            q.push_values(chunk, |mut row, (key, member)| {
+                row.push_bind((*key).clone()).push_bind((*member).clone());
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().execute(&mut *tx).await.map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>> {
+        let rows = sqlx::query("SELECT field, value FROM kv_hash WHERE key = ?")
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(|r| (r.get("field"), r.get("value"))).collect())
+    }
+
+    async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in keys.chunks(CHUNK) {
+            for table in ["kv_hash", "kv_set"] {
+                let mut q: QueryBuilder<Sqlite> =
+                    QueryBuilder::new(format!("SELECT DISTINCT key FROM {table} WHERE key IN ("));
+                let mut list = q.separated(", ");
+                for key in chunk {
+                    list.push_bind(key.clone());
+                }
+                q.push(")");
+                let rows = q.build().fetch_all(&self.pool).await.map_err(err)?;
+                found.extend(rows.iter().map(|r| r.get::<String, _>("key")));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn smembers(&self, key: &str) -> StoreResult<BTreeSet<String>> {
+        let members: Vec<String> = sqlx::query_scalar("SELECT member FROM kv_set WHERE key = ?")
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(members.into_iter().collect())
+    }
+
+    async fn count_prefix(&self, prefix: &str) -> StoreResult<i64> {
+        // A range on the primary key instead of LIKE, which would scan every row.
+        let upper = format!("{prefix}\u{10FFFF}");
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT key FROM kv_hash WHERE key >= ?1 AND key < ?2
+             UNION SELECT key FROM kv_set WHERE key >= ?1 AND key < ?2)",
+        )
+        .bind(prefix)
+        .bind(upper)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded key-value ({})", self.path.display())
+    }
+}

@@ -1,0 +1,265 @@
+//! The stores, one trait per kind, one module per implementation:
+//!
+//! | kind | trait | embedded | real |
+//! |---|---|---|---|
+//! | relational | [`RelationalStore`] | [`sqlite`] | [`postgres`] |
+//! | document | [`DocumentStore`] | [`docs_sqlite`] | (MongoDB: its own issue) |
+//! | key-value | [`KeyValueStore`] | [`kv_sqlite`] | [`redis`] |
+//!
+//! Which entity goes to which kind is decided in [`crate::routing`], nowhere else.
+//! Every write is an idempotent upsert keyed by the entity's id.
+
+pub mod docs_sqlite;
+pub mod kv_sqlite;
+pub mod postgres;
+pub mod redis;
+pub mod sqlite;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::domain::Customer;
+
+/// Errors of a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached right now (refused, timeout, pool exhausted, I/O): retry.
+    #[error("{store} unavailable: {reason}")]
+    Unavailable {
+        /// Which store, for the log line.
+        store: &'static str,
+        /// The driver's words.
+        reason: String,
+    },
+    /// The store refused this data; retrying the same data will fail again.
+    #[error("{store} rejected the write: {reason}")]
+    Rejected {
+        /// Which store.
+        store: &'static str,
+        /// The driver's words.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// True when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    /// Classifies a sqlx error: connection-level problems are transient, the rest rejections.
+    pub(crate) fn from_sqlx(store: &'static str, e: sqlx::Error) -> Self {
+        let transient = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(db) => {
+                // SQLite's BUSY/LOCKED (5, 6) and PostgreSQL's connection (08*), resource
+                // (53*), shutdown (57P*) and serialization (40*) classes clear up on their own.
+                let code = db.code().unwrap_or_default();
+                matches!(code.as_ref(), "5" | "6" | "517" | "261")
+                    || ["08", "53", "57P", "40"].iter().any(|p| code.starts_with(p))
+            }
+            _ => false,
+        };
+        let reason = e.to_string();
+        if transient {
+            StoreError::Unavailable { store, reason }
+        } else {
+            StoreError::Rejected { store, reason }
+        }
+    }
+}
+
+/// Result of store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The relational store: customers (and, in later systems, other structured records).
+#[async_trait]
+pub trait RelationalStore: Send + Sync {
+    /// Inserts or updates customers by id, all in one round trip and one transaction.
+    async fn upsert_customers(&self, customers: &[Customer]) -> StoreResult<()>;
+    /// One customer by id.
+    async fn customer(&self, id: &str) -> StoreResult<Option<Customer>>;
+    /// Which of `ids` exist.
+    async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>>;
+    /// Customers with this e-mail address, by id.
+    async fn customers_by_email(&self, email: &str) -> StoreResult<Vec<Customer>>;
+    /// How many customers are stored.
+    async fn count_customers(&self) -> StoreResult<i64>;
+    /// `sqlite (path)` or `postgres (redacted url)`.
+    fn describe(&self) -> String;
+}
+
+/// The document store: JSON documents in named collections, keyed by id.
+#[async_trait]
+pub trait DocumentStore: Send + Sync {
+    /// Inserts or replaces documents by id. One result per document, in order, so a
+    /// document the store refuses fails alone; `Err` is for the store being unreachable.
+    async fn upsert(&self, collection: &str, docs: &[(String, Value)]) -> StoreResult<Vec<StoreResult<()>>>;
+    /// One document by id.
+    async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>>;
+    /// Which of `ids` exist.
+    async fn existing(&self, collection: &str, ids: &[String]) -> StoreResult<HashSet<String>>;
+    /// How many documents the collection holds.
+    async fn count(&self, collection: &str) -> StoreResult<i64>;
+    /// A name for logs.
+    fn describe(&self) -> String;
+}
+
+/// One write to the key-value store, with Redis' semantics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvWrite {
+    /// `HSET key field value …`: set fields of a hash, leaving the others.
+    HSet {
+        /// The hash's key.
+        key: String,
+        /// Field/value pairs.
+        fields: Vec<(String, String)>,
+    },
+    /// `SADD key member …`: add members to a set.
+    SAdd {
+        /// The set's key.
+        key: String,
+        /// Members to add.
+        members: Vec<String>,
+    },
+}
+
+/// The key-value store: Redis' hashes and sets, the subset our data needs.
+#[async_trait]
+pub trait KeyValueStore: Send + Sync {
+    /// Applies the writes in one round trip (a pipeline, a transaction).
+    async fn write(&self, writes: &[KvWrite]) -> StoreResult<()>;
+    /// Every field of a hash; empty when the key does not exist.
+    async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>>;
+    /// Which of `keys` exist.
+    async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>>;
+    /// Members of a set; empty when the key does not exist.
+    async fn smembers(&self, key: &str) -> StoreResult<BTreeSet<String>>;
+    /// How many keys start with `prefix`.
+    async fn count_prefix(&self, prefix: &str) -> StoreResult<i64>;
+    /// A name for logs.
+    fn describe(&self) -> String;
+}
+
+/// Where each store lives: embedded under the data dir unless a URL is given.
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    /// PostgreSQL URL for the relational store.
+    pub postgres_url: Option<String>,
+    /// Redis URL for the key-value store.
+    pub redis_url: Option<String>,
+    /// Prefix for every Redis key (to share one Redis between deployments or tests).
+    pub redis_prefix: String,
+}
+
+/// The stores S2 writes to, one of each kind.
+#[derive(Clone)]
+pub struct Stores {
+    /// Customers.
+    pub relational: Arc<dyn RelationalStore>,
+    /// Books.
+    pub document: Arc<dyn DocumentStore>,
+    /// Orders.
+    pub key_value: Arc<dyn KeyValueStore>,
+}
+
+/// A store that could not be opened at start: says which one, where, and what to check.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the {kind} store at {location}: {reason}. {hint}")]
+pub struct OpenError {
+    /// `relational`, `document`, `key-value`.
+    pub kind: &'static str,
+    /// A path or a redacted URL.
+    pub location: String,
+    /// The driver's words.
+    pub reason: String,
+    /// What the user should check.
+    pub hint: String,
+}
+
+impl Stores {
+    /// Opens every store: embedded files under `data_dir`, or the servers `config` names.
+    /// Migrations run here. Fails fast, naming the store, when one cannot be opened.
+    pub async fn open(data_dir: &Path, config: &StoreConfig) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| OpenError {
+            kind: "embedded",
+            location: data_dir.display().to_string(),
+            reason: e.to_string(),
+            hint: "Check that the data directory (--data-dir) is writable.".into(),
+        })?;
+        let relational: Arc<dyn RelationalStore> = match &config.postgres_url {
+            Some(url) => Arc::new(postgres::PostgresStore::connect(url).await?),
+            None => Arc::new(sqlite::SqliteStore::open(&data_dir.join("relational.db")).await?),
+        };
+        let document: Arc<dyn DocumentStore> =
+            Arc::new(docs_sqlite::SqliteDocumentStore::open(&data_dir.join("documents.db")).await?);
+        let key_value: Arc<dyn KeyValueStore> = match &config.redis_url {
+            Some(url) => Arc::new(redis::RedisStore::connect(url, &config.redis_prefix).await?),
+            None => Arc::new(kv_sqlite::SqliteKvStore::open(&data_dir.join("keyvalue.db")).await?),
+        };
+        Ok(Self {
+            relational,
+            document,
+            key_value,
+        })
+    }
+}
+
+/// Keeps one item per id, the last one: a batch may carry an entity twice, and a single
+/// upsert statement may touch a row only once.
+pub(crate) fn last_by_id<'a, T>(items: &'a [T], id: impl Fn(&T) -> &String) -> Vec<&'a T> {
+    let mut last: std::collections::HashMap<&String, usize> = std::collections::HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        last.insert(id(item), i);
+    }
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, item)| last[id(item)] == *i)
+        .map(|(_, item)| item)
+        .collect()
+}
+
+/// An exclusive lock on `<db>.migrate.lock`, held while the returned file is open.
+pub(crate) fn migration_lock(db: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(db.with_extension("migrate.lock"))?;
+    file.lock()?;
+    Ok(file)
+}
+
+/// Hides the password of a URL, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            super::redact("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(super::redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,169 @@
+//! The key-value store on Redis: hashes and sets, every batch in one pipeline.
+//!
+//! Keys are exactly the seed's (`order:<id>`) unless a prefix is configured, which lets
+//! several deployments or test runs share one Redis.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{KeyValueStore, KvWrite, OpenError, StoreError, StoreResult, redact};
+
+const STORE: &str = "redis";
+/// Time allowed to connect at start before we report the server unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reply slower than this counts as a lost connection; the batch is retried.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn err(e: redis::RedisError) -> StoreError {
+    let reason = e.to_string();
+    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+        StoreError::Unavailable { store: STORE, reason }
+    } else {
+        StoreError::Rejected { store: STORE, reason }
+    }
+}
+
+/// Escapes Redis glob characters so a prefix matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Hashes and sets in Redis.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    url: String,
+}
+
+impl RedisStore {
+    /// Connects to `url`; every key is stored under `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, OpenError> {
+        let open_error = |reason: String| OpenError {
+            kind: "key-value",
+            location: redact(url),
+            reason,
+            hint: "Check that Redis is running and the URL (--redis-url / LIVROS_REDIS_URL) is right.".into(),
+        };
+        let client = redis::Client::open(url).map_err(|e| open_error(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(3);
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| open_error("timed out".into()))?
+            .map_err(|e| open_error(e.to_string()))?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+            url: redact(url),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for RedisStore {
+    async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for write in writes {
+            match write {
+                KvWrite::HSet { key, fields } if !fields.is_empty() => {
+                    pipe.hset_multiple(self.key(key), fields).ignore();
+                }
+                KvWrite::SAdd { key, members } if !members.is_empty() => {
+                    pipe.sadd(self.key(key), members).ignore();
+                }
+                _ => {}
+            }
+        }
+        pipe.exec_async(&mut self.conn.clone()).await.map_err(err)
+    }
+
+    async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>> {
+        let map: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(map.into_iter().collect())
+    }
+
+    async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.exists(self.key(key));
+        }
+        let found: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await.map_err(err)?;
+        Ok(keys
+            .iter()
+            .zip(found)
+            .filter(|(_, exists)| *exists)
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    async fn smembers(&self, key: &str) -> StoreResult<BTreeSet<String>> {
+        let members: HashSet<String> = redis::cmd("SMEMBERS")
+            .arg(self.key(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(members.into_iter().collect())
+    }
+
+    async fn count_prefix(&self, prefix: &str) -> StoreResult<i64> {
+        let pattern = format!("{}*", glob_escape(&self.key(prefix)));
+        let mut conn = self.conn.clone();
+        let mut cursor = 0_u64;
+        // SCAN may return a key twice while the keyspace changes: count distinct keys.
+        let mut seen = HashSet::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            seen.extend(keys);
+            if next == 0 {
+                return Ok(seen.len() as i64);
+            }
+            cursor = next;
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("redis ({})", self.url)
+        } else {
+            format!("redis ({}, keys prefixed `{}`)", self.url, self.prefix)
+        }
+    }
+}

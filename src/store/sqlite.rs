@@ -1,0 +1,126 @@
+//! The embedded relational store: SQLite in `<data dir>/relational.db`, migrated by sqlx.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{OpenError, RelationalStore, StoreError, StoreResult, last_by_id};
+use crate::domain::Customer;
+
+const STORE: &str = "sqlite";
+/// Rows per statement: 3 bound values each keeps us far below SQLite's variable limit.
+const CHUNK: usize = 500;
+
+fn err(e: sqlx::Error) -> StoreError {
+    StoreError::from_sqlx(STORE, e)
+}
+
+/// Customers in SQLite.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, OpenError> {
+        let open_error = |reason: String| OpenError {
+            kind: "relational",
+            location: path.display().to_string(),
+            reason,
+            hint: "Check that the data directory (--data-dir) is writable.".into(),
+        };
+        let pool = crate::sqlite::open(path, 4)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        // Processes sharing the data dir may start together; sqlx's SQLite migrator does not
+        // lock, so a file lock serializes them.
+        let _guard = super::migration_lock(path).map_err(|e| open_error(e.to_string()))?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| open_error(format!("migration failed: {e}")))?;
+        Ok(Self {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn customer(row: &sqlx::sqlite::SqliteRow) -> Customer {
+    Customer {
+        id: row.get("id"),
+        name: row.get("name"),
+        email: row.get("email"),
+    }
+}
+
+#[async_trait]
+impl RelationalStore for SqliteStore {
+    async fn upsert_customers(&self, customers: &[Customer]) -> StoreResult<()> {
+        let customers = last_by_id(customers, |c| &c.id);
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        for chunk in customers.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO customers (id, name, email) ");
+            q.push_values(chunk, |mut row, c| {
+                row.push_bind(c.id.clone())
+                    .push_bind(c.name.clone())
+                    .push_bind(c.email.clone());
+            });
+            q.push(
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
+                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                  WHERE customers.name IS NOT excluded.name OR customers.email IS NOT excluded.email",
+            );
+            q.build().execute(&mut *tx).await.map_err(err)?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    async fn customer(&self, id: &str) -> StoreResult<Option<Customer>> {
+        let row = sqlx::query("SELECT id, name, email FROM customers WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(row.as_ref().map(customer))
+    }
+
+    async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM customers WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.clone());
+            }
+            q.push(")");
+            let rows = q.build().fetch_all(&self.pool).await.map_err(err)?;
+            found.extend(rows.iter().map(|r| r.get::<String, _>("id")));
+        }
+        Ok(found)
+    }
+
+    async fn customers_by_email(&self, email: &str) -> StoreResult<Vec<Customer>> {
+        let rows = sqlx::query("SELECT id, name, email FROM customers WHERE email = ? ORDER BY id")
+            .bind(email)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        Ok(rows.iter().map(customer).collect())
+    }
+
+    async fn count_customers(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM customers")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite ({})", self.path.display())
+    }
+}
