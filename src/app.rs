@@ -72,7 +72,8 @@ pub enum AppError {
 /// Opens the bus the settings name, creating every topic the system uses.
 pub async fn open_bus(settings: &Settings) -> Result<Arc<dyn Bus>, AppError> {
     let bus = EmbeddedBus::open(&settings.data_dir).await?;
-    bus.ensure_topics(&routing::all_topics(), settings.partitions).await?;
+    bus.ensure_topics(&routing::all_topics(), settings.partitions)
+        .await?;
     Ok(Arc::new(bus))
 }
 
@@ -91,7 +92,11 @@ pub fn describe(bus: &dyn Bus, stores: Option<&Stores>, settings: &Settings) -> 
                 routing::StoreKind::Document => stores.document.describe(),
                 routing::StoreKind::KeyValue => stores.key_value.describe(),
             };
-            lines.push(format!("{:<9} → {} store: {store}", route.topic, route.store.name()));
+            lines.push(format!(
+                "{:<9} → {} store: {store}",
+                route.topic,
+                route.store.name()
+            ));
         }
     }
     lines.push(format!("audit log: {}", settings.audit_log.display()));
@@ -126,7 +131,13 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts S2 (when `stores` is given) and S3 (when `with_s3`) in the background.
-    pub fn start(bus: Arc<dyn Bus>, stores: Option<Stores>, with_s3: bool, settings: &Settings, print_events: bool) -> Self {
+    pub fn start(
+        bus: Arc<dyn Bus>,
+        stores: Option<Stores>,
+        with_s3: bool,
+        settings: &Settings,
+        print_events: bool,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let mut tasks = tokio::task::JoinSet::new();
@@ -136,7 +147,13 @@ impl Pipeline {
                 print_events,
                 ..settings.s2.clone()
             };
-            tasks.spawn(s2::run(bus.clone(), router.clone(), config, counters.clone(), shutdown.clone()));
+            tasks.spawn(s2::run(
+                bus.clone(),
+                router.clone(),
+                config,
+                counters.clone(),
+                shutdown.clone(),
+            ));
         }
         if with_s3 {
             let config = S3Config {
@@ -146,7 +163,12 @@ impl Pipeline {
                 batch_size: settings.s2.batch_size,
                 print_events,
             };
-            tasks.spawn(s3::run(bus.clone(), config, counters.clone(), shutdown.clone()));
+            tasks.spawn(s3::run(
+                bus.clone(),
+                config,
+                counters.clone(),
+                shutdown.clone(),
+            ));
         }
         Self {
             shutdown,
@@ -158,7 +180,12 @@ impl Pipeline {
 
     /// Waits until `group` has committed everything published on `topics`, or a service
     /// fails.
-    pub async fn drain(&mut self, bus: &dyn Bus, group: &str, topics: &[String]) -> Result<(), AppError> {
+    pub async fn drain(
+        &mut self,
+        bus: &dyn Bus,
+        group: &str,
+        topics: &[String],
+    ) -> Result<(), AppError> {
         loop {
             if bus.lag(group, topics).await? == 0 {
                 return Ok(());
@@ -185,7 +212,10 @@ impl Pipeline {
     }
 
     /// Waits until a service fails or `stop_signal` fires, then stops them all.
-    pub async fn run_until(mut self, stop_signal: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+    pub async fn run_until(
+        mut self,
+        stop_signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AppError> {
         tokio::pin!(stop_signal);
         loop {
             tokio::select! {
@@ -219,10 +249,20 @@ pub async fn up(
     let print_events = s1_config.print_events;
     let mut pipeline = Pipeline::start(bus.clone(), Some(stores), true, settings, print_events);
     on_start(&pipeline.counters);
-    let (books, source) = crate::catalog::load(settings.google_books_key.as_deref(), &settings.google_books_url).await;
+    let (books, source) = crate::catalog::load(
+        settings.google_books_key.as_deref(),
+        &settings.google_books_url,
+    )
+    .await;
     tracing::info!("{source}");
     let bounded = s1_config.count.is_some();
-    let s1 = s1::run(bus.clone(), books, s1_config, pipeline.counters.clone(), pipeline.shutdown.clone());
+    let s1 = s1::run(
+        bus.clone(),
+        books,
+        s1_config,
+        pipeline.counters.clone(),
+        pipeline.shutdown.clone(),
+    );
     tokio::pin!(stop_signal);
     let sent = tokio::select! {
         sent = s1 => sent?,
@@ -233,8 +273,12 @@ pub async fn up(
     };
     if bounded {
         let drained = async {
-            pipeline.drain(&*bus, &settings.s2.group, &routing::entity_topics()).await?;
-            pipeline.drain(&*bus, &settings.s3_group, &routing::all_topics()).await
+            pipeline
+                .drain(&*bus, &settings.s2.group, &routing::entity_topics())
+                .await?;
+            pipeline
+                .drain(&*bus, &settings.s3_group, &routing::all_topics())
+                .await
         };
         tokio::select! {
             drained = drained => drained?,

@@ -26,10 +26,25 @@ fn rate(n: u64, d: Duration) -> f64 {
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "events:      {}", self.events)?;
-        writeln!(f, "S1 publish:  {:>10.0} events/s ({:.2?})", rate(self.events, self.publish), self.publish)?;
-        writeln!(f, "end to end:  {:>10.0} events/s ({:.2?}, stored by S2 and logged by S3)", rate(self.events, self.end_to_end), self.end_to_end)?;
+        writeln!(
+            f,
+            "S1 publish:  {:>10.0} events/s ({:.2?})",
+            rate(self.events, self.publish),
+            self.publish
+        )?;
+        writeln!(
+            f,
+            "end to end:  {:>10.0} events/s ({:.2?}, stored by S2 and logged by S3)",
+            rate(self.events, self.end_to_end),
+            self.end_to_end
+        )?;
         for (kind, engine, n, spent) in &self.stores {
-            writeln!(f, "{:<12} {:>10.0} records/s while writing ({n} records in {spent:.2?}; {engine})", format!("{}:", kind.name()), rate(*n, *spent))?;
+            writeln!(
+                f,
+                "{:<12} {:>10.0} records/s while writing ({n} records in {spent:.2?}; {engine})",
+                format!("{}:", kind.name()),
+                rate(*n, *spent)
+            )?;
         }
         Ok(())
     }
@@ -53,12 +68,27 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
         print_events: false,
     };
     let started = Instant::now();
-    crate::services::s1::run(bus.clone(), crate::catalog::offline(), s1, pipeline.counters.clone(), pipeline.shutdown.clone()).await?;
+    crate::services::s1::run(
+        bus.clone(),
+        crate::catalog::offline(),
+        s1,
+        pipeline.counters.clone(),
+        pipeline.shutdown.clone(),
+    )
+    .await?;
     let publish = started.elapsed();
-    pipeline.drain(&*bus, &settings.s2.group, &routing::entity_topics()).await?;
-    pipeline.drain(&*bus, &settings.s3_group, &routing::all_topics()).await?;
+    pipeline
+        .drain(&*bus, &settings.s2.group, &routing::entity_topics())
+        .await?;
+    pipeline
+        .drain(&*bus, &settings.s3_group, &routing::all_topics())
+        .await?;
     let end_to_end = started.elapsed();
-    let timings = pipeline.router.as_ref().expect("S2 runs in the bench").timings();
+    let timings = pipeline
+        .router
+        .as_ref()
+        .expect("S2 runs in the bench")
+        .timings();
     pipeline.stop().await?;
     Ok(BenchReport {
         events: rounds * 3,

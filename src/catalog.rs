@@ -16,7 +16,13 @@ pub const GOOGLE_BOOKS_URL: &str = "https://www.googleapis.com/books/v1";
 /// A slow API must not hold up S1's start for long: the offline catalogue is always there.
 const GOOGLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queries that give a varied bookstore.
-const QUERIES: &[&str] = &["subject:fiction", "machado de assis", "literatura brasileira", "subject:history", "subject:science"];
+const QUERIES: &[&str] = &[
+    "subject:fiction",
+    "machado de assis",
+    "literatura brasileira",
+    "subject:history",
+    "subject:science",
+];
 
 #[derive(Deserialize)]
 struct Entry {
@@ -37,13 +43,16 @@ struct Entry {
 /// publishing it again updates one document instead of adding another.
 fn catalogue_id(title: &str, authors: &[String]) -> String {
     let text = format!("{title}|{}", authors.join(","));
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("ld-{:012x}", hash & 0xffff_ffff_ffff)
 }
 
 /// The offline catalogue as books.
 pub fn offline() -> Vec<Book> {
-    let entries: Vec<Entry> = serde_json::from_str(OFFLINE).expect("data/books.json is valid (checked by tests)");
+    let entries: Vec<Entry> =
+        serde_json::from_str(OFFLINE).expect("data/books.json is valid (checked by tests)");
     entries
         .into_iter()
         .map(|e| {
@@ -106,7 +115,11 @@ impl GoogleBooks {
         let answer: Value = self
             .http
             .get(format!("{}/volumes", self.base))
-            .query(&[("q", query), ("key", &self.key), ("maxResults", &max_results.min(40).to_string())])
+            .query(&[
+                ("q", query),
+                ("key", &self.key),
+                ("maxResults", &max_results.min(40).to_string()),
+            ])
             .send()
             .await?
             .error_for_status()?
@@ -136,10 +149,20 @@ pub fn from_volume(volume: &Value) -> Option<Book> {
     let authors = info
         .get("authors")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let mut extra = serde_json::Map::new();
-    for field in ["publisher", "language", "categories", "pageCount", "description"] {
+    for field in [
+        "publisher",
+        "language",
+        "categories",
+        "pageCount",
+        "description",
+    ] {
         if let Some(v) = info.get(field) {
             extra.insert(field.into(), v.clone());
         }
@@ -149,7 +172,10 @@ pub fn from_volume(volume: &Value) -> Option<Book> {
         isbn: isbn_of("ISBN_13").or_else(|| isbn_of("ISBN_10")),
         title,
         authors,
-        published_date: info.get("publishedDate").and_then(Value::as_str).map(str::to_string),
+        published_date: info
+            .get("publishedDate")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         extra,
     })
 }
@@ -173,16 +199,29 @@ pub async fn load(api_key: Option<&str>, api_url: &str) -> (Vec<Book>, String) {
             books.sort_by(|a, b| a.id.cmp(&b.id));
             books.dedup_by(|a, b| a.id == b.id);
             let n = books.len();
-            return (books, format!("books from the Google Books API ({n} volumes)"));
+            return (
+                books,
+                format!("books from the Google Books API ({n} volumes)"),
+            );
         }
         let why = last_error.unwrap_or_else(|| "no volumes found".into());
         let books = offline();
         let n = books.len();
-        return (books, format!("books from the offline catalogue ({n} titles): the Google Books API is unavailable ({why})"));
+        return (
+            books,
+            format!(
+                "books from the offline catalogue ({n} titles): the Google Books API is unavailable ({why})"
+            ),
+        );
     }
     let books = offline();
     let n = books.len();
-    (books, format!("books from the offline catalogue ({n} titles); set GOOGLE_BOOKS_API_KEY to use the Google Books API"))
+    (
+        books,
+        format!(
+            "books from the offline catalogue ({n} titles); set GOOGLE_BOOKS_API_KEY to use the Google Books API"
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -48,7 +48,11 @@ pub struct Book {
     #[serde(default)]
     pub authors: Vec<String>,
     /// Publication date as the source gives it (`1899`, `1899-05`, `1899-05-01`).
-    #[serde(rename = "publishedDate", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "publishedDate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub published_date: Option<String>,
     /// Every other field of the source record (publisher, language, categories, pageCount…).
     #[serde(flatten)]
@@ -201,7 +205,10 @@ fn email(map: &serde_json::Map<String, Value>) -> Result<String, Invalid> {
     if ok {
         Ok(email)
     } else {
-        Err(Invalid::field("email", format!("`{email}` is not an e-mail address")))
+        Err(Invalid::field(
+            "email",
+            format!("`{email}` is not an e-mail address"),
+        ))
     }
 }
 
@@ -229,7 +236,10 @@ pub fn parse_book(payload: &[u8]) -> Result<Book, Invalid> {
                     .char_indices()
                     .all(|(i, c)| c.is_ascii_digit() || (c == 'X' && i == 9 && digits.len() == 10));
             if !well_formed {
-                return Err(Invalid::field("isbn", format!("`{s}` is not an ISBN-10 or ISBN-13")));
+                return Err(Invalid::field(
+                    "isbn",
+                    format!("`{s}` is not an ISBN-10 or ISBN-13"),
+                ));
             }
             Some(digits)
         }
@@ -246,7 +256,10 @@ pub fn parse_book(payload: &[u8]) -> Result<Book, Invalid> {
             .iter()
             .map(|a| match a {
                 Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-                _ => Err(Invalid::field("authors", "every author must be a non-empty string")),
+                _ => Err(Invalid::field(
+                    "authors",
+                    "every author must be a non-empty string",
+                )),
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {
@@ -368,7 +381,10 @@ mod tests {
 
     #[test]
     fn invalid_customers_say_why() {
-        assert!(matches!(parse_customer(b"not json"), Err(Invalid::NotJson(_))));
+        assert!(matches!(
+            parse_customer(b"not json"),
+            Err(Invalid::NotJson(_))
+        ));
         assert!(matches!(parse_customer(b"[1,2]"), Err(Invalid::NotJson(_))));
         assert_eq!(
             parse_customer(br#"{"id":"c","email":"a@example.org"}"#),
@@ -388,7 +404,12 @@ mod tests {
         .unwrap();
         assert_eq!(b.isbn.as_deref(), Some("9788535902771"));
         assert_eq!(b.extra["pageCount"], 256);
-        assert!(parse_book(br#"{"id":"b1","isbn":null,"title":"T"}"#).unwrap().isbn.is_none());
+        assert!(
+            parse_book(br#"{"id":"b1","isbn":null,"title":"T"}"#)
+                .unwrap()
+                .isbn
+                .is_none()
+        );
         assert!(parse_book(br#"{"id":"b1","isbn":"12","title":"T"}"#).is_err());
         assert!(parse_book(br#"{"id":"b1","title":"T","authors":"Machado"}"#).is_err());
     }
@@ -401,7 +422,8 @@ mod tests {
         assert!(parse_order(zero).is_err());
         let text_qty = br#"{"id":"o","customer_id":"c","book_id":"b","quantity":"2","timestamp":"2024-05-01T10:00:00Z"}"#;
         assert!(parse_order(text_qty).is_err());
-        let bad_time = br#"{"id":"o","customer_id":"c","book_id":"b","quantity":1,"timestamp":"yesterday"}"#;
+        let bad_time =
+            br#"{"id":"o","customer_id":"c","book_id":"b","quantity":1,"timestamp":"yesterday"}"#;
         assert!(parse_order(bad_time).is_err());
     }
 

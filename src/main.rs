@@ -32,7 +32,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct Global {
     /// Directory for the embedded bus, embedded stores and the audit log.
-    #[arg(long, env = "LIVROS_DATA_DIR", default_value = "livros-data", global = true)]
+    #[arg(
+        long,
+        env = "LIVROS_DATA_DIR",
+        default_value = "livros-data",
+        global = true
+    )]
     data_dir: PathBuf,
 
     /// PostgreSQL URL for customers (e.g. postgres://user:pass@127.0.0.1:5432/livros).
@@ -58,7 +63,12 @@ struct Global {
 
     /// Google Books API key; without it (or when the API is unreachable) S1 uses the
     /// offline catalogue.
-    #[arg(long, env = "GOOGLE_BOOKS_API_KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GOOGLE_BOOKS_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
     google_books_api_key: Option<String>,
 }
 
@@ -194,7 +204,10 @@ impl Global {
 }
 
 fn s1_config(p: &ProduceArgs, o: &OutputArgs) -> anyhow::Result<S1Config> {
-    anyhow::ensure!(p.rate >= 0.0 && p.rate.is_finite(), "--rate must be 0 (as fast as possible) or a positive number of events per second");
+    anyhow::ensure!(
+        p.rate >= 0.0 && p.rate.is_finite(),
+        "--rate must be 0 (as fast as possible) or a positive number of events per second"
+    );
     Ok(S1Config {
         count: p.count,
         rate: p.rate,
@@ -254,7 +267,11 @@ fn progress(counters: &Arc<Counters>, total: Option<u64>) -> tokio::task::JoinHa
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = &cli.global;
     match &cli.command {
-        Command::Up { produce, consume, output } => {
+        Command::Up {
+            produce,
+            consume,
+            output,
+        } => {
             let settings = g.settings(Some(consume));
             let s1 = s1_config(produce, output)?;
             let bus = app::open_bus(&settings).await?;
@@ -293,7 +310,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let s1 = s1_config(produce, output)?;
             let bus = app::open_bus(&settings).await?;
             println!("[S1] publishing to {}", bus.describe());
-            let (books, source) = livros::catalog::load(settings.google_books_key.as_deref(), &settings.google_books_url).await;
+            let (books, source) = livros::catalog::load(
+                settings.google_books_key.as_deref(),
+                &settings.google_books_url,
+            )
+            .await;
             println!("[S1] {source}");
             let counters = Arc::new(Counters::default());
             let shutdown = tokio_util::sync::CancellationToken::new();
@@ -306,13 +327,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = livros::services::s1::run(bus, books, s1, counters, shutdown).await?;
             stopper.abort();
-            println!("[S1] sent {} customers, {} books, {} orders", report.customers, report.books, report.orders);
+            println!(
+                "[S1] sent {} customers, {} books, {} orders",
+                report.customers, report.books, report.orders
+            );
         }
         Command::S2 { consume, output } => {
             let settings = g.settings(Some(consume));
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
-            for line in app::describe(&*bus, Some(&stores), &settings).iter().filter(|l| !l.starts_with("audit")) {
+            for line in app::describe(&*bus, Some(&stores), &settings)
+                .iter()
+                .filter(|l| !l.starts_with("audit"))
+            {
                 println!("[S2] {line}");
             }
             let pipeline = app::Pipeline::start(bus, Some(stores), false, &settings, !output.quiet);
@@ -321,7 +348,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::S3 { consume, output } => {
             let settings = g.settings(Some(consume));
             let bus = app::open_bus(&settings).await?;
-            println!("[S3] following every topic on {}, logging to {}", bus.describe(), settings.audit_log.display());
+            println!(
+                "[S3] following every topic on {}, logging to {}",
+                bus.describe(),
+                settings.audit_log.display()
+            );
             let pipeline = app::Pipeline::start(bus, None, true, &settings, !output.quiet);
             pipeline.run_until(stop_signal()).await?;
         }
@@ -329,10 +360,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = g.settings(None);
             let stores = app::open_stores(&settings).await?;
             let found = match entity {
-                EntityArg::Customer => stores.relational.customer(id).await?.map(|c| serde_json::to_value(c).expect("serializes")),
+                EntityArg::Customer => stores
+                    .relational
+                    .customer(id)
+                    .await?
+                    .map(|c| serde_json::to_value(c).expect("serializes")),
                 EntityArg::Book => stores.document.get(BOOKS_COLLECTION, id).await?,
-                EntityArg::Order => routing::order_from_hash(&stores.key_value.hgetall(&routing::order_key(id)).await?)
-                    .map(|o| serde_json::to_value(o).expect("serializes")),
+                EntityArg::Order => routing::order_from_hash(
+                    &stores.key_value.hgetall(&routing::order_key(id)).await?,
+                )
+                .map(|o| serde_json::to_value(o).expect("serializes")),
             };
             let entity = match entity {
                 EntityArg::Customer => Entity::Customer,
@@ -355,18 +392,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stores = app::open_stores(&settings).await?;
             let topics = bus.stats(&routing::all_topics()).await?;
             let records = [
-                ("relational", "customers", stores.relational.describe(), stores.relational.count_customers().await?),
-                ("document", "books", stores.document.describe(), stores.document.count(BOOKS_COLLECTION).await?),
-                ("key-value", "orders", stores.key_value.describe(), stores.key_value.count_prefix("order:").await?),
+                (
+                    "relational",
+                    "customers",
+                    stores.relational.describe(),
+                    stores.relational.count_customers().await?,
+                ),
+                (
+                    "document",
+                    "books",
+                    stores.document.describe(),
+                    stores.document.count(BOOKS_COLLECTION).await?,
+                ),
+                (
+                    "key-value",
+                    "orders",
+                    stores.key_value.describe(),
+                    stores.key_value.count_prefix("order:").await?,
+                ),
             ];
             if *json {
                 let stores: serde_json::Map<String, serde_json::Value> = records
                     .iter()
-                    .map(|(kind, what, engine, n)| (kind.to_string(), serde_json::json!({"engine": engine, "entity": what, "records": n})))
+                    .map(|(kind, what, engine, n)| {
+                        (
+                            kind.to_string(),
+                            serde_json::json!({"engine": engine, "entity": what, "records": n}),
+                        )
+                    })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"topics": topics, "stores": stores}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"topics": topics, "stores": stores})
+                    )?
+                );
             } else {
-                let groups: std::collections::BTreeSet<&String> = topics.values().flat_map(|t| t.consumed.keys()).collect();
+                let groups: std::collections::BTreeSet<&String> =
+                    topics.values().flat_map(|t| t.consumed.keys()).collect();
                 print!("{:<16}{:>12}", "topic", "published");
                 for g in &groups {
                     print!(" {g:>13}");
@@ -387,7 +450,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Bench { events, in_data_dir } => {
+        Command::Bench {
+            events,
+            in_data_dir,
+        } => {
             let temp = tempfile::tempdir().context("creating a temporary data dir")?;
             let mut global = g.clone();
             if !in_data_dir {
@@ -395,7 +461,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 global.audit_log = None;
             }
             let settings = global.settings(None);
-            println!("benchmark: {events} events, data in {}", settings.data_dir.display());
+            println!(
+                "benchmark: {events} events, data in {}",
+                settings.data_dir.display()
+            );
             let report = livros::bench::run(&settings, *events).await?;
             print!("{report}");
         }

@@ -32,9 +32,17 @@ impl Default for Backoff {
 impl Backoff {
     /// Logs the failure of attempt N and sleeps before attempt N+1. Returns false (without
     /// waiting out the delay) when `shutdown` is cancelled meanwhile.
-    pub async fn wait(&mut self, what: &str, error: &(dyn Display + Sync), shutdown: &CancellationToken) -> bool {
+    pub async fn wait(
+        &mut self,
+        what: &str,
+        error: &(dyn Display + Sync),
+        shutdown: &CancellationToken,
+    ) -> bool {
         let delay = self.next;
-        tracing::warn!("{what} failed (attempt {}), retrying in {delay:?}: {error}", self.attempt);
+        tracing::warn!(
+            "{what} failed (attempt {}), retrying in {delay:?}: {error}",
+            self.attempt
+        );
         self.next = (self.next * 2).min(MAX_DELAY);
         self.attempt += 1;
         tokio::select! {
@@ -69,7 +77,10 @@ where
         match op().await {
             Ok(value) => {
                 if backoff.failures() > 0 {
-                    tracing::info!("{what}: succeeded after {} failed attempts", backoff.failures());
+                    tracing::info!(
+                        "{what}: succeeded after {} failed attempts",
+                        backoff.failures()
+                    );
                 }
                 return Ok(Some(value));
             }

@@ -252,7 +252,12 @@ impl Router {
     ///
     /// `Err` means a store is unavailable: nothing is lost, the caller retries the batch
     /// (writes are idempotent).
-    pub async fn apply(&self, entity: Entity, payloads: &[&[u8]], reference_grace: Duration) -> StoreResult<Vec<Outcome>> {
+    pub async fn apply(
+        &self,
+        entity: Entity,
+        payloads: &[&[u8]],
+        reference_grace: Duration,
+    ) -> StoreResult<Vec<Outcome>> {
         match entity {
             Entity::Customer => {
                 let parsed: Vec<_> = payloads.iter().map(|p| domain::parse_customer(p)).collect();
@@ -270,8 +275,14 @@ impl Router {
         }
     }
 
-    async fn store_customers(&self, parsed: Vec<Result<Customer, Invalid>>) -> StoreResult<Vec<Outcome>> {
-        let valid: Vec<Customer> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    async fn store_customers(
+        &self,
+        parsed: Vec<Result<Customer, Invalid>>,
+    ) -> StoreResult<Vec<Outcome>> {
+        let valid: Vec<Customer> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
         let store = &self.stores.relational;
         let failures = self
             .write_isolating(StoreKind::Relational, &valid, |batch| {
@@ -279,28 +290,47 @@ impl Router {
                 async move { store.upsert_customers(&batch).await }
             })
             .await?;
-        Ok(outcomes(parsed, &failures, |c| (c.id.clone(), c.name.clone()), |c| c.id.clone()))
+        Ok(outcomes(
+            parsed,
+            &failures,
+            |c| (c.id.clone(), c.name.clone()),
+            |c| c.id.clone(),
+        ))
     }
 
     async fn store_books(&self, parsed: Vec<Result<Book, Invalid>>) -> StoreResult<Vec<Outcome>> {
         let docs: Vec<(String, Value)> = parsed
             .iter()
             .filter_map(|p| p.as_ref().ok())
-            .map(|b| (b.id.clone(), serde_json::to_value(b).expect("books serialize")))
+            .map(|b| {
+                (
+                    b.id.clone(),
+                    serde_json::to_value(b).expect("books serialize"),
+                )
+            })
             .collect();
         let started = Instant::now();
         let results = self.stores.document.upsert(BOOKS_COLLECTION, &docs).await?;
-        self.timings.record(StoreKind::Document, docs.len(), started.elapsed());
+        self.timings
+            .record(StoreKind::Document, docs.len(), started.elapsed());
         let failures: HashMap<String, String> = docs
             .iter()
             .zip(results)
             .filter_map(|((id, _), r)| r.err().map(|e| (id.clone(), e.to_string())))
             .collect();
-        Ok(outcomes(parsed, &failures, |b| (b.id.clone(), b.title.clone()), |b| b.id.clone()))
+        Ok(outcomes(
+            parsed,
+            &failures,
+            |b| (b.id.clone(), b.title.clone()),
+            |b| b.id.clone(),
+        ))
     }
 
     async fn store_orders(&self, parsed: Vec<Result<Order, Invalid>>) -> StoreResult<Vec<Outcome>> {
-        let valid: Vec<Order> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+        let valid: Vec<Order> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().cloned())
+            .collect();
         let store = &self.stores.key_value;
         let failures = self
             .write_isolating(StoreKind::KeyValue, &valid, |batch| {
@@ -311,14 +341,24 @@ impl Router {
         Ok(outcomes(
             parsed,
             &failures,
-            |o| (o.id.clone(), format!("{} × book {}", o.quantity, short(&o.book_id))),
+            |o| {
+                (
+                    o.id.clone(),
+                    format!("{} × book {}", o.quantity, short(&o.book_id)),
+                )
+            },
             |o| o.id.clone(),
         ))
     }
 
     /// Writes `items` in one batch; if the store rejects the batch, writes them one by one
     /// so that only the bad ones fail. Returns the rejected items' ids with reasons.
-    async fn write_isolating<T, F, Fut>(&self, kind: StoreKind, items: &[T], write: F) -> StoreResult<HashMap<String, String>>
+    async fn write_isolating<T, F, Fut>(
+        &self,
+        kind: StoreKind,
+        items: &[T],
+        write: F,
+    ) -> StoreResult<HashMap<String, String>>
     where
         T: HasId,
         F: Fn(&[T]) -> Fut,
@@ -352,14 +392,26 @@ impl Router {
 
     /// Turns orders whose customer or book is missing into `UnknownReference`, after
     /// waiting up to `grace` for them to appear.
-    async fn check_references(&self, mut parsed: Vec<Result<Order, Invalid>>, grace: Duration) -> StoreResult<Vec<Result<Order, Invalid>>> {
+    async fn check_references(
+        &self,
+        mut parsed: Vec<Result<Order, Invalid>>,
+        grace: Duration,
+    ) -> StoreResult<Vec<Result<Order, Invalid>>> {
         let deadline = Instant::now() + grace;
         loop {
             let orders: Vec<&Order> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
             let customer_ids: Vec<String> = unique(orders.iter().map(|o| o.customer_id.clone()));
             let book_ids: Vec<String> = unique(orders.iter().map(|o| o.book_id.clone()));
-            let customers = self.stores.relational.existing_customers(&customer_ids).await?;
-            let books = self.stores.document.existing(BOOKS_COLLECTION, &book_ids).await?;
+            let customers = self
+                .stores
+                .relational
+                .existing_customers(&customer_ids)
+                .await?;
+            let books = self
+                .stores
+                .document
+                .existing(BOOKS_COLLECTION, &book_ids)
+                .await?;
             let missing = |o: &Order| -> Option<Invalid> {
                 if !customers.contains(&o.customer_id) {
                     Some(Invalid::UnknownReference {
@@ -451,9 +503,15 @@ mod tests {
 
     #[test]
     fn every_topic_has_one_route_and_a_dead_letter_topic() {
-        assert_eq!(route_for_topic("customers").unwrap().store, StoreKind::Relational);
+        assert_eq!(
+            route_for_topic("customers").unwrap().store,
+            StoreKind::Relational
+        );
         assert_eq!(route_for_topic("books").unwrap().store, StoreKind::Document);
-        assert_eq!(route_for_topic("orders").unwrap().store, StoreKind::KeyValue);
+        assert_eq!(
+            route_for_topic("orders").unwrap().store,
+            StoreKind::KeyValue
+        );
         assert!(route_for_topic("customers.dlq").is_none());
         assert_eq!(all_topics().len(), 6);
         assert!(all_topics().contains(&"orders.dlq".to_string()));
@@ -468,7 +526,11 @@ mod tests {
             quantity: 3,
             timestamp: "2024-01-01T00:00:00Z".into(),
         };
-        let [KvWrite::HSet { key, fields }, KvWrite::SAdd { key: set, .. }] = order_writes(&order) else {
+        let [
+            KvWrite::HSet { key, fields },
+            KvWrite::SAdd { key: set, .. },
+        ] = order_writes(&order)
+        else {
             panic!("an order is a hash and a set entry");
         };
         assert_eq!(key, "order:o1");

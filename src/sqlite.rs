@@ -5,7 +5,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// Opens a pool with the settings every embedded file uses: WAL (readers never block the
 /// writer), `synchronous=FULL` (a committed transaction survives power loss, not only
@@ -27,7 +29,10 @@ pub async fn open(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx:
 
 /// Runs `CREATE … IF NOT EXISTS` statements in one write transaction, so processes starting
 /// together cannot race.
-pub async fn apply_schema(pool: &SqlitePool, statements: &[&'static str]) -> Result<(), sqlx::Error> {
+pub async fn apply_schema(
+    pool: &SqlitePool,
+    statements: &[&'static str],
+) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for statement in statements {
         sqlx::query(*statement).execute(&mut *tx).await?;

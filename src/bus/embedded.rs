@@ -26,7 +26,9 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::Notify;
 
-use super::{Bus, BusError, BusResult, Consumer, Message, Record, StartFrom, TopicPartition, TopicStats};
+use super::{
+    Bus, BusError, BusResult, Consumer, Message, Record, StartFrom, TopicPartition, TopicStats,
+};
 
 /// How long a member's claim on a topic lasts without renewal. A crashed member on another
 /// host blocks its topic this long; one on this host is detected at once by its pid.
@@ -91,7 +93,9 @@ impl EmbeddedBus {
             .map_err(|e| BusError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("bus.db");
         let pool = crate::sqlite::open(&path, 4).await.map_err(unavailable)?;
-        crate::sqlite::apply_schema(&pool, SCHEMA).await.map_err(unavailable)?;
+        crate::sqlite::apply_schema(&pool, SCHEMA)
+            .await
+            .map_err(unavailable)?;
         Ok(Self {
             pool,
             path,
@@ -122,23 +126,31 @@ impl EmbeddedBus {
 #[async_trait]
 impl Bus for EmbeddedBus {
     async fn ensure_topics(&self, topics: &[String], partitions: i32) -> BusResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         for topic in topics {
-            let created = sqlx::query("INSERT INTO topics (name, partitions) VALUES (?, ?) ON CONFLICT DO NOTHING")
-                .bind(topic)
-                .bind(i64::from(partitions.max(1)))
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
+            let created = sqlx::query(
+                "INSERT INTO topics (name, partitions) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(topic)
+            .bind(i64::from(partitions.max(1)))
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
             if created == 1 {
                 for p in 0..partitions.max(1) {
-                    sqlx::query("INSERT INTO partitions (topic, partition, next_offset) VALUES (?, ?, 0)")
-                        .bind(topic)
-                        .bind(p)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
+                    sqlx::query(
+                        "INSERT INTO partitions (topic, partition, next_offset) VALUES (?, ?, 0)",
+                    )
+                    .bind(topic)
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
                 }
             }
         }
@@ -156,25 +168,36 @@ impl Bus for EmbeddedBus {
             placed.push(super::partition_for(r.key.as_deref(), n, fallback));
         }
         let timestamp = now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         let mut result = Vec::with_capacity(records.len());
         for (r, p) in records.iter().zip(&placed) {
             let key = (r.topic.as_str(), *p);
             if !next.contains_key(&key) {
-                let n: i64 = sqlx::query_scalar("SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?")
-                    .bind(&r.topic)
-                    .bind(p)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?",
+                )
+                .bind(&r.topic)
+                .bind(p)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
                 next.insert(key, n);
             }
             let offset = next.get_mut(&key).expect("just inserted");
             result.push((*p, *offset));
             *offset += 1;
         }
-        for chunk in records.iter().zip(&result).collect::<Vec<_>>().chunks(INSERT_CHUNK) {
+        for chunk in records
+            .iter()
+            .zip(&result)
+            .collect::<Vec<_>>()
+            .chunks(INSERT_CHUNK)
+        {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO messages (topic, partition, offset, key, headers, payload, timestamp_ms) ",
             );
@@ -205,7 +228,12 @@ impl Bus for EmbeddedBus {
         Ok(result)
     }
 
-    async fn subscribe(&self, group: &str, topics: &[String], start: StartFrom) -> BusResult<Box<dyn Consumer>> {
+    async fn subscribe(
+        &self,
+        group: &str,
+        topics: &[String],
+        start: StartFrom,
+    ) -> BusResult<Box<dyn Consumer>> {
         let mut partitions = BTreeMap::new();
         for t in topics {
             partitions.insert(t.clone(), self.partition_count(t).await?);
@@ -227,16 +255,19 @@ impl Bus for EmbeddedBus {
     async fn stats(&self, topics: &[String]) -> BusResult<BTreeMap<String, TopicStats>> {
         let mut out = BTreeMap::new();
         for topic in topics {
-            let published: Option<i64> = sqlx::query_scalar("SELECT SUM(next_offset) FROM partitions WHERE topic = ?")
-                .bind(topic)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(unavailable)?;
-            let rows = sqlx::query("SELECT grp, SUM(next_offset) AS n FROM group_offsets WHERE topic = ? GROUP BY grp")
-                .bind(topic)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
+            let published: Option<i64> =
+                sqlx::query_scalar("SELECT SUM(next_offset) FROM partitions WHERE topic = ?")
+                    .bind(topic)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+            let rows = sqlx::query(
+                "SELECT grp, SUM(next_offset) AS n FROM group_offsets WHERE topic = ? GROUP BY grp",
+            )
+            .bind(topic)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
             let consumed = rows
                 .iter()
                 .map(|r| (r.get::<String, _>("grp"), r.get::<i64, _>("n")))
@@ -278,13 +309,20 @@ struct EmbeddedConsumer {
 impl EmbeddedConsumer {
     /// Claims or renews the lease on `topic`; true when this member holds it afterwards.
     async fn claim(&self, topic: &str) -> BusResult<bool> {
-        let mut tx = self.bus.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
-        let current = sqlx::query("SELECT owner, host, pid, expires_ms FROM leases WHERE grp = ? AND topic = ?")
-            .bind(&self.group)
-            .bind(topic)
-            .fetch_optional(&mut *tx)
+        let mut tx = self
+            .bus
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
+        let current = sqlx::query(
+            "SELECT owner, host, pid, expires_ms FROM leases WHERE grp = ? AND topic = ?",
+        )
+        .bind(&self.group)
+        .bind(topic)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
         let free = match &current {
             None => true,
             Some(row) => {
@@ -294,7 +332,9 @@ impl EmbeddedConsumer {
                 let expires: i64 = row.get("expires_ms");
                 owner == self.owner
                     || expires < now_ms()
-                    || (host == self.host && pid != i64::from(std::process::id()) && !pid_alive(pid))
+                    || (host == self.host
+                        && pid != i64::from(std::process::id())
+                        && !pid_alive(pid))
             }
         };
         if free {
@@ -333,14 +373,14 @@ impl EmbeddedConsumer {
             let position = match (committed, self.start) {
                 (Some(o), _) => o,
                 (None, StartFrom::Earliest) => 0,
-                (None, StartFrom::Latest) => {
-                    sqlx::query_scalar("SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?")
-                        .bind(topic)
-                        .bind(p)
-                        .fetch_one(&self.bus.pool)
-                        .await
-                        .map_err(unavailable)?
-                }
+                (None, StartFrom::Latest) => sqlx::query_scalar(
+                    "SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?",
+                )
+                .bind(topic)
+                .bind(p)
+                .fetch_one(&self.bus.pool)
+                .await
+                .map_err(unavailable)?,
             };
             self.positions.insert((topic.to_string(), p), position);
         }
@@ -371,7 +411,11 @@ impl EmbeddedConsumer {
             .filter(|t| !self.held.contains_key(*t))
             .cloned()
             .collect();
-        if missing.is_empty() || self.last_claim_attempt.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        if missing.is_empty()
+            || self
+                .last_claim_attempt
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             return Ok(());
         }
         self.last_claim_attempt = Some(now);
@@ -387,7 +431,11 @@ impl EmbeddedConsumer {
     }
 
     async fn fetch(&mut self, max: usize) -> BusResult<Vec<Message>> {
-        let parts: Vec<(TopicPartition, i64)> = self.positions.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let parts: Vec<(TopicPartition, i64)> = self
+            .positions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         let mut out = Vec::new();
         if parts.is_empty() {
             return Ok(out);
@@ -458,15 +506,21 @@ impl Consumer for EmbeddedConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut tx = self.bus.pool.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let mut tx = self
+            .bus
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
         let topics: HashSet<&String> = offsets.keys().map(|(t, _)| t).collect();
         for topic in topics {
-            let owner: Option<String> = sqlx::query_scalar("SELECT owner FROM leases WHERE grp = ? AND topic = ?")
-                .bind(&self.group)
-                .bind(topic)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            let owner: Option<String> =
+                sqlx::query_scalar("SELECT owner FROM leases WHERE grp = ? AND topic = ?")
+                    .bind(&self.group)
+                    .bind(topic)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
             if owner.as_deref() != Some(self.owner.as_str()) {
                 return Err(BusError::Fenced(format!(
                     "group `{}` no longer owns topic `{topic}` here; its messages will be redelivered",
@@ -500,7 +554,8 @@ impl Consumer for EmbeddedConsumer {
         }
         self.maintain_leases().await?;
         if self.held.contains_key(topic) {
-            self.positions.insert((topic.to_string(), partition), offset.max(0));
+            self.positions
+                .insert((topic.to_string(), partition), offset.max(0));
         }
         Ok(())
     }

@@ -133,8 +133,16 @@ impl Generator {
     pub fn order(&mut self) -> Order {
         Order {
             id: uuid::Uuid::new_v4().to_string(),
-            customer_id: self.customers.choose(&mut self.rng).cloned().expect("a customer was generated first"),
-            book_id: self.sent_books.choose(&mut self.rng).cloned().expect("a book was generated first"),
+            customer_id: self
+                .customers
+                .choose(&mut self.rng)
+                .cloned()
+                .expect("a customer was generated first"),
+            book_id: self
+                .sent_books
+                .choose(&mut self.rng)
+                .cloned()
+                .expect("a book was generated first"),
             quantity: self.rng.random_range(1..=5),
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         }
@@ -147,11 +155,29 @@ impl Generator {
         let order = self.order();
         let customer_line = format!("customer {} ({})", short(&customer.id), customer.name);
         let book_line = format!("book {} ({})", short(&book.id), book.title);
-        let order_line = format!("order {} ({} × book {})", short(&order.id), order.quantity, short(&order.book_id));
+        let order_line = format!(
+            "order {} ({} × book {})",
+            short(&order.id),
+            order.quantity,
+            short(&order.book_id)
+        );
         vec![
-            (record(Entity::Customer, &customer.id, serde_json::to_value(&customer)), customer_line),
-            (record(Entity::Book, &book.id, serde_json::to_value(&book)), book_line),
-            (record(Entity::Order, &order.id, serde_json::to_value(&order)), order_line),
+            (
+                record(
+                    Entity::Customer,
+                    &customer.id,
+                    serde_json::to_value(&customer),
+                ),
+                customer_line,
+            ),
+            (
+                record(Entity::Book, &book.id, serde_json::to_value(&book)),
+                book_line,
+            ),
+            (
+                record(Entity::Order, &order.id, serde_json::to_value(&order)),
+                order_line,
+            ),
         ]
     }
 }
@@ -177,11 +203,17 @@ pub async fn run(
 ) -> Result<S1Report, ServiceError> {
     let mut generator = Generator::new(books, config.seed);
     let mut report = S1Report::default();
-    let rounds_per_publish = if config.rate > 0.0 { 1 } else { ROUNDS_PER_BATCH };
+    let rounds_per_publish = if config.rate > 0.0 {
+        1
+    } else {
+        ROUNDS_PER_BATCH
+    };
     let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
     let mut round = 0_u64;
     'outer: while config.count.is_none_or(|n| round < n) {
-        let rounds = config.count.map_or(rounds_per_publish, |n| (n - round).min(rounds_per_publish));
+        let rounds = config
+            .count
+            .map_or(rounds_per_publish, |n| (n - round).min(rounds_per_publish));
         let events: Vec<(Record, String)> = (0..rounds).flat_map(|_| generator.round()).collect();
         round += rounds;
         // At a set rate, events go one at a time; flat out, a whole batch per publish.
@@ -200,7 +232,10 @@ pub async fn run(
                 break 'outer;
             }
             let records: Vec<Record> = group.iter().map(|(r, _)| r.clone()).collect();
-            let published = retry::until_ok("publishing", &shutdown, bus_transient, || bus.publish(records.clone())).await?;
+            let published = retry::until_ok("publishing", &shutdown, bus_transient, || {
+                bus.publish(records.clone())
+            })
+            .await?;
             if published.is_none() {
                 break 'outer;
             }

@@ -101,7 +101,11 @@ async fn consume(
     let dlq = routing::dlq_topic(&topic);
     let engine = engine(&router, route.store);
     let mut consumer = bus
-        .subscribe(&config.group, std::slice::from_ref(&topic), StartFrom::Earliest)
+        .subscribe(
+            &config.group,
+            std::slice::from_ref(&topic),
+            StartFrom::Earliest,
+        )
         .await?;
     loop {
         let polled = tokio::select! {
@@ -121,9 +125,12 @@ async fn consume(
             continue;
         }
         let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-        let stored = retry::until_ok(&format!("storing a batch from `{topic}`"), &shutdown, StoreError::is_transient, || {
-            router.apply(route.entity, &payloads, config.reference_grace)
-        })
+        let stored = retry::until_ok(
+            &format!("storing a batch from `{topic}`"),
+            &shutdown,
+            StoreError::is_transient,
+            || router.apply(route.entity, &payloads, config.reference_grace),
+        )
         .await?;
         let Some(outcomes) = stored else { break };
 
@@ -136,16 +143,21 @@ async fn consume(
             })
             .collect();
         if !dead.is_empty() {
-            let published = retry::until_ok(&format!("publishing to `{dlq}`"), &shutdown, bus_transient, || {
-                bus.publish(dead.clone())
-            })
+            let published = retry::until_ok(
+                &format!("publishing to `{dlq}`"),
+                &shutdown,
+                bus_transient,
+                || bus.publish(dead.clone()),
+            )
             .await?;
             if published.is_none() {
                 break;
             }
         }
 
-        if !super::commit(&mut *consumer, &next_offsets(&messages), &shutdown).await? && shutdown.is_cancelled() {
+        if !super::commit(&mut *consumer, &next_offsets(&messages), &shutdown).await?
+            && shutdown.is_cancelled()
+        {
             break;
         }
 

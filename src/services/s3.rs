@@ -60,7 +60,11 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
         let mut written = HashMap::new();
         let mut complete = 0_u64;
         let mut reader = BufReader::new(&mut file);
@@ -73,7 +77,9 @@ impl AuditLog {
             }
             complete += n as u64;
             if let Ok(key) = serde_json::from_slice::<LineKey>(&line) {
-                let max = written.entry((key.topic, key.partition)).or_insert(key.offset);
+                let max = written
+                    .entry((key.topic, key.partition))
+                    .or_insert(key.offset);
                 *max = (*max).max(key.offset);
             }
         }
@@ -108,7 +114,10 @@ impl AuditLog {
             self.file.write_all(&buffer)?;
             self.file.sync_data()?;
             for m in messages {
-                let max = self.written.entry((m.topic.clone(), m.partition)).or_insert(m.offset);
+                let max = self
+                    .written
+                    .entry((m.topic.clone(), m.partition))
+                    .or_insert(m.offset);
                 *max = (*max).max(m.offset);
             }
         }
@@ -137,19 +146,31 @@ fn line(m: &Message) -> Value {
         "message": message,
     });
     if !m.headers.is_empty() {
-        line["headers"] = m.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>().into();
+        line["headers"] = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
     }
     line
 }
 
 /// Runs S3 until `shutdown` is cancelled.
-pub async fn run(bus: Arc<dyn Bus>, config: S3Config, counters: Arc<Counters>, shutdown: CancellationToken) -> Result<(), ServiceError> {
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    config: S3Config,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
     let log_error = |source| ServiceError::AuditLog {
         path: config.log_path.display().to_string(),
         source,
     };
     let mut log = Some(AuditLog::open(&config.log_path).map_err(log_error)?);
-    let mut consumer = bus.subscribe(&config.group, &config.topics, StartFrom::Earliest).await?;
+    let mut consumer = bus
+        .subscribe(&config.group, &config.topics, StartFrom::Earliest)
+        .await?;
     loop {
         let polled = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -179,7 +200,9 @@ pub async fn run(bus: Arc<dyn Bus>, config: S3Config, counters: Arc<Counters>, s
         log = Some(back);
         let written = written.map_err(log_error)?;
 
-        if !super::commit(&mut *consumer, &next_offsets(&messages), &shutdown).await? && shutdown.is_cancelled() {
+        if !super::commit(&mut *consumer, &next_offsets(&messages), &shutdown).await?
+            && shutdown.is_cancelled()
+        {
             Counters::add(&counters.logged, written);
             break;
         }
@@ -215,14 +238,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("messages.log");
         let mut log = AuditLog::open(&path).unwrap();
-        assert_eq!(log.append(&[message("t", 0, b"{\"a\":1}"), message("t", 1, b"not json")]).unwrap(), 2);
+        assert_eq!(
+            log.append(&[message("t", 0, b"{\"a\":1}"), message("t", 1, b"not json")])
+                .unwrap(),
+            2
+        );
         drop(log);
         // A crash mid-write leaves half a line.
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"topic\":\"t\",\"par").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"topic\":\"t\",\"par")
+            .unwrap();
         let mut log = AuditLog::open(&path).unwrap();
-        assert_eq!(log.append(&[message("t", 1, b"{}"), message("t", 2, b"{}")]).unwrap(), 1);
+        assert_eq!(
+            log.append(&[message("t", 1, b"{}"), message("t", 2, b"{}")])
+                .unwrap(),
+            1
+        );
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["message"], json!({"a": 1}));
         assert_eq!(lines[1]["message"], json!("not json"));

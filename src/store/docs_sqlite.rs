@@ -39,7 +39,9 @@ impl SqliteDocumentStore {
             hint: "Check that the data directory (--data-dir) is writable.".into(),
         };
         let pool = crate::sqlite::open(path, 4).await.map_err(open_error)?;
-        crate::sqlite::apply_schema(&pool, SCHEMA).await.map_err(open_error)?;
+        crate::sqlite::apply_schema(&pool, SCHEMA)
+            .await
+            .map_err(open_error)?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),
@@ -49,7 +51,8 @@ impl SqliteDocumentStore {
     async fn upsert_rows(&self, collection: &str, docs: &[&(String, Value)]) -> StoreResult<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         for chunk in docs.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO documents (collection, id, body) ");
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO documents (collection, id, body) ");
             q.push_values(chunk, |mut row, (id, body)| {
                 row.push_bind(collection.to_string())
                     .push_bind(id.clone())
@@ -64,7 +67,11 @@ impl SqliteDocumentStore {
 
 #[async_trait]
 impl DocumentStore for SqliteDocumentStore {
-    async fn upsert(&self, collection: &str, docs: &[(String, Value)]) -> StoreResult<Vec<StoreResult<()>>> {
+    async fn upsert(
+        &self,
+        collection: &str,
+        docs: &[(String, Value)],
+    ) -> StoreResult<Vec<StoreResult<()>>> {
         let unique = super::last_by_id(docs, |(id, _)| id);
         match self.upsert_rows(collection, &unique).await {
             Ok(()) => Ok(docs.iter().map(|_| Ok(())).collect()),
@@ -84,12 +91,13 @@ impl DocumentStore for SqliteDocumentStore {
     }
 
     async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>> {
-        let body: Option<String> = sqlx::query_scalar("SELECT body FROM documents WHERE collection = ? AND id = ?")
-            .bind(collection)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err)?;
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM documents WHERE collection = ? AND id = ?")
+                .bind(collection)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
         body.map(|b| {
             serde_json::from_str(&b).map_err(|e| StoreError::Rejected {
                 store: STORE,
@@ -102,7 +110,8 @@ impl DocumentStore for SqliteDocumentStore {
     async fn existing(&self, collection: &str, ids: &[String]) -> StoreResult<HashSet<String>> {
         let mut found = HashSet::new();
         for chunk in ids.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM documents WHERE collection = ");
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT id FROM documents WHERE collection = ");
             q.push_bind(collection.to_string()).push(" AND id IN (");
             let mut list = q.separated(", ");
             for id in chunk {

@@ -41,7 +41,9 @@ impl SqliteKvStore {
             hint: "Check that the data directory (--data-dir) is writable.".into(),
         };
         let pool = crate::sqlite::open(path, 4).await.map_err(open_error)?;
-        crate::sqlite::apply_schema(&pool, SCHEMA).await.map_err(open_error)?;
+        crate::sqlite::apply_schema(&pool, SCHEMA)
+            .await
+            .map_err(open_error)?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),
@@ -56,13 +58,16 @@ impl KeyValueStore for SqliteKvStore {
         let mut members = Vec::new();
         for write in writes {
             match write {
-                KvWrite::HSet { key, fields: f } => fields.extend(f.iter().map(|(k, v)| (key, k, v))),
+                KvWrite::HSet { key, fields: f } => {
+                    fields.extend(f.iter().map(|(k, v)| (key, k, v)))
+                }
                 KvWrite::SAdd { key, members: m } => members.extend(m.iter().map(|m| (key, m))),
             }
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         for chunk in fields.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO kv_hash (key, field, value) ");
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO kv_hash (key, field, value) ");
             q.push_values(chunk, |mut row, (key, field, value)| {
                 row.push_bind((*key).clone())
                     .push_bind((*field).clone())
@@ -72,7 +77,8 @@ impl KeyValueStore for SqliteKvStore {
             q.build().execute(&mut *tx).await.map_err(err)?;
         }
         for chunk in members.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO kv_set (key, member) ");
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO kv_set (key, member) ");
             q.push_values(chunk, |mut row, (key, member)| {
                 row.push_bind((*key).clone()).push_bind((*member).clone());
             });
@@ -88,7 +94,10 @@ impl KeyValueStore for SqliteKvStore {
             .fetch_all(&self.pool)
             .await
             .map_err(err)?;
-        Ok(rows.iter().map(|r| (r.get("field"), r.get("value"))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("field"), r.get("value")))
+            .collect())
     }
 
     async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>> {

@@ -65,7 +65,9 @@ impl StoreError {
                 // (53*), shutdown (57P*) and serialization (40*) classes clear up on their own.
                 let code = db.code().unwrap_or_default();
                 matches!(code.as_ref(), "5" | "6" | "517" | "261")
-                    || ["08", "53", "57P", "40"].iter().any(|p| code.starts_with(p))
+                    || ["08", "53", "57P", "40"]
+                        .iter()
+                        .any(|p| code.starts_with(p))
             }
             _ => false,
         };
@@ -103,7 +105,11 @@ pub trait RelationalStore: Send + Sync {
 pub trait DocumentStore: Send + Sync {
     /// Inserts or replaces documents by id. One result per document, in order, so a
     /// document the store refuses fails alone; `Err` is for the store being unreachable.
-    async fn upsert(&self, collection: &str, docs: &[(String, Value)]) -> StoreResult<Vec<StoreResult<()>>>;
+    async fn upsert(
+        &self,
+        collection: &str,
+        docs: &[(String, Value)],
+    ) -> StoreResult<Vec<StoreResult<()>>>;
     /// One document by id.
     async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>>;
     /// Which of `ids` exist.
@@ -260,6 +266,9 @@ mod tests {
             super::redact("postgres://u:secret@db:5432/x"),
             "postgres://u:***@db:5432/x"
         );
-        assert_eq!(super::redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            super::redact("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

@@ -26,11 +26,13 @@ impl PostgresStore {
     /// Connects to `url`, failing within seconds when the server is unreachable, and runs
     /// the migrations (sqlx takes an advisory lock, so concurrent starts are safe).
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
-        let open_error = |reason: String| OpenError {
+        let open_error = |reason: String| {
+            OpenError {
             kind: "relational",
             location: redact(url),
             reason,
             hint: "Check that PostgreSQL is running and the URL (--postgres-url / LIVROS_POSTGRES_URL) is right.".into(),
+        }
         };
         // S2 writes one batch at a time per topic and the API adds a few readers: a small
         // pool is plenty and leaves the server's connection budget to others.
@@ -102,11 +104,12 @@ impl RelationalStore for PostgresStore {
     }
 
     async fn customers_by_email(&self, email: &str) -> StoreResult<Vec<Customer>> {
-        let rows = sqlx::query("SELECT id, name, email FROM customers WHERE email = $1 ORDER BY id")
-            .bind(email)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
+        let rows =
+            sqlx::query("SELECT id, name, email FROM customers WHERE email = $1 ORDER BY id")
+                .bind(email)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)?;
         Ok(rows.iter().map(customer).collect())
     }
 

@@ -20,9 +20,15 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 fn err(e: redis::RedisError) -> StoreError {
     let reason = e.to_string();
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
-        StoreError::Unavailable { store: STORE, reason }
+        StoreError::Unavailable {
+            store: STORE,
+            reason,
+        }
     } else {
-        StoreError::Rejected { store: STORE, reason }
+        StoreError::Rejected {
+            store: STORE,
+            reason,
+        }
     }
 }
 
@@ -52,17 +58,22 @@ impl RedisStore {
             kind: "key-value",
             location: redact(url),
             reason,
-            hint: "Check that Redis is running and the URL (--redis-url / LIVROS_REDIS_URL) is right.".into(),
+            hint:
+                "Check that Redis is running and the URL (--redis-url / LIVROS_REDIS_URL) is right."
+                    .into(),
         };
         let client = redis::Client::open(url).map_err(|e| open_error(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(3);
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, ConnectionManager::new_with_config(client, config))
-            .await
-            .map_err(|_| open_error("timed out".into()))?
-            .map_err(|e| open_error(e.to_string()))?;
+        let mut conn = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| open_error("timed out".into()))?
+        .map_err(|e| open_error(e.to_string()))?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
@@ -117,7 +128,10 @@ impl KeyValueStore for RedisStore {
         for key in keys {
             pipe.exists(self.key(key));
         }
-        let found: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await.map_err(err)?;
+        let found: Vec<bool> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
         Ok(keys
             .iter()
             .zip(found)

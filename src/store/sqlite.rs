@@ -64,7 +64,8 @@ impl RelationalStore for SqliteStore {
         let customers = last_by_id(customers, |c| &c.id);
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         for chunk in customers.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO customers (id, name, email) ");
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO customers (id, name, email) ");
             q.push_values(chunk, |mut row, c| {
                 row.push_bind(c.id.clone())
                     .push_bind(c.name.clone())
@@ -92,7 +93,8 @@ impl RelationalStore for SqliteStore {
     async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>> {
         let mut found = HashSet::new();
         for chunk in ids.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM customers WHERE id IN (");
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT id FROM customers WHERE id IN (");
             let mut list = q.separated(", ");
             for id in chunk {
                 list.push_bind(id.clone());

@@ -1,0 +1,123 @@
+//! The key-value store suite: the embedded store and Redis.
+
+use std::collections::BTreeMap;
+
+use livros::store::kv_sqlite::SqliteKvStore;
+use livros::store::redis::RedisStore;
+use livros::store::{KeyValueStore, KvWrite};
+
+use crate::common::{redis_cleanup, redis_prefix, service_url};
+
+fn hset(key: &str, fields: &[(&str, &str)]) -> KvWrite {
+    KvWrite::HSet {
+        key: key.into(),
+        fields: fields
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn sadd(key: &str, members: &[&str]) -> KvWrite {
+    KvWrite::SAdd {
+        key: key.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    }
+}
+
+async fn suite(store: &dyn KeyValueStore) {
+    assert!(store.hgetall("order:none").await.unwrap().is_empty());
+    assert!(
+        store
+            .smembers("customer:none:orders")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    store
+        .write(&[
+            hset("order:1", &[("id", "1"), ("quantity", "2")]),
+            sadd("customer:c:orders", &["1"]),
+        ])
+        .await
+        .unwrap();
+    let expected: BTreeMap<String, String> =
+        [("id".into(), "1".into()), ("quantity".into(), "2".into())].into();
+    assert_eq!(store.hgetall("order:1").await.unwrap(), expected);
+
+    // HSET merges fields; SADD is idempotent.
+    store
+        .write(&[
+            hset("order:1", &[("quantity", "3"), ("book_id", "b")]),
+            sadd("customer:c:orders", &["1", "2"]),
+            sadd("customer:c:orders", &["2"]),
+        ])
+        .await
+        .unwrap();
+    let order = store.hgetall("order:1").await.unwrap();
+    assert_eq!(order.len(), 3);
+    assert_eq!(order["quantity"], "3");
+    let members: Vec<String> = store
+        .smembers("customer:c:orders")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(members, ["1", "2"]);
+
+    let found = store
+        .existing(&[
+            "order:1".into(),
+            "customer:c:orders".into(),
+            "order:404".into(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 2);
+
+    // Prefix counts see hashes and sets, and only keys under the prefix.
+    let writes: Vec<KvWrite> = (0..3_000)
+        .map(|i| hset(&format!("order:bulk{i}"), &[("id", "x")]))
+        .collect();
+    store.write(&writes).await.unwrap();
+    assert_eq!(store.count_prefix("order:").await.unwrap(), 3_001);
+    assert_eq!(store.count_prefix("customer:").await.unwrap(), 1);
+    assert_eq!(store.count_prefix("order:bulk1").await.unwrap(), 1_111);
+    // Glob characters in a prefix match only themselves.
+    store.write(&[hset("we*rd", &[("a", "b")])]).await.unwrap();
+    assert_eq!(store.count_prefix("we*").await.unwrap(), 1);
+    assert_eq!(store.count_prefix("w").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteKvStore::open(&dir.path().join("keyvalue.db"))
+        .await
+        .unwrap();
+    suite(&store).await;
+}
+
+#[tokio::test]
+async fn redis() {
+    let Some(url) = service_url("LIVROS_TEST_REDIS_URL") else {
+        return;
+    };
+    let prefix = redis_prefix();
+    let store = RedisStore::connect(&url, &prefix).await.unwrap();
+    suite(&store).await;
+    redis_cleanup(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn redis_unreachable_is_a_clear_error() {
+    let error = RedisStore::connect("redis://:secret@127.0.0.1:1", "")
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    let text = error.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("--redis-url"), "{text}");
+}

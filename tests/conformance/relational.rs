@@ -1,0 +1,119 @@
+//! The relational store suite: SQLite (embedded) and PostgreSQL.
+
+use livros::domain::Customer;
+use livros::store::RelationalStore;
+use livros::store::postgres::PostgresStore;
+use livros::store::sqlite::SqliteStore;
+
+use crate::common::{TestDb, service_url};
+
+fn customer(id: &str, name: &str, email: &str) -> Customer {
+    Customer {
+        id: id.into(),
+        name: name.into(),
+        email: email.into(),
+    }
+}
+
+async fn suite(store: &dyn RelationalStore) {
+    // Missing rows read as None, not errors.
+    assert_eq!(store.customer("nobody").await.unwrap(), None);
+    assert_eq!(store.count_customers().await.unwrap(), 0);
+
+    // Upsert, read back, including text that needs escaping.
+    let a = customer("a", "Maria José D'Ávila \"Zé\"", "maria@example.com");
+    let b = customer("b", "João Souza", "joao@example.org");
+    store
+        .upsert_customers(&[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.customer("a").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.count_customers().await.unwrap(), 2);
+
+    // Idempotent: the same batch again changes nothing.
+    store
+        .upsert_customers(&[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.count_customers().await.unwrap(), 2);
+
+    // An update by id replaces the fields; within one batch, the last write wins.
+    let a2 = customer("a", "Maria Souza", "maria.souza@example.com");
+    let a3 = customer("a", "Maria S.", "ms@example.com");
+    store.upsert_customers(&[a2, a3.clone()]).await.unwrap();
+    assert_eq!(store.customer("a").await.unwrap(), Some(a3));
+    assert_eq!(store.count_customers().await.unwrap(), 2);
+
+    // Existence in bulk, and e-mail lookups (not unique).
+    let ids = vec!["a".to_string(), "b".to_string(), "zzz".to_string()];
+    let found = store.existing_customers(&ids).await.unwrap();
+    assert_eq!(found.len(), 2);
+    assert!(found.contains("a") && found.contains("b") && !found.contains("zzz"));
+    store
+        .upsert_customers(&[customer("c", "Outro João", "joao@example.org")])
+        .await
+        .unwrap();
+    let by_email = store.customers_by_email("joao@example.org").await.unwrap();
+    assert_eq!(
+        by_email.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+
+    // Batches larger than one statement's worth of parameters.
+    let many: Vec<Customer> = (0..2_500)
+        .map(|i| {
+            customer(
+                &format!("bulk-{i}"),
+                &format!("Cliente {i}"),
+                &format!("c{i}@example.net"),
+            )
+        })
+        .collect();
+    store.upsert_customers(&many).await.unwrap();
+    assert_eq!(store.count_customers().await.unwrap(), 3 + 2_500);
+    let ids: Vec<String> = many.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(store.existing_customers(&ids).await.unwrap().len(), 2_500);
+    assert!(store.existing_customers(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("relational.db"))
+        .await
+        .unwrap();
+    suite(&store).await;
+    // Reopening runs the migrations again harmlessly and keeps the data.
+    drop(store);
+    let store = SqliteStore::open(&dir.path().join("relational.db"))
+        .await
+        .unwrap();
+    assert_eq!(store.count_customers().await.unwrap(), 2_503);
+}
+
+#[tokio::test]
+async fn postgres() {
+    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = TestDb::create(&url).await;
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    suite(&store).await;
+    drop(store);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_unreachable_is_a_clear_error() {
+    let error = PostgresStore::connect("postgres://livros:secret@127.0.0.1:1/livros")
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    let text = error.to_string();
+    assert!(
+        text.contains("postgres://livros:***@127.0.0.1:1/livros"),
+        "{text}"
+    );
+    assert!(!text.contains("secret"), "{text}");
+    assert!(text.contains("--postgres-url"), "{text}");
+}
