@@ -237,58 +237,64 @@ impl Pipeline {
 
 /// Runs S1, S2 and S3 in this process. With `s1.count`, returns once every message S1
 /// sent has been stored (or dead-lettered) and logged; otherwise runs until `stop_signal`.
+/// On `stop_signal`, S1 stops between events and S2 and S3 finish the batch they are on.
 pub async fn up(
     bus: Arc<dyn Bus>,
     stores: Stores,
     settings: &Settings,
     s1_config: S1Config,
-    stop_signal: impl std::future::Future<Output = ()>,
+    stop_signal: impl std::future::Future<Output = ()> + Send + 'static,
     on_start: impl FnOnce(&Arc<Counters>),
 ) -> Result<UpReport, AppError> {
     let started = Instant::now();
     let print_events = s1_config.print_events;
     let mut pipeline = Pipeline::start(bus.clone(), Some(stores), true, settings, print_events);
     on_start(&pipeline.counters);
+    let shutdown = pipeline.shutdown.clone();
+    let stopper = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            stop_signal.await;
+            shutdown.cancel();
+        })
+    };
     let (books, source) = crate::catalog::load(
         settings.google_books_key.as_deref(),
         &settings.google_books_url,
     )
     .await;
     tracing::info!("{source}");
-    let bounded = s1_config.count.is_some();
-    let s1 = s1::run(
+    let sent = s1::run(
         bus.clone(),
         books,
         s1_config,
         pipeline.counters.clone(),
-        pipeline.shutdown.clone(),
-    );
-    tokio::pin!(stop_signal);
-    let sent = tokio::select! {
-        sent = s1 => sent?,
-        _ = &mut stop_signal => {
-            pipeline.stop().await?;
-            return Ok(UpReport::default());
+        shutdown.clone(),
+    )
+    .await;
+    let drained = match sent {
+        Ok(_) if !shutdown.is_cancelled() => {
+            let drained = async {
+                pipeline
+                    .drain(&*bus, &settings.s2.group, &routing::entity_topics())
+                    .await?;
+                pipeline
+                    .drain(&*bus, &settings.s3_group, &routing::all_topics())
+                    .await
+            };
+            tokio::select! {
+                drained = drained => drained,
+                _ = shutdown.cancelled() => Ok(()),
+            }
         }
+        _ => Ok(()),
     };
-    if bounded {
-        let drained = async {
-            pipeline
-                .drain(&*bus, &settings.s2.group, &routing::entity_topics())
-                .await?;
-            pipeline
-                .drain(&*bus, &settings.s3_group, &routing::all_topics())
-                .await
-        };
-        tokio::select! {
-            drained = drained => drained?,
-            _ = &mut stop_signal => {}
-        }
-    } else {
-        stop_signal.await;
-    }
+    stopper.abort();
     let counters = pipeline.counters.clone();
-    pipeline.stop().await?;
+    let stopped = pipeline.stop().await;
+    let sent = sent?;
+    drained?;
+    stopped?;
     Ok(UpReport {
         sent,
         stored: Counters::get(&counters.stored),

@@ -177,7 +177,7 @@ impl Bus for EmbeddedBus {
         let mut result = Vec::with_capacity(records.len());
         for (r, p) in records.iter().zip(&placed) {
             let key = (r.topic.as_str(), *p);
-            if !next.contains_key(&key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = next.entry(key) {
                 let n: i64 = sqlx::query_scalar(
                     "SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?",
                 )
@@ -186,7 +186,7 @@ impl Bus for EmbeddedBus {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-                next.insert(key, n);
+                slot.insert(n);
             }
             let offset = next.get_mut(&key).expect("just inserted");
             result.push((*p, *offset));

@@ -222,7 +222,7 @@ impl Stores {
 
 /// Keeps one item per id, the last one: a batch may carry an entity twice, and a single
 /// upsert statement may touch a row only once.
-pub(crate) fn last_by_id<'a, T>(items: &'a [T], id: impl Fn(&T) -> &String) -> Vec<&'a T> {
+pub(crate) fn last_by_id<T>(items: &[T], id: impl Fn(&T) -> &String) -> Vec<&T> {
     let mut last: std::collections::HashMap<&String, usize> = std::collections::HashMap::new();
     for (i, item) in items.iter().enumerate() {
         last.insert(id(item), i);

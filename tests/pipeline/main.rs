@@ -1,0 +1,572 @@
+//! End-to-end tests of the `livros` binary: the whole pipeline, crashes, bad input,
+//! shutdown, and start-up errors. Each test gets its own data dir (and its own PostgreSQL
+//! database and Redis prefix when those are configured).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use livros::bus::embedded::EmbeddedBus;
+use livros::bus::{Bus, Record, StartFrom};
+use livros::routing::{self, BOOKS_COLLECTION};
+use livros::store::{StoreConfig, Stores};
+use serde_json::Value;
+
+use common::{TestDb, eventually, redis_cleanup, redis_prefix, service_url};
+
+/// Real stores for one test, or embedded ones.
+struct Backends {
+    config: StoreConfig,
+    db: Option<TestDb>,
+    redis_url: Option<String>,
+}
+
+impl Backends {
+    fn embedded() -> Self {
+        Self {
+            config: StoreConfig::default(),
+            db: None,
+            redis_url: None,
+        }
+    }
+
+    /// PostgreSQL and Redis, or `None` (test skipped) when their URLs are unset.
+    async fn real() -> Option<Self> {
+        let pg = service_url("LIVROS_TEST_POSTGRES_URL")?;
+        let redis = service_url("LIVROS_TEST_REDIS_URL")?;
+        let db = TestDb::create(&pg).await;
+        Some(Self {
+            config: StoreConfig {
+                postgres_url: Some(db.url.clone()),
+                redis_url: Some(redis.clone()),
+                redis_prefix: redis_prefix(),
+            },
+            db: Some(db),
+            redis_url: Some(redis),
+        })
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        if let Some(url) = &self.config.postgres_url {
+            cmd.env("LIVROS_POSTGRES_URL", url);
+        }
+        if let Some(url) = &self.config.redis_url {
+            cmd.env("LIVROS_REDIS_URL", url)
+                .env("LIVROS_REDIS_PREFIX", &self.config.redis_prefix);
+        }
+    }
+
+    async fn cleanup(self) {
+        if let Some(db) = self.db {
+            db.drop_db().await;
+        }
+        if let Some(url) = self.redis_url {
+            redis_cleanup(&url, &self.config.redis_prefix).await;
+        }
+    }
+}
+
+/// `livros` with a data dir and backends, quiet unless a test asks for output.
+fn livros(data_dir: &Path, backends: &Backends) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_livros"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("LIVROS_DATA_DIR", data_dir)
+        .stdin(Stdio::null());
+    backends.apply(&mut cmd);
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("livros runs");
+    assert!(
+        out.status.success(),
+        "livros failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn read_log(data_dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(data_dir.join("messages.log")).expect("messages.log exists");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+        .collect()
+}
+
+/// The entity id inside a logged message (enveloped or bare).
+fn entity_id(line: &Value) -> Option<String> {
+    let message = line["message"].clone();
+    let data = livros::envelope::data_of(message);
+    match &data["id"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Checks the audit log holds `expected_lines` distinct messages and that every entity it
+/// shows on an entity topic is in its store, exactly once.
+async fn verify(
+    data_dir: &Path,
+    backends: &Backends,
+    expected_lines: usize,
+    expect_stored: Option<[usize; 3]>,
+) {
+    let log = read_log(data_dir);
+    assert_eq!(log.len(), expected_lines, "messages.log line count");
+    let positions: HashSet<(String, i64, i64)> = log
+        .iter()
+        .map(|l| {
+            (
+                l["topic"].as_str().unwrap().to_string(),
+                l["partition"].as_i64().unwrap(),
+                l["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(positions.len(), log.len(), "no message is logged twice");
+
+    let mut ids: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
+    for line in &log {
+        let topic = line["topic"].as_str().unwrap();
+        if let (Some(route), Some(id)) = (routing::route_for_topic(topic), entity_id(line)) {
+            ids.entry(route.topic).or_default().insert(id);
+        }
+    }
+    let stores = Stores::open(data_dir, &backends.config)
+        .await
+        .expect("stores open");
+    let customers: Vec<String> = ids
+        .get("customers")
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let books: Vec<String> = ids
+        .get("books")
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let orders: Vec<String> = ids
+        .get("orders")
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+
+    let stored_customers = stores
+        .relational
+        .existing_customers(&customers)
+        .await
+        .unwrap();
+    let stored_books = stores
+        .document
+        .existing(BOOKS_COLLECTION, &books)
+        .await
+        .unwrap();
+    let order_keys: Vec<String> = orders.iter().map(|id| routing::order_key(id)).collect();
+    let stored_orders = stores.key_value.existing(&order_keys).await.unwrap();
+    let counts = [
+        stores.relational.count_customers().await.unwrap() as usize,
+        stores.document.count(BOOKS_COLLECTION).await.unwrap() as usize,
+        stores.key_value.count_prefix("order:").await.unwrap() as usize,
+    ];
+    if let Some(expected) = expect_stored {
+        assert_eq!(
+            counts, expected,
+            "records per store (customers, books, orders)"
+        );
+    } else {
+        assert_eq!(
+            stored_customers.len(),
+            customers.len(),
+            "every customer stored"
+        );
+        assert_eq!(stored_books.len(), books.len(), "every book stored");
+        assert_eq!(stored_orders.len(), orders.len(), "every order stored");
+        assert_eq!(
+            counts,
+            [customers.len(), books.len(), orders.len()],
+            "exactly once in each store"
+        );
+    }
+}
+
+async fn up_count_200(backends: Backends) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_ok(livros(dir.path(), &backends).args(["up", "--count", "200", "--rate", "0"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[S1] Sent customer"), "{stdout}");
+    assert!(stdout.contains("in relational store"), "{stdout}");
+    assert!(
+        stdout.contains("[S3] Logged message from orders"),
+        "{stdout}"
+    );
+    verify(dir.path(), &backends, 600, None).await;
+    let log = read_log(dir.path());
+    for topic in ["customers", "books", "orders"] {
+        assert_eq!(
+            log.iter().filter(|l| l["topic"] == topic).count(),
+            200,
+            "{topic}"
+        );
+    }
+    // Every stored customer reads back through `livros get`.
+    let customer = log.iter().find(|l| l["topic"] == "customers").unwrap();
+    let id = entity_id(customer).unwrap();
+    let out = run_ok(livros(dir.path(), &backends).args(["get", "customer", &id]));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["id"], id.as_str());
+    assert_eq!(
+        got["name"],
+        livros::envelope::data_of(customer["message"].clone())["name"]
+    );
+    backends.cleanup().await;
+}
+
+#[tokio::test]
+async fn up_count_200_embedded() {
+    up_count_200(Backends::embedded()).await;
+}
+
+#[tokio::test]
+async fn up_count_200_postgres_and_redis() {
+    let Some(backends) = Backends::real().await else {
+        return;
+    };
+    up_count_200(backends).await;
+}
+
+async fn bus_of(dir: &Path) -> EmbeddedBus {
+    let bus = EmbeddedBus::open(dir).await.unwrap();
+    bus.ensure_topics(&routing::all_topics(), 3).await.unwrap();
+    bus
+}
+
+fn kill9(child: &mut Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+}
+
+fn terminate(child: &mut Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "a service stopped by SIGTERM exits 0, got {status}"
+    );
+}
+
+async fn crash_and_restart(backends: Backends) {
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = 3_000;
+    run_ok(livros(dir.path(), &backends).args([
+        "s1",
+        "--count",
+        &rounds.to_string(),
+        "--rate",
+        "0",
+        "--quiet",
+    ]));
+    let bus = bus_of(dir.path()).await;
+    let entity_topics = routing::entity_topics();
+    let all_topics = routing::all_topics();
+    let spawn = |service: &str| {
+        livros(dir.path(), &backends)
+            .args([service, "--quiet", "--batch-size", "20"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let total = (rounds * 3) as i64;
+    let (mut s2, mut s3) = (spawn("s2"), spawn("s3"));
+    eventually(
+        "S2 and S3 to be mid-way",
+        Duration::from_secs(60),
+        || async {
+            let s2_lag = bus.lag("livros-s2", &entity_topics).await.unwrap();
+            let s3_lag = bus.lag("livros-s3", &all_topics).await.unwrap();
+            s2_lag < total - 300 && s3_lag < total - 300
+        },
+    )
+    .await;
+    kill9(&mut s2);
+    kill9(&mut s3);
+    let s2_lag = bus.lag("livros-s2", &entity_topics).await.unwrap();
+    let s3_lag = bus.lag("livros-s3", &all_topics).await.unwrap();
+    assert!(
+        s2_lag > 0 && s3_lag > 0,
+        "the kill must land mid-run (lags {s2_lag}, {s3_lag})"
+    );
+
+    let (mut s2, mut s3) = (spawn("s2"), spawn("s3"));
+    eventually(
+        "S2 and S3 to finish after restart",
+        Duration::from_secs(120),
+        || async {
+            bus.lag("livros-s2", &entity_topics).await.unwrap() == 0
+                && bus.lag("livros-s3", &all_topics).await.unwrap() == 0
+        },
+    )
+    .await;
+    terminate(&mut s2);
+    terminate(&mut s3);
+    verify(dir.path(), &backends, total as usize, None).await;
+    backends.cleanup().await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_loses_and_duplicates_nothing_embedded() {
+    crash_and_restart(Backends::embedded()).await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_loses_and_duplicates_nothing_postgres_and_redis() {
+    let Some(backends) = Backends::real().await else {
+        return;
+    };
+    crash_and_restart(backends).await;
+}
+
+#[tokio::test]
+async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = bus_of(dir.path()).await;
+    let raw = |topic: &str, payload: &[u8]| Record {
+        topic: topic.into(),
+        key: None,
+        headers: vec![],
+        payload: payload.to_vec(),
+    };
+    let bad = vec![
+        raw("customers", b"not json at all"),
+        raw("customers", br#"{"id":"c-bad","name":"No Email"}"#),
+        raw("customers", &[0xff, 0xfe, 0x00]),
+        raw("customers", b""),
+        raw("books", br#"{"id":"b-bad","title":"X","authors":"Machado de Assis"}"#),
+        raw("orders", br#"{"id":"o-ghost","customer_id":"ghost","book_id":"b-seed","quantity":1,"timestamp":"2024-01-01T00:00:00"}"#),
+        raw("orders", br#"{"id":"o-zero","customer_id":"c-seed","book_id":"b-seed","quantity":0,"timestamp":"2024-01-01T00:00:00"}"#),
+    ];
+    // The seeds' own producers send bare JSON with no key: stored like ours.
+    let seed_style = vec![
+        raw("customers", br#"{"id":"c-seed","name":"Ana Seed","email":"ana@example.com"}"#),
+        raw("books", br#"{"id":"b-seed","title":"Bare Book","authors":["A. Author"],"isbn":null}"#),
+        raw("orders", br#"{"id":"o-seed","customer_id":"c-seed","book_id":"b-seed","quantity":2,"timestamp":"2024-01-01T10:00:00.123456"}"#),
+    ];
+    let mut records = bad.clone();
+    records.extend(seed_style);
+    bus.publish(records).await.unwrap();
+
+    run_ok(livros(dir.path(), &Backends::embedded()).args([
+        "up",
+        "--count",
+        "20",
+        "--rate",
+        "0",
+        "--quiet",
+        "--reference-grace-ms",
+        "300",
+    ]));
+
+    // Every bad message is in its dead-letter topic, bytes untouched, with a reason.
+    let mut inspector = bus
+        .subscribe(
+            "inspector",
+            &[
+                "customers.dlq".into(),
+                "books.dlq".into(),
+                "orders.dlq".into(),
+            ],
+            StartFrom::Earliest,
+        )
+        .await
+        .unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..10 {
+        dead.extend(
+            inspector
+                .poll(100, Duration::from_millis(100))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(dead.len(), bad.len(), "{dead:#?}");
+    for record in &bad {
+        let letter = dead
+            .iter()
+            .find(|m| {
+                m.payload == record.payload && m.header("dlq.topic") == Some(record.topic.as_str())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no dead letter for {:?}",
+                    String::from_utf8_lossy(&record.payload)
+                )
+            });
+        assert_eq!(letter.topic, routing::dlq_topic(&record.topic));
+        assert!(!letter.header("dlq.reason").unwrap_or_default().is_empty());
+    }
+    let reason_of = |payload: &[u8]| {
+        dead.iter()
+            .find(|m| m.payload == payload)
+            .unwrap()
+            .header("dlq.reason")
+            .unwrap()
+            .to_string()
+    };
+    assert!(reason_of(br#"{"id":"c-bad","name":"No Email"}"#).contains("email"));
+    assert!(reason_of(bad[5].payload.as_slice()).contains("unknown customer `ghost`"));
+    assert!(reason_of(bad[6].payload.as_slice()).contains("quantity"));
+
+    // The valid messages, ours and the seed-style ones, are stored; nothing else is.
+    let stores = Stores::open(dir.path(), &StoreConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        stores
+            .relational
+            .customer("c-seed")
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
+        "Ana Seed"
+    );
+    assert!(
+        stores
+            .document
+            .get(BOOKS_COLLECTION, "b-seed")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        routing::order_from_hash(&stores.key_value.hgetall("order:o-seed").await.unwrap())
+            .unwrap()
+            .quantity,
+        2
+    );
+    assert_eq!(stores.relational.count_customers().await.unwrap(), 21);
+    assert_eq!(stores.key_value.count_prefix("order:").await.unwrap(), 21);
+    assert!(stores.relational.customer("c-bad").await.unwrap().is_none());
+
+    // S3 logged everything: 60 generated, 10 injected, 7 dead letters.
+    let log = read_log(dir.path());
+    assert_eq!(log.len(), 60 + 10 + 7);
+    assert_eq!(
+        log.iter()
+            .filter(|l| l["topic"].as_str().unwrap().ends_with(".dlq"))
+            .count(),
+        7
+    );
+    let stats = bus.stats(&routing::all_topics()).await.unwrap();
+    assert_eq!(stats["customers.dlq"].published, 4);
+    assert_eq!(stats["orders.dlq"].published, 2);
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_cleanly_and_a_restart_finishes_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::embedded();
+    let up = livros(dir.path(), &backends)
+        .args(["up", "--rate", "200"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bus = bus_of(dir.path()).await;
+    eventually("some events to flow", Duration::from_secs(30), || async {
+        bus.stats(&["orders".to_string()]).await.unwrap()["orders"]
+            .consumed
+            .get("livros-s3")
+            .copied()
+            .unwrap_or(0)
+            > 20
+    })
+    .await;
+    Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .unwrap();
+    let out = up.wait_with_output().unwrap();
+    assert!(out.status.success(), "Ctrl-C exits 0, got {}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reported_sent = stdout
+        .lines()
+        .filter(|l| l.starts_with("[S1] Sent"))
+        .count() as i64;
+
+    // Every event S1 reported as sent is on the bus.
+    let published: i64 = bus
+        .stats(&routing::entity_topics())
+        .await
+        .unwrap()
+        .values()
+        .map(|t| t.published)
+        .sum();
+    assert_eq!(
+        published, reported_sent,
+        "S1 reports exactly what it made durable"
+    );
+
+    // A restart with nothing new to send processes whatever was still in flight.
+    run_ok(livros(dir.path(), &backends).args(["up", "--count", "0", "--quiet"]));
+    verify(dir.path(), &backends, published as usize, None).await;
+}
+
+#[test]
+fn an_unreachable_store_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = livros(dir.path(), &Backends::embedded())
+        .args([
+            "up",
+            "--count",
+            "1",
+            "--postgres-url",
+            "postgres://shop:hunter2@127.0.0.1:1/livros",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, no backtrace: {stderr}");
+    assert!(
+        lines[0].starts_with(
+            "error: cannot open the relational store at postgres://shop:***@127.0.0.1:1/livros"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].contains("Check that PostgreSQL is running"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2") && !stderr.contains("panicked"));
+}
+
+#[test]
+fn get_of_an_unknown_id_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = livros(dir.path(), &Backends::embedded())
+        .args(["get", "order", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no order with id `nope` in the key-value store"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("livros stats"), "{stderr}");
+}
