@@ -270,4 +270,68 @@ mod tests {
         assert_eq!(book.extra["pageCount"], 207);
         assert!(from_volume(&json!({"id": "x", "volumeInfo": {}})).is_none());
     }
+
+    /// Serves `status` and `body` to every request on a local port, like the API would.
+    async fn fake_api(
+        status: &'static str,
+        body: String,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            while let Ok(Ok((mut socket, _))) =
+                tokio::time::timeout(Duration::from_millis(500), listener.accept()).await
+            {
+                let mut buf = vec![0; 8192];
+                let n = socket.read(&mut buf).await.unwrap();
+                requests.push(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(reply.as_bytes()).await.unwrap();
+            }
+            requests
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn google_books_is_used_when_it_answers() {
+        let body = json!({"items": [
+            {"id": "v1", "volumeInfo": {"title": "Dom Casmurro", "authors": ["Machado de Assis"]}},
+            {"id": "v2", "volumeInfo": {"title": "Iracema", "industryIdentifiers": [{"type": "ISBN_10", "identifier": "8508040008"}]}}
+        ]});
+        let (url, server) = fake_api("200 OK", body.to_string()).await;
+        let (books, source) = load(Some("test-key"), &url).await;
+        assert!(source.contains("Google Books API"), "{source}");
+        assert_eq!(
+            books.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+            ["v1", "v2"]
+        );
+        let requests = server.await.unwrap();
+        assert!(requests[0].starts_with("GET /volumes?q="), "{requests:?}");
+        assert!(requests[0].contains("key=test-key"), "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn offline_catalogue_is_the_fallback() {
+        let (url, _server) = fake_api("500 Internal Server Error", "{}".into()).await;
+        let (books, source) = load(Some("test-key"), &url).await;
+        assert!(
+            source.contains("offline catalogue") && source.contains("unavailable"),
+            "{source}"
+        );
+        assert_eq!(books.len(), offline().len());
+        let (_, source) = load(None, &url).await;
+        assert!(source.contains("set GOOGLE_BOOKS_API_KEY"), "{source}");
+    }
 }
