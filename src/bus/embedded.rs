@@ -157,12 +157,12 @@ impl Bus for EmbeddedBus {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn publish(&self, records: Vec<Record>) -> BusResult<Vec<(i32, i64)>> {
+    async fn publish(&self, records: &[Record]) -> BusResult<Vec<(i32, i64)>> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let mut placed = Vec::with_capacity(records.len());
-        for r in &records {
+        for r in records {
             let n = self.partition_count(&r.topic).await?;
             let fallback = self.round_robin.fetch_add(1, Ordering::Relaxed);
             placed.push(super::partition_for(r.key.as_deref(), n, fallback));

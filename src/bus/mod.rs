@@ -103,7 +103,7 @@ pub trait Bus: Send + Sync {
 
     /// Publishes records; when it returns `Ok`, every record is durable. Returns each
     /// record's (partition, offset), in order.
-    async fn publish(&self, records: Vec<Record>) -> BusResult<Vec<(i32, i64)>>;
+    async fn publish(&self, records: &[Record]) -> BusResult<Vec<(i32, i64)>>;
 
     /// Joins consumer group `group` on `topics`.
     async fn subscribe(

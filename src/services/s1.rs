@@ -15,14 +15,14 @@ use fake::locales::PT_BR;
 use fake::rand::rngs::StdRng;
 use fake::rand::seq::{IndexedRandom, SliceRandom};
 use fake::rand::{RngExt, SeedableRng};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, ServiceError, bus_transient};
 use crate::bus::{Bus, Record};
 use crate::domain::{Book, Customer, Order};
+use crate::envelope::Envelope;
+use crate::retry;
 use crate::routing::{Entity, route_of, short};
-use crate::{envelope, retry};
 
 /// Rounds per publish when running flat out: big enough to amortize a durable commit.
 const ROUNDS_PER_BATCH: u64 = 500;
@@ -163,33 +163,23 @@ impl Generator {
         );
         vec![
             (
-                record(
-                    Entity::Customer,
-                    &customer.id,
-                    serde_json::to_value(&customer),
-                ),
+                record(Entity::Customer, &customer.id, &customer),
                 customer_line,
             ),
-            (
-                record(Entity::Book, &book.id, serde_json::to_value(&book)),
-                book_line,
-            ),
-            (
-                record(Entity::Order, &order.id, serde_json::to_value(&order)),
-                order_line,
-            ),
+            (record(Entity::Book, &book.id, &book), book_line),
+            (record(Entity::Order, &order.id, &order), order_line),
         ]
     }
 }
 
-fn record(entity: Entity, id: &str, data: Result<Value, serde_json::Error>) -> Record {
-    let data = data.expect("entities serialize");
-    let event = envelope::wrap(&format!("livros.{}", entity.name()), id, None, data);
+fn record<T: serde::Serialize>(entity: Entity, id: &str, data: &T) -> Record {
+    let kind = format!("livros.{}", entity.name());
+    let event = Envelope::new(&kind, id, None, data);
     Record {
         topic: route_of(entity).topic.to_string(),
         key: Some(id.to_string()),
-        headers: envelope::headers(&event),
-        payload: serde_json::to_vec(&event).expect("values serialize"),
+        headers: event.headers(),
+        payload: event.to_vec(),
     }
 }
 
@@ -214,15 +204,16 @@ pub async fn run(
         let rounds = config
             .count
             .map_or(rounds_per_publish, |n| (n - round).min(rounds_per_publish));
-        let events: Vec<(Record, String)> = (0..rounds).flat_map(|_| generator.round()).collect();
+        let (records, lines): (Vec<Record>, Vec<String>) =
+            (0..rounds).flat_map(|_| generator.round()).unzip();
         round += rounds;
         // At a set rate, events go one at a time; flat out, a whole batch per publish.
-        let groups: Vec<Vec<(Record, String)>> = if interval.is_some() {
-            events.into_iter().map(|e| vec![e]).collect()
+        let step = if interval.is_some() {
+            1
         } else {
-            vec![events]
+            records.len().max(1)
         };
-        for group in groups {
+        for (group, group_lines) in records.chunks(step).zip(lines.chunks(step)) {
             if let Some(pause) = interval {
                 tokio::select! {
                     _ = shutdown.cancelled() => break 'outer,
@@ -231,15 +222,14 @@ pub async fn run(
             } else if shutdown.is_cancelled() {
                 break 'outer;
             }
-            let records: Vec<Record> = group.iter().map(|(r, _)| r.clone()).collect();
             let published = retry::until_ok("publishing", &shutdown, bus_transient, || {
-                bus.publish(records.clone())
+                bus.publish(group)
             })
             .await?;
             if published.is_none() {
                 break 'outer;
             }
-            for (record, line) in &group {
+            for (record, line) in group.iter().zip(group_lines) {
                 match record.topic.as_str() {
                     t if t == route_of(Entity::Customer).topic => report.customers += 1,
                     t if t == route_of(Entity::Book).topic => report.books += 1,

@@ -147,7 +147,7 @@ async fn consume(
                 &format!("publishing to `{dlq}`"),
                 &shutdown,
                 bus_transient,
-                || bus.publish(dead.clone()),
+                || bus.publish(&dead),
             )
             .await?;
             if published.is_none() {

@@ -6,15 +6,16 @@
 //! written per partition (a torn last line is cut off), so a redelivered message is
 //! recognised and skipped instead of written twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, ServiceError, bus_transient};
@@ -106,7 +107,7 @@ impl AuditLog {
             if seen.is_some_and(|last| m.offset <= *last) {
                 continue;
             }
-            serde_json::to_writer(&mut buffer, &line(m)).expect("JSON values serialize");
+            serde_json::to_writer(&mut buffer, &line(m)).expect("audit lines serialize");
             buffer.push(b'\n');
             count += 1;
         }
@@ -130,30 +131,51 @@ impl AuditLog {
     }
 }
 
-/// One audit line. `message` is the payload as JSON when it is JSON, else as text
-/// (invalid UTF-8 replaced), so that every line is valid JSON.
-fn line(m: &Message) -> Value {
-    let message = serde_json::from_slice::<Value>(&m.payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&m.payload).into_owned()));
-    let timestamp = chrono::DateTime::from_timestamp_millis(m.timestamp_ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    let mut line = json!({
-        "topic": m.topic,
-        "partition": m.partition,
-        "offset": m.offset,
-        "key": m.key,
-        "timestamp": timestamp,
-        "message": message,
-    });
-    if !m.headers.is_empty() {
-        line["headers"] = m
+/// One audit line. `message` is the payload itself when it is JSON, else the payload as
+/// text (invalid UTF-8 replaced), so every line is valid JSON.
+#[derive(Serialize)]
+struct Line<'a> {
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    key: Option<&'a str>,
+    timestamp: Option<String>,
+    message: Body<'a>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers: BTreeMap<&'a str, &'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    /// Valid JSON on one line, embedded as is (no parse into a tree and back).
+    Raw(&'a RawValue),
+    /// Valid JSON spread over lines, re-serialized compactly.
+    Parsed(Value),
+    /// Not JSON.
+    Text(std::borrow::Cow<'a, str>),
+}
+
+fn line(m: &Message) -> Line<'_> {
+    let message = match serde_json::from_slice::<&RawValue>(&m.payload) {
+        Ok(raw) if !m.payload.contains(&b'\n') && !m.payload.contains(&b'\r') => Body::Raw(raw),
+        Ok(_) => Body::Parsed(serde_json::from_slice(&m.payload).expect("valid JSON just checked")),
+        Err(_) => Body::Text(String::from_utf8_lossy(&m.payload)),
+    };
+    Line {
+        topic: &m.topic,
+        partition: m.partition,
+        offset: m.offset,
+        key: m.key.as_deref(),
+        timestamp: chrono::DateTime::from_timestamp_millis(m.timestamp_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        message,
+        headers: m
             .headers
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
     }
-    line
 }
 
 /// Runs S3 until `shutdown` is cancelled.
@@ -220,6 +242,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn message(topic: &str, offset: i64, payload: &[u8]) -> Message {
         Message {
@@ -266,5 +289,15 @@ mod tests {
         assert_eq!(lines[0]["message"], json!({"a": 1}));
         assert_eq!(lines[1]["message"], json!("not json"));
         assert_eq!(lines[2]["offset"], 2);
+        // Pretty-printed JSON still makes one line.
+        assert_eq!(
+            log.append(&[message("t", 3, b"{\n  \"a\": [1,\n 2]\n}")])
+                .unwrap(),
+            1
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["message"], json!({"a": [1, 2]}));
+        assert_eq!(text.lines().count(), 4);
     }
 }

@@ -75,7 +75,7 @@ async fn publish_and_consume(bus: &dyn Bus) {
             )
         })
         .collect();
-    let placed = bus.publish(records).await.unwrap();
+    let placed = bus.publish(&records).await.unwrap();
     assert_eq!(placed.len(), 30);
 
     // One key, one partition.
@@ -138,9 +138,9 @@ async fn uncommitted_messages_are_redelivered(bus: &dyn Bus) {
         .await
         .unwrap();
     bus.publish(
-        (0..10)
+        &(0..10)
             .map(|i| record(&t, Some(&format!("k{i}")), b"x"))
-            .collect(),
+            .collect::<Vec<_>>(),
     )
     .await
     .unwrap();
@@ -183,7 +183,7 @@ async fn groups_are_independent_and_start_where_asked(bus: &dyn Bus) {
     bus.ensure_topics(std::slice::from_ref(&t), 1)
         .await
         .unwrap();
-    bus.publish(vec![record(&t, None, b"old")]).await.unwrap();
+    bus.publish(&[record(&t, None, b"old")]).await.unwrap();
 
     let mut a = bus
         .subscribe("a", std::slice::from_ref(&t), StartFrom::Earliest)
@@ -205,7 +205,7 @@ async fn groups_are_independent_and_start_where_asked(bus: &dyn Bus) {
     );
 
     // Binary, non-UTF-8 payloads and keyless records pass untouched.
-    bus.publish(vec![record(&t, None, &[0xff, 0x00, 0xfe])])
+    bus.publish(&[record(&t, None, &[0xff, 0x00, 0xfe])])
         .await
         .unwrap();
     assert_eq!(
@@ -227,7 +227,7 @@ async fn groups_are_independent_and_start_where_asked(bus: &dyn Bus) {
 
 async fn unknown_topics_are_errors(bus: &dyn Bus) {
     let t = topic("missing");
-    let published = bus.publish(vec![record(&t, None, b"x")]).await;
+    let published = bus.publish(&[record(&t, None, b"x")]).await;
     assert!(
         matches!(published, Err(BusError::UnknownTopic(_))),
         "{published:?}"
@@ -262,9 +262,9 @@ async fn embedded_survives_reopening() {
             .await
             .unwrap();
         bus.publish(
-            (0..5)
+            &(0..5)
                 .map(|i| record(&t, Some(&i.to_string()), b"x"))
-                .collect(),
+                .collect::<Vec<_>>(),
         )
         .await
         .unwrap();
@@ -283,10 +283,7 @@ async fn embedded_survives_reopening() {
     assert_eq!(stats[&t].published, 5);
     assert!(stats[&t].consumed["g"] >= 2);
     // Offsets continue after the old ones.
-    let placed = bus
-        .publish(vec![record(&t, Some("0"), b"y")])
-        .await
-        .unwrap();
+    let placed = bus.publish(&[record(&t, Some("0"), b"y")]).await.unwrap();
     assert!(placed[0].1 >= 1);
 }
 
@@ -301,9 +298,9 @@ async fn embedded_second_member_takes_over() {
         .await
         .unwrap();
     bus.publish(
-        (0..6)
+        &(0..6)
             .map(|i| record(&t, Some(&i.to_string()), b"x"))
-            .collect(),
+            .collect::<Vec<_>>(),
     )
     .await
     .unwrap();

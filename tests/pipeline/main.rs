@@ -367,7 +367,7 @@ async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
     ];
     let mut records = bad.clone();
     records.extend(seed_style);
-    bus.publish(records).await.unwrap();
+    bus.publish(&records).await.unwrap();
 
     run_ok(livros(dir.path(), &Backends::embedded()).args([
         "up",
