@@ -21,7 +21,6 @@ pub async fn open(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx:
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(30))
         .pragma("cache_size", "-65536")
-        .pragma("mmap_size", "268435456")
         .pragma("temp_store", "memory");
     SqlitePoolOptions::new()
         .max_connections(max_connections)
