@@ -465,11 +465,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 global.data_dir = temp.path().to_path_buf();
                 global.audit_log = None;
             }
+            if global.redis_url.is_some() && global.redis_prefix.is_empty() {
+                // Keep benchmark orders apart from real ones in a shared Redis.
+                global.redis_prefix = format!("livros-bench-{}:", uuid::Uuid::new_v4().simple());
+            }
             let settings = global.settings(None);
             println!(
                 "benchmark: {events} events, data in {}",
                 settings.data_dir.display()
             );
+            if global.postgres_url.is_some() || global.redis_url.is_some() {
+                println!(
+                    "note: records go to the real stores given (Redis keys prefixed `{}`): use scratch ones",
+                    global.redis_prefix
+                );
+            }
             let report = livros::bench::run(&settings, *events).await?;
             print!("{report}");
         }
