@@ -570,3 +570,91 @@ fn get_of_an_unknown_id_says_what_to_do() {
     );
     assert!(stderr.contains("livros stats"), "{stderr}");
 }
+
+/// A free TCP port on localhost.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private Redis on `port`, persisting every write to `dir` so a restart keeps its data.
+fn spawn_redis(port: u16, dir: &Path) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args(["--appendfsync", "always", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed where LIVROS_TEST_REDIS_URL is set")
+}
+
+#[tokio::test]
+async fn a_store_going_away_mid_run_is_waited_for_not_skipped() {
+    // Runs where the Redis tests run: it needs the redis-server binary.
+    if service_url("LIVROS_TEST_REDIS_URL").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = spawn_redis(port, redis_dir.path());
+    let backends = Backends {
+        config: StoreConfig {
+            redis_url: Some(url.clone()),
+            ..StoreConfig::default()
+        },
+        db: None,
+        redis_url: None,
+    };
+    eventually(
+        "the private Redis to listen",
+        Duration::from_secs(10),
+        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
+
+    let up = livros(dir.path(), &backends)
+        .args(["up", "--count", "300", "--rate", "600", "--quiet"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bus = bus_of(dir.path()).await;
+    eventually(
+        "some orders to be stored",
+        Duration::from_secs(30),
+        || async {
+            bus.stats(&["orders".to_string()]).await.unwrap()["orders"]
+                .consumed
+                .get("livros-s2")
+                .copied()
+                .unwrap_or(0)
+                > 20
+        },
+    )
+    .await;
+    kill9(&mut redis);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut redis = spawn_redis(port, redis_dir.path());
+
+    let out = up.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "up finishes once Redis is back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify(dir.path(), &backends, 900, None).await;
+    kill9(&mut redis);
+}
