@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::embedded::EmbeddedBus;
+use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::{Bus, BusError};
 use crate::routing::{self, Router};
 use crate::services::s1::{S1Config, S1Report};
@@ -36,6 +37,8 @@ pub struct Settings {
     pub google_books_key: Option<String>,
     /// Google Books API root.
     pub google_books_url: String,
+    /// Kafka instead of the embedded bus, when set.
+    pub kafka: Option<KafkaConfig>,
 }
 
 impl Settings {
@@ -51,6 +54,7 @@ impl Settings {
             s3_group: crate::services::S3_GROUP.into(),
             google_books_key: None,
             google_books_url: crate::catalog::GOOGLE_BOOKS_URL.into(),
+            kafka: None,
         }
     }
 }
@@ -70,10 +74,28 @@ pub enum AppError {
 }
 
 /// Opens the bus the settings name, creating every topic the system uses.
+///
+/// Kafka brokers that do not answer are waited for, with backoff and a log line per
+/// attempt (a cluster often starts after its clients); the embedded bus fails at once.
 pub async fn open_bus(settings: &Settings) -> Result<Arc<dyn Bus>, AppError> {
-    let bus = EmbeddedBus::open(&settings.data_dir).await?;
-    bus.ensure_topics(&routing::all_topics(), settings.partitions)
-        .await?;
+    let topics = routing::all_topics();
+    let Some(kafka) = &settings.kafka else {
+        let bus = EmbeddedBus::open(&settings.data_dir).await?;
+        bus.ensure_topics(&topics, settings.partitions).await?;
+        return Ok(Arc::new(bus));
+    };
+    let never = tokio_util::sync::CancellationToken::new();
+    let what = format!(
+        "connecting to Kafka at {} (check --kafka-brokers / LIVROS_KAFKA_BROKERS)",
+        kafka.brokers
+    );
+    let bus = crate::retry::until_ok(&what, &never, crate::services::bus_transient, || async {
+        let bus = KafkaBus::connect(kafka.clone()).await?;
+        bus.ensure_topics(&topics, settings.partitions).await?;
+        Ok::<_, BusError>(bus)
+    })
+    .await?
+    .expect("never cancelled");
     Ok(Arc::new(bus))
 }
 

@@ -66,6 +66,19 @@ struct Global {
     #[arg(long, env = "LIVROS_AUDIT_LOG", global = true)]
     audit_log: Option<PathBuf>,
 
+    /// Kafka brokers (host:port,…): use Kafka as the bus instead of the embedded one.
+    #[arg(long, env = "LIVROS_KAFKA_BROKERS", global = true)]
+    kafka_brokers: Option<String>,
+
+    /// Replication factor of the topics created on Kafka at start.
+    #[arg(
+        long,
+        env = "LIVROS_KAFKA_REPLICATION",
+        default_value_t = 1,
+        global = true
+    )]
+    kafka_replication: i32,
+
     /// Google Books API key; without it (or when the API is unreachable) S1 uses the
     /// offline catalogue.
     #[arg(
@@ -195,6 +208,13 @@ impl Global {
             s.audit_log = log.clone();
         }
         s.google_books_key = self.google_books_api_key.clone();
+        s.kafka = self
+            .kafka_brokers
+            .clone()
+            .map(|brokers| livros::bus::kafka::KafkaConfig {
+                brokers,
+                replication: self.kafka_replication,
+            });
         if let Ok(url) = std::env::var("GOOGLE_BOOKS_API_URL") {
             s.google_books_url = url;
         }

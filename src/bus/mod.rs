@@ -2,11 +2,13 @@
 //! per-partition committed offsets), behind one trait with one module per implementation.
 //!
 //! - [`embedded`]: a durable log in a SQLite file under the data dir, shared by processes.
+//! - [`kafka`]: Apache Kafka (or any broker speaking its protocol), through rdkafka.
 //!
 //! Delivery is at-least-once: a consumer sees every message after its group's committed
 //! offset, and commits only what its caller says is durable.
 
 pub mod embedded;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -89,6 +89,6 @@ pub(crate) async fn commit(
 }
 
 /// Whether a bus error may clear up on its own.
-pub(crate) fn bus_transient(e: &BusError) -> bool {
+pub fn bus_transient(e: &BusError) -> bool {
     matches!(e, BusError::Unavailable(_))
 }
