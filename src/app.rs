@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::{Bus, BusError};
-use crate::routing::{self, Router};
+use crate::routing::{self, Router, Topics};
 use crate::services::s1::{S1Config, S1Report};
 use crate::services::s2::S2Config;
 use crate::services::s3::S3Config;
@@ -39,6 +39,8 @@ pub struct Settings {
     pub google_books_url: String,
     /// Kafka instead of the embedded bus, when set.
     pub kafka: Option<KafkaConfig>,
+    /// Topic names (a prefix lets deployments share a Kafka cluster).
+    pub topics: Topics,
 }
 
 impl Settings {
@@ -55,6 +57,7 @@ impl Settings {
             google_books_key: None,
             google_books_url: crate::catalog::GOOGLE_BOOKS_URL.into(),
             kafka: None,
+            topics: Topics::default(),
         }
     }
 }
@@ -78,7 +81,7 @@ pub enum AppError {
 /// Kafka brokers that do not answer are waited for, with backoff and a log line per
 /// attempt (a cluster often starts after its clients); the embedded bus fails at once.
 pub async fn open_bus(settings: &Settings) -> Result<Arc<dyn Bus>, AppError> {
-    let topics = routing::all_topics();
+    let topics = settings.topics.all();
     let Some(kafka) = &settings.kafka else {
         let bus = EmbeddedBus::open(&settings.data_dir).await?;
         bus.ensure_topics(&topics, settings.partitions).await?;
@@ -116,7 +119,7 @@ pub fn describe(bus: &dyn Bus, stores: Option<&Stores>, settings: &Settings) -> 
             };
             lines.push(format!(
                 "{:<9} → {} store: {store}",
-                route.topic,
+                settings.topics.entity(route),
                 route.store.name()
             ));
         }
@@ -167,6 +170,7 @@ impl Pipeline {
         if let Some(router) = &router {
             let config = S2Config {
                 print_events,
+                topics: settings.topics.clone(),
                 ..settings.s2.clone()
             };
             tasks.spawn(s2::run(
@@ -181,7 +185,7 @@ impl Pipeline {
             let config = S3Config {
                 group: settings.s3_group.clone(),
                 log_path: settings.audit_log.clone(),
-                topics: routing::all_topics(),
+                topics: settings.topics.all(),
                 batch_size: settings.s2.batch_size,
                 print_events,
             };
@@ -298,10 +302,10 @@ pub async fn up(
         Ok(_) if !shutdown.is_cancelled() => {
             let drained = async {
                 pipeline
-                    .drain(&*bus, &settings.s2.group, &routing::entity_topics())
+                    .drain(&*bus, &settings.s2.group, &settings.topics.entities())
                     .await?;
                 pipeline
-                    .drain(&*bus, &settings.s3_group, &routing::all_topics())
+                    .drain(&*bus, &settings.s3_group, &settings.topics.all())
                     .await
             };
             tokio::select! {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::app::{self, AppError, Settings};
-use crate::routing::{self, StoreKind};
+use crate::routing::StoreKind;
 use crate::services::s1::S1Config;
 
 /// What a benchmark run measured.
@@ -66,6 +66,7 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
         rate: 0.0,
         seed: Some(1),
         print_events: false,
+        topics: settings.topics.clone(),
     };
     let started = Instant::now();
     crate::services::s1::run(
@@ -78,10 +79,10 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
     .await?;
     let publish = started.elapsed();
     pipeline
-        .drain(&*bus, &settings.s2.group, &routing::entity_topics())
+        .drain(&*bus, &settings.s2.group, &settings.topics.entities())
         .await?;
     pipeline
-        .drain(&*bus, &settings.s3_group, &routing::all_topics())
+        .drain(&*bus, &settings.s3_group, &settings.topics.all())
         .await?;
     let end_to_end = started.elapsed();
     let timings = pipeline

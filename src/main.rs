@@ -70,6 +70,11 @@ struct Global {
     #[arg(long, env = "LIVROS_KAFKA_BROKERS", global = true)]
     kafka_brokers: Option<String>,
 
+    /// Prefix for every topic name (e.g. `staging.`), so deployments can share a Kafka
+    /// cluster. Empty: the seeds' names (`customers`, `books`, `orders`).
+    #[arg(long, env = "LIVROS_TOPIC_PREFIX", default_value = "", global = true)]
+    topic_prefix: String,
+
     /// Replication factor of the topics created on Kafka at start.
     #[arg(
         long,
@@ -228,7 +233,7 @@ impl Global {
     }
 }
 
-fn s1_config(p: &ProduceArgs, o: &OutputArgs) -> anyhow::Result<S1Config> {
+fn s1_config(p: &ProduceArgs, o: &OutputArgs, settings: &Settings) -> anyhow::Result<S1Config> {
     anyhow::ensure!(
         p.rate >= 0.0 && p.rate.is_finite(),
         "--rate must be 0 (as fast as possible) or a positive number of events per second"
@@ -238,6 +243,7 @@ fn s1_config(p: &ProduceArgs, o: &OutputArgs) -> anyhow::Result<S1Config> {
         rate: p.rate,
         seed: p.seed,
         print_events: !o.quiet,
+        topics: settings.topics.clone(),
     })
 }
 
@@ -298,7 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => {
             let settings = g.settings(Some(consume));
-            let s1 = s1_config(produce, output)?;
+            let s1 = s1_config(produce, output, &settings)?;
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
             println!("Livros & Dados — data in {}", settings.data_dir.display());
@@ -332,7 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::S1 { produce, output } => {
             let settings = g.settings(None);
-            let s1 = s1_config(produce, output)?;
+            let s1 = s1_config(produce, output, &settings)?;
             let bus = app::open_bus(&settings).await?;
             println!("[S1] publishing to {}", bus.describe());
             let (books, source) = livros::catalog::load(
@@ -415,7 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = g.settings(None);
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
-            let topics = bus.stats(&routing::all_topics()).await?;
+            let topics = bus.stats(&settings.topics.all()).await?;
             let records = [
                 (
                     "relational",

@@ -107,27 +107,55 @@ pub fn route_of(entity: Entity) -> Route {
         .expect("every entity has a route")
 }
 
-/// The route of a topic, if it carries an entity.
-pub fn route_for_topic(topic: &str) -> Option<Route> {
-    ROUTES.iter().find(|r| r.topic == topic).copied()
-}
-
 /// The dead-letter topic of `topic`.
 pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
-/// The entity topics.
-pub fn entity_topics() -> Vec<String> {
-    ROUTES.iter().map(|r| r.topic.to_string()).collect()
+/// The topic names of one deployment: the table's names behind an optional prefix, so
+/// several deployments (or test runs) can share one Kafka cluster. The default, no
+/// prefix, is the seeds' wire contract.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
 }
 
-/// Every topic the system uses: the entity topics and their dead-letter topics.
-pub fn all_topics() -> Vec<String> {
-    ROUTES
-        .iter()
-        .flat_map(|r| [r.topic.to_string(), dlq_topic(r.topic)])
-        .collect()
+impl Topics {
+    /// Names with `prefix` in front (`staging.` gives `staging.customers`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix in front of every name.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The topic carrying `route`'s entity.
+    pub fn entity(&self, route: Route) -> String {
+        format!("{}{}", self.prefix, route.topic)
+    }
+
+    /// The entity topics.
+    pub fn entities(&self) -> Vec<String> {
+        ROUTES.iter().map(|r| self.entity(*r)).collect()
+    }
+
+    /// Every topic the system uses: the entity topics and their dead-letter topics.
+    pub fn all(&self) -> Vec<String> {
+        ROUTES
+            .iter()
+            .flat_map(|r| [self.entity(*r), dlq_topic(&self.entity(*r))])
+            .collect()
+    }
+
+    /// The route whose entity topic is `topic` (not its dead-letter topic).
+    pub fn route(&self, topic: &str) -> Option<Route> {
+        let name = topic.strip_prefix(&self.prefix)?;
+        ROUTES.iter().find(|r| r.topic == name).copied()
+    }
 }
 
 /// Redis key of an order's hash.
@@ -503,18 +531,21 @@ mod tests {
 
     #[test]
     fn every_topic_has_one_route_and_a_dead_letter_topic() {
+        let topics = Topics::default();
         assert_eq!(
-            route_for_topic("customers").unwrap().store,
+            topics.route("customers").unwrap().store,
             StoreKind::Relational
         );
-        assert_eq!(route_for_topic("books").unwrap().store, StoreKind::Document);
-        assert_eq!(
-            route_for_topic("orders").unwrap().store,
-            StoreKind::KeyValue
-        );
-        assert!(route_for_topic("customers.dlq").is_none());
-        assert_eq!(all_topics().len(), 6);
-        assert!(all_topics().contains(&"orders.dlq".to_string()));
+        assert_eq!(topics.route("books").unwrap().store, StoreKind::Document);
+        assert_eq!(topics.route("orders").unwrap().store, StoreKind::KeyValue);
+        assert!(topics.route("customers.dlq").is_none());
+        assert_eq!(topics.all().len(), 6);
+        assert!(topics.all().contains(&"orders.dlq".to_string()));
+        let staging = Topics::new("staging.");
+        assert_eq!(staging.entity(route_of(Entity::Order)), "staging.orders");
+        assert_eq!(staging.route("staging.books").unwrap().entity, Entity::Book);
+        assert!(staging.route("books").is_none());
+        assert!(staging.all().contains(&"staging.customers.dlq".to_string()));
     }
 
     #[test]

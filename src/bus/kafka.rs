@@ -293,6 +293,9 @@ impl Bus for KafkaBus {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // A member that died hands its partitions over after this long; librdkafka's
+            // default (45 s) is long for a pipeline meant to recover from kill -9.
+            .set("session.timeout.ms", "10000")
             .set(
                 "auto.offset.reset",
                 match start {

@@ -22,7 +22,7 @@ use crate::bus::{Bus, Record};
 use crate::domain::{Book, Customer, Order};
 use crate::envelope::Envelope;
 use crate::retry;
-use crate::routing::{Entity, route_of, short};
+use crate::routing::{Entity, Topics, route_of, short};
 
 /// Rounds per publish when running flat out: big enough to amortize a durable commit.
 const ROUNDS_PER_BATCH: u64 = 500;
@@ -40,6 +40,8 @@ pub struct S1Config {
     pub seed: Option<u64>,
     /// Print one line per event.
     pub print_events: bool,
+    /// Topic names.
+    pub topics: Topics,
 }
 
 /// What S1 did.
@@ -60,6 +62,7 @@ pub struct Generator {
     next_book: usize,
     customers: Vec<String>,
     sent_books: Vec<String>,
+    topics: Topics,
 }
 
 /// Lower-case ASCII for an e-mail local part: accents dropped, other symbols removed.
@@ -84,7 +87,7 @@ fn ascii_slug(s: &str) -> String {
 
 impl Generator {
     /// A generator over `books`, seeded for reproducibility when `seed` is given.
-    pub fn new(mut books: Vec<Book>, seed: Option<u64>) -> Self {
+    pub fn new(mut books: Vec<Book>, seed: Option<u64>, topics: Topics) -> Self {
         let mut rng = match seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => fake::rand::make_rng(),
@@ -96,6 +99,7 @@ impl Generator {
             next_book: 0,
             customers: Vec::new(),
             sent_books: Vec::new(),
+            topics,
         }
     }
 
@@ -163,20 +167,26 @@ impl Generator {
         );
         vec![
             (
-                record(Entity::Customer, &customer.id, &customer),
+                record(&self.topics, Entity::Customer, &customer.id, &customer),
                 customer_line,
             ),
-            (record(Entity::Book, &book.id, &book), book_line),
-            (record(Entity::Order, &order.id, &order), order_line),
+            (
+                record(&self.topics, Entity::Book, &book.id, &book),
+                book_line,
+            ),
+            (
+                record(&self.topics, Entity::Order, &order.id, &order),
+                order_line,
+            ),
         ]
     }
 }
 
-fn record<T: serde::Serialize>(entity: Entity, id: &str, data: &T) -> Record {
+fn record<T: serde::Serialize>(topics: &Topics, entity: Entity, id: &str, data: &T) -> Record {
     let kind = format!("livros.{}", entity.name());
     let event = Envelope::new(&kind, id, None, data);
     Record {
-        topic: route_of(entity).topic.to_string(),
+        topic: topics.entity(route_of(entity)),
         key: Some(id.to_string()),
         headers: event.headers(),
         payload: event.to_vec(),
@@ -191,7 +201,7 @@ pub async fn run(
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<S1Report, ServiceError> {
-    let mut generator = Generator::new(books, config.seed);
+    let mut generator = Generator::new(books, config.seed, config.topics.clone());
     let mut report = S1Report::default();
     let rounds_per_publish = if config.rate > 0.0 {
         1
@@ -230,9 +240,9 @@ pub async fn run(
                 break 'outer;
             }
             for (record, line) in group.iter().zip(group_lines) {
-                match record.topic.as_str() {
-                    t if t == route_of(Entity::Customer).topic => report.customers += 1,
-                    t if t == route_of(Entity::Book).topic => report.books += 1,
+                match config.topics.route(&record.topic).map(|r| r.entity) {
+                    Some(Entity::Customer) => report.customers += 1,
+                    Some(Entity::Book) => report.books += 1,
                     _ => report.orders += 1,
                 }
                 if config.print_events {
@@ -251,7 +261,7 @@ mod tests {
 
     #[test]
     fn generated_data_is_valid_and_consistent() {
-        let mut g = Generator::new(crate::catalog::offline(), Some(7));
+        let mut g = Generator::new(crate::catalog::offline(), Some(7), Topics::default());
         for _ in 0..50 {
             let records = g.round();
             let c = crate::domain::parse_customer(&records[0].0.payload).unwrap();

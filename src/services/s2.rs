@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Counters, ServiceError, bus_transient};
 use crate::bus::{Bus, Message, Record, StartFrom, next_offsets};
 use crate::retry;
-use crate::routing::{self, Outcome, ROUTES, Route, Router, StoreKind, short};
+use crate::routing::{self, Outcome, ROUTES, Route, Router, StoreKind, Topics, short};
 use crate::store::StoreError;
 
 /// How long one poll waits for messages before checking for shutdown again.
@@ -33,6 +33,8 @@ pub struct S2Config {
     pub reference_grace: Duration,
     /// Print one line per event.
     pub print_events: bool,
+    /// Topic names.
+    pub topics: Topics,
 }
 
 impl Default for S2Config {
@@ -42,6 +44,7 @@ impl Default for S2Config {
             batch_size: 1000,
             reference_grace: Duration::from_secs(10),
             print_events: true,
+            topics: Topics::default(),
         }
     }
 }
@@ -97,7 +100,7 @@ async fn consume(
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let topic = route.topic.to_string();
+    let topic = config.topics.entity(route);
     let dlq = routing::dlq_topic(&topic);
     let engine = engine(&router, route.store);
     let mut consumer = bus

@@ -10,19 +10,27 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use livros::bus::embedded::EmbeddedBus;
+use std::sync::Arc;
+
+use livros::app::Settings;
+use livros::bus::kafka::KafkaConfig;
 use livros::bus::{Bus, Record, StartFrom};
-use livros::routing::{self, BOOKS_COLLECTION};
+use livros::routing::{self, BOOKS_COLLECTION, Topics};
 use livros::store::{StoreConfig, Stores};
 use serde_json::Value;
 
 use common::{TestDb, eventually, redis_cleanup, redis_prefix, service_url};
 
-/// Real stores for one test, or embedded ones.
+/// Real stores for one test, or embedded ones; Kafka or the embedded bus.
 struct Backends {
     config: StoreConfig,
     db: Option<TestDb>,
     redis_url: Option<String>,
+    /// Kafka brokers, with topics and groups unique to this test (the cluster is shared).
+    kafka: Option<String>,
+    topics: Topics,
+    s2_group: String,
+    s3_group: String,
 }
 
 impl Backends {
@@ -31,6 +39,10 @@ impl Backends {
             config: StoreConfig::default(),
             db: None,
             redis_url: None,
+            kafka: None,
+            topics: Topics::default(),
+            s2_group: "livros-s2".into(),
+            s3_group: "livros-s3".into(),
         }
     }
 
@@ -47,6 +59,20 @@ impl Backends {
             },
             db: Some(db),
             redis_url: Some(redis),
+            ..Self::embedded()
+        })
+    }
+
+    /// Kafka, PostgreSQL and Redis, or `None` when their URLs are unset.
+    async fn kafka() -> Option<Self> {
+        let brokers = service_url("LIVROS_TEST_KAFKA_BROKERS")?;
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        Some(Self {
+            kafka: Some(brokers),
+            topics: Topics::new(format!("t{run}.")),
+            s2_group: format!("s2-{run}"),
+            s3_group: format!("s3-{run}"),
+            ..Self::real().await?
         })
     }
 
@@ -58,6 +84,30 @@ impl Backends {
             cmd.env("LIVROS_REDIS_URL", url)
                 .env("LIVROS_REDIS_PREFIX", &self.config.redis_prefix);
         }
+        if let Some(brokers) = &self.kafka {
+            cmd.env("LIVROS_KAFKA_BROKERS", brokers)
+                .env("LIVROS_TOPIC_PREFIX", self.topics.prefix())
+                .env("LIVROS_S2_GROUP", &self.s2_group)
+                .env("LIVROS_S3_GROUP", &self.s3_group);
+        }
+    }
+
+    fn settings(&self, data_dir: &Path) -> Settings {
+        let mut settings = Settings::embedded(data_dir);
+        settings.stores = self.config.clone();
+        settings.topics = self.topics.clone();
+        settings.kafka = self.kafka.clone().map(|brokers| KafkaConfig {
+            brokers,
+            replication: 1,
+        });
+        settings
+    }
+
+    /// The bus these backends name, with every topic created.
+    async fn bus(&self, data_dir: &Path) -> Arc<dyn Bus> {
+        livros::app::open_bus(&self.settings(data_dir))
+            .await
+            .expect("bus opens")
     }
 
     async fn cleanup(self) {
@@ -137,7 +187,7 @@ async fn verify(
     let mut ids: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
     for line in &log {
         let topic = line["topic"].as_str().unwrap();
-        if let (Some(route), Some(id)) = (routing::route_for_topic(topic), entity_id(line)) {
+        if let (Some(route), Some(id)) = (backends.topics.route(topic), entity_id(line)) {
             ids.entry(route.topic).or_default().insert(id);
         }
     }
@@ -246,12 +296,6 @@ async fn up_count_200_postgres_and_redis() {
     up_count_200(backends).await;
 }
 
-async fn bus_of(dir: &Path) -> EmbeddedBus {
-    let bus = EmbeddedBus::open(dir).await.unwrap();
-    bus.ensure_topics(&routing::all_topics(), 3).await.unwrap();
-    bus
-}
-
 fn kill9(child: &mut Child) {
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
@@ -280,9 +324,10 @@ async fn crash_and_restart(backends: Backends) {
         "0",
         "--quiet",
     ]));
-    let bus = bus_of(dir.path()).await;
-    let entity_topics = routing::entity_topics();
-    let all_topics = routing::all_topics();
+    let bus = backends.bus(dir.path()).await;
+    let entity_topics = backends.topics.entities();
+    let all_topics = backends.topics.all();
+    let (g2, g3) = (backends.s2_group.as_str(), backends.s3_group.as_str());
     let spawn = |service: &str| {
         livros(dir.path(), &backends)
             .args([service, "--quiet", "--batch-size", "20"])
@@ -296,16 +341,16 @@ async fn crash_and_restart(backends: Backends) {
         "S2 and S3 to be mid-way",
         Duration::from_secs(60),
         || async {
-            let s2_lag = bus.lag("livros-s2", &entity_topics).await.unwrap();
-            let s3_lag = bus.lag("livros-s3", &all_topics).await.unwrap();
+            let s2_lag = bus.lag(g2, &entity_topics).await.unwrap();
+            let s3_lag = bus.lag(g3, &all_topics).await.unwrap();
             s2_lag < total - 300 && s3_lag < total - 300
         },
     )
     .await;
     kill9(&mut s2);
     kill9(&mut s3);
-    let s2_lag = bus.lag("livros-s2", &entity_topics).await.unwrap();
-    let s3_lag = bus.lag("livros-s3", &all_topics).await.unwrap();
+    let s2_lag = bus.lag(g2, &entity_topics).await.unwrap();
+    let s3_lag = bus.lag(g3, &all_topics).await.unwrap();
     assert!(
         s2_lag > 0 && s3_lag > 0,
         "the kill must land mid-run (lags {s2_lag}, {s3_lag})"
@@ -316,14 +361,92 @@ async fn crash_and_restart(backends: Backends) {
         "S2 and S3 to finish after restart",
         Duration::from_secs(120),
         || async {
-            bus.lag("livros-s2", &entity_topics).await.unwrap() == 0
-                && bus.lag("livros-s3", &all_topics).await.unwrap() == 0
+            bus.lag(g2, &entity_topics).await.unwrap() == 0
+                && bus.lag(g3, &all_topics).await.unwrap() == 0
         },
     )
     .await;
     terminate(&mut s2);
     terminate(&mut s3);
     verify(dir.path(), &backends, total as usize, None).await;
+    backends.cleanup().await;
+}
+
+#[tokio::test]
+async fn up_count_200_kafka_postgres_and_redis() {
+    let Some(backends) = Backends::kafka().await else {
+        return;
+    };
+    up_count_200(backends).await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_run_loses_and_duplicates_nothing_kafka() {
+    let Some(backends) = Backends::kafka().await else {
+        return;
+    };
+    crash_and_restart(backends).await;
+}
+
+/// Two S2 processes share the partitions; kill -9 one and the other takes over.
+#[tokio::test]
+async fn two_s2_processes_share_the_work_and_survive_losing_one() {
+    let Some(backends) = Backends::kafka().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = 2_000;
+    run_ok(livros(dir.path(), &backends).args([
+        "s1",
+        "--count",
+        &rounds.to_string(),
+        "--rate",
+        "0",
+        "--quiet",
+    ]));
+    let bus = backends.bus(dir.path()).await;
+    let entity_topics = backends.topics.entities();
+    let spawn_s2 = |log: &Path| {
+        livros(dir.path(), &backends)
+            .args(["s2", "--batch-size", "20"])
+            .stdout(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let (a_log, b_log) = (dir.path().join("a.out"), dir.path().join("b.out"));
+    let mut a = spawn_s2(&a_log);
+    let mut b = spawn_s2(&b_log);
+    let stored_by = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("[S2] Stored")
+            .count()
+    };
+    eventually(
+        "both S2 processes to store events",
+        Duration::from_secs(90),
+        || async { stored_by(&a_log) > 0 && stored_by(&b_log) > 0 },
+    )
+    .await;
+    kill9(&mut a);
+    let lag = bus.lag(&backends.s2_group, &entity_topics).await.unwrap();
+    assert!(lag > 0, "the kill must land mid-run");
+    eventually(
+        "the surviving S2 to finish",
+        Duration::from_secs(120),
+        || async { bus.lag(&backends.s2_group, &entity_topics).await.unwrap() == 0 },
+    )
+    .await;
+    terminate(&mut b);
+    let stores = Stores::open(dir.path(), &backends.config).await.unwrap();
+    assert_eq!(
+        stores.relational.count_customers().await.unwrap(),
+        rounds as i64
+    );
+    assert_eq!(
+        stores.key_value.count_prefix("order:").await.unwrap(),
+        rounds as i64
+    );
     backends.cleanup().await;
 }
 
@@ -343,7 +466,7 @@ async fn kill_9_mid_run_loses_and_duplicates_nothing_postgres_and_redis() {
 #[tokio::test]
 async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = bus_of(dir.path()).await;
+    let bus = Backends::embedded().bus(dir.path()).await;
     let raw = |topic: &str, payload: &[u8]| Record {
         topic: topic.into(),
         key: None,
@@ -471,7 +594,7 @@ async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
             .count(),
         7
     );
-    let stats = bus.stats(&routing::all_topics()).await.unwrap();
+    let stats = bus.stats(&Topics::default().all()).await.unwrap();
     assert_eq!(stats["customers.dlq"].published, 4);
     assert_eq!(stats["orders.dlq"].published, 2);
 }
@@ -485,7 +608,7 @@ async fn ctrl_c_stops_cleanly_and_a_restart_finishes_the_backlog() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let bus = bus_of(dir.path()).await;
+    let bus = Backends::embedded().bus(dir.path()).await;
     eventually("some events to flow", Duration::from_secs(30), || async {
         bus.stats(&["orders".to_string()]).await.unwrap()["orders"]
             .consumed
@@ -509,7 +632,7 @@ async fn ctrl_c_stops_cleanly_and_a_restart_finishes_the_backlog() {
 
     // Every event S1 reported as sent is on the bus.
     let published: i64 = bus
-        .stats(&routing::entity_topics())
+        .stats(&Topics::default().entities())
         .await
         .unwrap()
         .values()
@@ -616,8 +739,7 @@ async fn a_store_going_away_mid_run_is_waited_for_not_skipped() {
             redis_url: Some(url.clone()),
             ..StoreConfig::default()
         },
-        db: None,
-        redis_url: None,
+        ..Backends::embedded()
     };
     eventually(
         "the private Redis to listen",
@@ -631,7 +753,7 @@ async fn a_store_going_away_mid_run_is_waited_for_not_skipped() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let bus = bus_of(dir.path()).await;
+    let bus = Backends::embedded().bus(dir.path()).await;
     eventually(
         "some orders to be stored",
         Duration::from_secs(30),
