@@ -1,20 +1,31 @@
 //! `livros bench`: the whole pipeline on N events as fast as it goes, measured.
+//!
+//! S1 publishes N events; S2 and S3 consume them as in production. Then a plain consumer
+//! in a fresh group reads the same entity topics without storing anything: the bus's own
+//! consume ceiling, measured in the same run, to tell how much of it S2 achieves.
 
 use std::time::{Duration, Instant};
 
 use crate::app::{self, AppError, Settings};
+use crate::bus::{Bus, StartFrom};
 use crate::routing::StoreKind;
 use crate::services::s1::S1Config;
 
 /// What a benchmark run measured.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
+    /// Where the events went.
+    pub bus: String,
     /// Events published (customers + books + orders).
     pub events: u64,
     /// Time for S1 to publish them all.
     pub publish: Duration,
+    /// Time from the first publish until S2 had stored (or dead-lettered) everything.
+    pub stored: Duration,
     /// Time from the first publish until S2 stored and S3 logged everything.
     pub end_to_end: Duration,
+    /// Time for a plain consumer to read the entity topics, storing nothing.
+    pub ceiling: Duration,
     /// Per store: records written and time spent writing.
     pub stores: Vec<(StoreKind, String, u64, Duration)>,
 }
@@ -25,25 +36,39 @@ fn rate(n: u64, d: Duration) -> f64 {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "events:      {}", self.events)?;
+        let n = self.events;
+        writeln!(f, "bus:         {}", self.bus)?;
+        writeln!(f, "events:      {n}")?;
         writeln!(
             f,
             "S1 publish:  {:>10.0} events/s ({:.2?})",
-            rate(self.events, self.publish),
+            rate(n, self.publish),
             self.publish
         )?;
         writeln!(
             f,
+            "S2 stored:   {:>10.0} events/s ({:.2?} from the first publish)",
+            rate(n, self.stored),
+            self.stored
+        )?;
+        writeln!(
+            f,
             "end to end:  {:>10.0} events/s ({:.2?}, stored by S2 and logged by S3)",
-            rate(self.events, self.end_to_end),
+            rate(n, self.end_to_end),
             self.end_to_end
         )?;
-        for (kind, engine, n, spent) in &self.stores {
+        writeln!(
+            f,
+            "bus ceiling: {:>10.0} events/s (a plain consumer, storing nothing); S2 reaches {:.0} % of it",
+            rate(n, self.ceiling),
+            100.0 * rate(n, self.stored) / rate(n, self.ceiling).max(1e-9)
+        )?;
+        for (kind, engine, records, spent) in &self.stores {
             writeln!(
                 f,
-                "{:<12} {:>10.0} records/s while writing ({n} records in {spent:.2?}; {engine})",
+                "{:<12} {:>10.0} records/s while writing ({records} records in {spent:.2?}; {engine})",
                 format!("{}:", kind.name()),
-                rate(*n, *spent)
+                rate(*records, *spent)
             )?;
         }
         Ok(())
@@ -81,6 +106,7 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
     pipeline
         .drain(&*bus, &settings.s2.group, &settings.topics.entities())
         .await?;
+    let stored = started.elapsed();
     pipeline
         .drain(&*bus, &settings.s3_group, &settings.topics.all())
         .await?;
@@ -91,10 +117,14 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
         .expect("S2 runs in the bench")
         .timings();
     pipeline.stop().await?;
+    let ceiling = consume_ceiling(&*bus, settings, rounds * 3).await?;
     Ok(BenchReport {
+        bus: bus.describe(),
         events: rounds * 3,
         publish,
+        stored,
         end_to_end,
+        ceiling,
         stores: engines
             .into_iter()
             .map(|(kind, engine)| {
@@ -103,4 +133,32 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
             })
             .collect(),
     })
+}
+
+/// How long a consumer in a fresh group takes to read `events` messages of the entity
+/// topics, doing nothing with them.
+async fn consume_ceiling(
+    bus: &dyn Bus,
+    settings: &Settings,
+    events: u64,
+) -> Result<Duration, AppError> {
+    let group = format!("livros-bench-ceiling-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = bus
+        .subscribe(&group, &settings.topics.entities(), StartFrom::Earliest)
+        .await?;
+    let mut read = 0_u64;
+    let mut started = None;
+    while read < events {
+        let batch = consumer
+            .poll(settings.s2.batch_size, Duration::from_secs(10))
+            .await?;
+        if batch.is_empty() {
+            break;
+        }
+        // Timed from the first message, so joining the group does not count.
+        started.get_or_insert_with(Instant::now);
+        read += batch.len() as u64;
+    }
+    consumer.close().await?;
+    Ok(started.map(|s| s.elapsed()).unwrap_or_default())
 }

@@ -491,6 +491,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 global.data_dir = temp.path().to_path_buf();
                 global.audit_log = None;
             }
+            if global.kafka_brokers.is_some() && global.topic_prefix.is_empty() {
+                // Benchmark events stay off the production topics of a shared cluster.
+                global.topic_prefix = format!("livros-bench-{}.", uuid::Uuid::new_v4().simple());
+            }
             if global.redis_url.is_some() && global.redis_prefix.is_empty() {
                 // Keep benchmark orders apart from real ones in a shared Redis.
                 global.redis_prefix = format!("livros-bench-{}:", uuid::Uuid::new_v4().simple());
@@ -500,10 +504,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "benchmark: {events} events, data in {}",
                 settings.data_dir.display()
             );
-            if global.postgres_url.is_some() || global.redis_url.is_some() {
+            if global.postgres_url.is_some()
+                || global.redis_url.is_some()
+                || global.kafka_brokers.is_some()
+            {
                 println!(
-                    "note: records go to the real stores given (Redis keys prefixed `{}`): use scratch ones",
-                    global.redis_prefix
+                    "note: records go to the real stores given (Redis keys prefixed `{}`, topics `{}`): use scratch ones",
+                    global.redis_prefix, global.topic_prefix
                 );
             }
             let report = livros::bench::run(&settings, *events).await?;
