@@ -9,15 +9,36 @@ use serde_json::Value;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{DocumentStore, OpenError, StoreError, StoreResult};
+use super::{DocumentStore, Filter, OpenError, Page, StoreError, StoreResult};
 
 const STORE: &str = "embedded document store";
 /// Rows per statement (3 bound values each).
 const CHUNK: usize = 500;
 
-const SCHEMA: &[&str] = &["CREATE TABLE IF NOT EXISTS documents (
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS documents (
     collection TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
-    PRIMARY KEY (collection, id)) WITHOUT ROWID"];
+    PRIMARY KEY (collection, id)) WITHOUT ROWID",
+    // Books are looked up by ISBN; the other filters scan, which suits a shop's catalogue.
+    "CREATE INDEX IF NOT EXISTS documents_isbn ON documents (collection, json_extract(body, '$.isbn'))",
+];
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A JSON path for a top-level field, quoted so any field name is taken literally.
+fn json_path(field: &str) -> String {
+    format!("$.\"{}\"", field.replace('"', "\\\""))
+}
 
 fn err(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(STORE, e)
@@ -130,6 +151,62 @@ impl DocumentStore for SqliteDocumentStore {
             .fetch_one(&self.pool)
             .await
             .map_err(err)
+    }
+
+    async fn find(
+        &self,
+        collection: &str,
+        filters: &[Filter],
+        page: Page,
+    ) -> StoreResult<Vec<Value>> {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT body FROM documents WHERE collection = ");
+        q.push_bind(collection.to_string());
+        for filter in filters {
+            match filter {
+                Filter::Eq { field, value } => {
+                    let path = json_path(field);
+                    q.push(" AND (json_extract(body, ")
+                        .push_bind(path.clone())
+                        .push(") = ")
+                        .push_bind(value.clone())
+                        .push(" OR (json_type(body, ")
+                        .push_bind(path.clone())
+                        .push(") = 'array' AND EXISTS (SELECT 1 FROM json_each(body, ")
+                        .push_bind(path)
+                        .push(") WHERE value = ")
+                        .push_bind(value.clone())
+                        .push(")))");
+                }
+                Filter::Words { field, words } => {
+                    for word in words {
+                        q.push(" AND lower(json_extract(body, ")
+                            .push_bind(json_path(field))
+                            .push(")) LIKE ")
+                            .push_bind(format!("%{}%", like_escape(&word.to_lowercase())))
+                            .push(" ESCAPE '\\'");
+                    }
+                }
+            }
+        }
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(page.limit.min(i64::MAX as u64) as i64)
+            .push(" OFFSET ")
+            .push_bind(page.skip.min(i64::MAX as u64) as i64);
+        let bodies: Vec<String> = q
+            .build_query_scalar()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        bodies
+            .iter()
+            .map(|b| {
+                serde_json::from_str(b).map_err(|e| StoreError::Rejected {
+                    store: STORE,
+                    reason: format!("stored document is not JSON: {e}"),
+                })
+            })
+            .collect()
     }
 
     fn describe(&self) -> String {

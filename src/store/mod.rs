@@ -3,7 +3,7 @@
 //! | kind | trait | embedded | real |
 //! |---|---|---|---|
 //! | relational | [`RelationalStore`] | [`sqlite`] | [`postgres`] |
-//! | document | [`DocumentStore`] | [`docs_sqlite`] | (MongoDB: its own issue) |
+//! | document | [`DocumentStore`] | [`docs_sqlite`] | [`mongodb`] |
 //! | key-value | [`KeyValueStore`] | [`kv_sqlite`] | [`redis`] |
 //!
 //! Which entity goes to which kind is decided in [`crate::routing`], nowhere else.
@@ -11,6 +11,7 @@
 
 pub mod docs_sqlite;
 pub mod kv_sqlite;
+pub mod mongodb;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
@@ -100,6 +101,35 @@ pub trait RelationalStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// A condition on documents, for [`DocumentStore::find`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// The top-level `field` equals `value`, or, when it is an array, contains it.
+    Eq {
+        /// Field name.
+        field: String,
+        /// The value, compared as a string.
+        value: String,
+    },
+    /// Every word occurs in the text of `field`, ignoring case (`Words{title, ["dom"]}`
+    /// matches "Dom Casmurro").
+    Words {
+        /// Field name.
+        field: String,
+        /// The words.
+        words: Vec<String>,
+    },
+}
+
+/// Which slice of the results, ordered by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Results to skip.
+    pub skip: u64,
+    /// Most results to return.
+    pub limit: u64,
+}
+
 /// The document store: JSON documents in named collections, keyed by id.
 #[async_trait]
 pub trait DocumentStore: Send + Sync {
@@ -116,6 +146,13 @@ pub trait DocumentStore: Send + Sync {
     async fn existing(&self, collection: &str, ids: &[String]) -> StoreResult<HashSet<String>>;
     /// How many documents the collection holds.
     async fn count(&self, collection: &str) -> StoreResult<i64>;
+    /// Documents matching every filter, ordered by id, one page of them.
+    async fn find(
+        &self,
+        collection: &str,
+        filters: &[Filter],
+        page: Page,
+    ) -> StoreResult<Vec<Value>>;
     /// A name for logs.
     fn describe(&self) -> String;
 }
@@ -165,6 +202,12 @@ pub struct StoreConfig {
     pub redis_url: Option<String>,
     /// Prefix for every Redis key (to share one Redis between deployments or tests).
     pub redis_prefix: String,
+    /// MongoDB URL for the document store.
+    pub mongodb_url: Option<String>,
+    /// MongoDB database; `books_db` when unset.
+    pub mongodb_database: Option<String>,
+    /// MongoDB collection holding books; `books` when unset.
+    pub mongodb_books_collection: Option<String>,
 }
 
 /// The stores S2 writes to, one of each kind.
@@ -206,8 +249,29 @@ impl Stores {
             Some(url) => Arc::new(postgres::PostgresStore::connect(url).await?),
             None => Arc::new(sqlite::SqliteStore::open(&data_dir.join("relational.db")).await?),
         };
-        let document: Arc<dyn DocumentStore> =
-            Arc::new(docs_sqlite::SqliteDocumentStore::open(&data_dir.join("documents.db")).await?);
+        let document: Arc<dyn DocumentStore> = match &config.mongodb_url {
+            Some(url) => Arc::new(
+                self::mongodb::MongoStore::connect(self::mongodb::MongoConfig {
+                    url: url.clone(),
+                    database: config
+                        .mongodb_database
+                        .clone()
+                        .unwrap_or_else(|| "books_db".into()),
+                    collections: [(
+                        crate::routing::BOOKS_COLLECTION.to_string(),
+                        config
+                            .mongodb_books_collection
+                            .clone()
+                            .unwrap_or_else(|| crate::routing::BOOKS_COLLECTION.into()),
+                    )]
+                    .into(),
+                })
+                .await?,
+            ),
+            None => Arc::new(
+                docs_sqlite::SqliteDocumentStore::open(&data_dir.join("documents.db")).await?,
+            ),
+        };
         let key_value: Arc<dyn KeyValueStore> = match &config.redis_url {
             Some(url) => Arc::new(redis::RedisStore::connect(url, &config.redis_prefix).await?),
             None => Arc::new(kv_sqlite::SqliteKvStore::open(&data_dir.join("keyvalue.db")).await?),

@@ -46,16 +46,20 @@ impl Backends {
         }
     }
 
-    /// PostgreSQL and Redis, or `None` (test skipped) when their URLs are unset.
+    /// PostgreSQL, MongoDB and Redis, or `None` (test skipped) when their URLs are unset.
     async fn real() -> Option<Self> {
         let pg = service_url("LIVROS_TEST_POSTGRES_URL")?;
         let redis = service_url("LIVROS_TEST_REDIS_URL")?;
+        let mongodb = service_url("LIVROS_TEST_MONGODB_URL")?;
         let db = TestDb::create(&pg).await;
         Some(Self {
             config: StoreConfig {
                 postgres_url: Some(db.url.clone()),
                 redis_url: Some(redis.clone()),
                 redis_prefix: redis_prefix(),
+                mongodb_url: Some(mongodb),
+                mongodb_database: Some(format!("livros_test_{}", uuid::Uuid::new_v4().simple())),
+                mongodb_books_collection: None,
             },
             db: Some(db),
             redis_url: Some(redis),
@@ -83,6 +87,12 @@ impl Backends {
         if let Some(url) = &self.config.redis_url {
             cmd.env("LIVROS_REDIS_URL", url)
                 .env("LIVROS_REDIS_PREFIX", &self.config.redis_prefix);
+        }
+        if let (Some(url), Some(database)) =
+            (&self.config.mongodb_url, &self.config.mongodb_database)
+        {
+            cmd.env("LIVROS_MONGODB_URL", url)
+                .env("LIVROS_MONGODB_DATABASE", database);
         }
         if let Some(brokers) = &self.kafka {
             cmd.env("LIVROS_KAFKA_BROKERS", brokers)
@@ -116,6 +126,12 @@ impl Backends {
         }
         if let Some(url) = self.redis_url {
             redis_cleanup(&url, &self.config.redis_prefix).await;
+        }
+        if let (Some(url), Some(database)) =
+            (&self.config.mongodb_url, &self.config.mongodb_database)
+            && let Ok(client) = mongodb::Client::with_uri_str(url).await
+        {
+            let _ = client.database(database).drop().await;
         }
     }
 }
@@ -289,7 +305,7 @@ async fn up_count_200_embedded() {
 }
 
 #[tokio::test]
-async fn up_count_200_postgres_and_redis() {
+async fn up_count_200_postgres_mongodb_and_redis() {
     let Some(backends) = Backends::real().await else {
         return;
     };
@@ -373,7 +389,7 @@ async fn crash_and_restart(backends: Backends) {
 }
 
 #[tokio::test]
-async fn up_count_200_kafka_postgres_and_redis() {
+async fn up_count_200_kafka_postgres_mongodb_and_redis() {
     let Some(backends) = Backends::kafka().await else {
         return;
     };
@@ -456,7 +472,7 @@ async fn kill_9_mid_run_loses_and_duplicates_nothing_embedded() {
 }
 
 #[tokio::test]
-async fn kill_9_mid_run_loses_and_duplicates_nothing_postgres_and_redis() {
+async fn kill_9_mid_run_loses_and_duplicates_nothing_postgres_mongodb_and_redis() {
     let Some(backends) = Backends::real().await else {
         return;
     };
