@@ -165,7 +165,14 @@ impl DocumentStore for MongoStore {
         let name = self.collection(collection).name().to_string();
         let reply = self
             .db
-            .run_command(doc! {"update": name, "updates": updates, "ordered": false})
+            // Acknowledged only once journaled on a majority: S2 commits its offset after
+            // this returns, so "written" must mean "durable".
+            .run_command(doc! {
+                "update": name,
+                "updates": updates,
+                "ordered": false,
+                "writeConcern": {"w": "majority", "j": true},
+            })
             .await
             .map_err(err)?;
         if let Ok(errors) = reply.get_array("writeErrors") {

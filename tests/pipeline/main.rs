@@ -88,11 +88,11 @@ impl Backends {
             cmd.env("LIVROS_REDIS_URL", url)
                 .env("LIVROS_REDIS_PREFIX", &self.config.redis_prefix);
         }
-        if let (Some(url), Some(database)) =
-            (&self.config.mongodb_url, &self.config.mongodb_database)
-        {
-            cmd.env("LIVROS_MONGODB_URL", url)
-                .env("LIVROS_MONGODB_DATABASE", database);
+        if let Some(url) = &self.config.mongodb_url {
+            cmd.env("LIVROS_MONGODB_URL", url);
+        }
+        if let Some(database) = &self.config.mongodb_database {
+            cmd.env("LIVROS_MONGODB_DATABASE", database);
         }
         if let Some(brokers) = &self.kafka {
             cmd.env("LIVROS_KAFKA_BROKERS", brokers)
@@ -314,6 +314,15 @@ async fn up_count_200_postgres_mongodb_and_redis() {
 
 fn kill9(child: &mut Child) {
     child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+}
+
+/// SIGTERM, then wait, whatever the exit status.
+fn terminate_any(child: &mut Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     child.wait().unwrap();
 }
 
@@ -795,4 +804,78 @@ async fn a_store_going_away_mid_run_is_waited_for_not_skipped() {
     );
     verify(dir.path(), &backends, 900, None).await;
     kill9(&mut redis);
+}
+
+#[tokio::test]
+async fn mongodb_going_away_mid_run_is_waited_for_not_skipped() {
+    // Runs where the MongoDB tests run: it needs the secantusd-py test server.
+    if service_url("LIVROS_TEST_MONGODB_URL").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mongo_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spawn_mongo = || {
+        Command::new("secantusd-py")
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--storage-path",
+            ])
+            .arg(mongo_dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("secantusd-py is installed where LIVROS_TEST_MONGODB_URL is set")
+    };
+    let listening = || async move { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() };
+    let mut mongo = spawn_mongo();
+    eventually(
+        "the private MongoDB to listen",
+        Duration::from_secs(30),
+        listening,
+    )
+    .await;
+    let backends = Backends {
+        config: StoreConfig {
+            mongodb_url: Some(format!("mongodb://127.0.0.1:{port}")),
+            ..StoreConfig::default()
+        },
+        ..Backends::embedded()
+    };
+    let up = livros(dir.path(), &backends)
+        .args(["up", "--count", "300", "--rate", "600", "--quiet"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bus = Backends::embedded().bus(dir.path()).await;
+    eventually(
+        "some books to be stored",
+        Duration::from_secs(60),
+        || async {
+            bus.stats(&["books".to_string()]).await.unwrap()["books"]
+                .consumed
+                .get("livros-s2")
+                .copied()
+                .unwrap_or(0)
+                > 20
+        },
+    )
+    .await;
+    // Stopped, not killed: what is tested is our side losing its connection, not the test
+    // server's durability.
+    terminate_any(&mut mongo);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut mongo = spawn_mongo();
+
+    let out = up.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "up finishes once MongoDB is back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify(dir.path(), &backends, 900, None).await;
+    kill9(&mut mongo);
 }
