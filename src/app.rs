@@ -204,17 +204,21 @@ impl Pipeline {
         }
     }
 
-    /// Waits until `group` has committed everything published on `topics`, or a service
-    /// fails.
-    pub async fn drain(
-        &mut self,
-        bus: &dyn Bus,
-        group: &str,
-        topics: &[String],
-    ) -> Result<(), AppError> {
+    /// Waits until `lag` (messages not yet committed) reaches zero, or a service fails.
+    pub async fn drain<F, Fut>(&mut self, lag: F) -> Result<(), AppError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<i64, BusError>>,
+    {
         loop {
-            if bus.lag(group, topics).await? == 0 {
-                return Ok(());
+            match lag().await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                // Only a measurement failed; the services carry on and so does the wait.
+                Err(e) if crate::services::bus_transient(&e) => {
+                    tracing::warn!("measuring lag: {e}")
+                }
+                Err(e) => return Err(e.into()),
             }
             tokio::select! {
                 Some(done) = self.tasks.join_next() => {
@@ -223,6 +227,14 @@ impl Pipeline {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
+    }
+
+    /// Waits until S2 and then S3 have committed everything published so far.
+    pub async fn drain_all(&mut self, bus: &dyn Bus, settings: &Settings) -> Result<(), AppError> {
+        self.drain(|| s2::lag(bus, &settings.s2.group, &settings.topics))
+            .await?;
+        let all = settings.topics.all();
+        self.drain(|| bus.lag(&settings.s3_group, &all)).await
     }
 
     /// Stops every service (each finishes the batch it is on) and waits for them.
@@ -300,14 +312,7 @@ pub async fn up(
     .await;
     let drained = match sent {
         Ok(_) if !shutdown.is_cancelled() => {
-            let drained = async {
-                pipeline
-                    .drain(&*bus, &settings.s2.group, &settings.topics.entities())
-                    .await?;
-                pipeline
-                    .drain(&*bus, &settings.s3_group, &settings.topics.all())
-                    .await
-            };
+            let drained = pipeline.drain_all(&*bus, settings);
             tokio::select! {
                 drained = drained => drained,
                 _ = shutdown.cancelled() => Ok(()),

@@ -104,12 +104,11 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
     .await?;
     let publish = started.elapsed();
     pipeline
-        .drain(&*bus, &settings.s2.group, &settings.topics.entities())
+        .drain(|| crate::services::s2::lag(&*bus, &settings.s2.group, &settings.topics))
         .await?;
     let stored = started.elapsed();
-    pipeline
-        .drain(&*bus, &settings.s3_group, &settings.topics.all())
-        .await?;
+    let all = settings.topics.all();
+    pipeline.drain(|| bus.lag(&settings.s3_group, &all)).await?;
     let end_to_end = started.elapsed();
     let timings = pipeline
         .router

@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use livros::app::{self, Settings};
 use livros::routing::{self, BOOKS_COLLECTION, Entity};
-use livros::services::Counters;
 use livros::services::s1::S1Config;
+use livros::services::{Counters, s2};
 use livros::store::{Filter, Page, StoreConfig};
 
 // mimalloc: the pipeline allocates many small buffers across threads, where glibc's
@@ -221,6 +221,8 @@ enum Command {
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        consume: ConsumeArgs,
     },
     /// Run the pipeline on N events as fast as possible and print the throughput.
     Bench {
@@ -256,6 +258,7 @@ impl Global {
             s.audit_log = log.clone();
         }
         s.google_books_key = self.google_books_api_key.clone();
+        s.topics = livros::routing::Topics::new(self.topic_prefix.clone());
         s.kafka = self
             .kafka_brokers
             .clone()
@@ -513,11 +516,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Stats { json } => {
-            let settings = g.settings(None);
+        Command::Stats { json, consume } => {
+            let settings = g.settings(Some(consume));
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
-            let topics = bus.stats(&settings.topics.all()).await?;
+            let s2_groups: Vec<String> = routing::ROUTES
+                .iter()
+                .map(|r| s2::group_of(&settings.s2.group, *r))
+                .collect();
+            let mut groups = s2_groups.clone();
+            groups.push(settings.s3_group.clone());
+            let topics = bus.stats(&settings.topics.all(), &groups).await?;
             let records = [
                 (
                     "relational",
@@ -555,22 +564,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )?
                 );
             } else {
-                let groups: std::collections::BTreeSet<&String> =
-                    topics.values().flat_map(|t| t.consumed.keys()).collect();
-                print!("{:<16}{:>12}", "topic", "published");
-                for g in &groups {
-                    print!(" {g:>13}");
-                }
-                println!();
+                // S2 reads each entity topic in its own group; S3 reads every topic.
+                let width = topics.keys().map(String::len).max().unwrap_or(5).max(5) + 2;
+                println!(
+                    "{:<width$}{:>12}{:>12}{:>12}",
+                    "topic", "published", "S2 done", "S3 done"
+                );
                 for (topic, t) in &topics {
-                    print!("{topic:<16}{:>12}", t.published);
-                    for g in &groups {
-                        print!("{:>14}", t.consumed.get(*g).copied().unwrap_or(0));
-                    }
-                    println!();
+                    let s2 = settings
+                        .topics
+                        .route(topic)
+                        .map(|r| {
+                            t.consumed
+                                .get(&s2::group_of(&settings.s2.group, r))
+                                .copied()
+                                .unwrap_or(0)
+                                .to_string()
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    let s3 = t.consumed.get(&settings.s3_group).copied().unwrap_or(0);
+                    println!("{topic:<width$}{:>12}{s2:>12}{s3:>12}", t.published);
                 }
                 println!();
-                println!("(each group's column: messages it has consumed and committed)");
+                println!("(done: consumed and committed by the service's consumer group)");
                 println!();
                 for (kind, what, engine, n) in &records {
                     println!("{kind:<11} {n:>10} {what:<10} {engine}");

@@ -252,7 +252,11 @@ impl Bus for EmbeddedBus {
         }))
     }
 
-    async fn stats(&self, topics: &[String]) -> BusResult<BTreeMap<String, TopicStats>> {
+    async fn stats(
+        &self,
+        topics: &[String],
+        groups: &[String],
+    ) -> BusResult<BTreeMap<String, TopicStats>> {
         let mut out = BTreeMap::new();
         for topic in topics {
             let published: Option<i64> =
@@ -261,17 +265,18 @@ impl Bus for EmbeddedBus {
                     .fetch_one(&self.pool)
                     .await
                     .map_err(unavailable)?;
-            let rows = sqlx::query(
-                "SELECT grp, SUM(next_offset) AS n FROM group_offsets WHERE topic = ? GROUP BY grp",
-            )
-            .bind(topic)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            let consumed = rows
-                .iter()
-                .map(|r| (r.get::<String, _>("grp"), r.get::<i64, _>("n")))
-                .collect();
+            let mut consumed = BTreeMap::new();
+            for group in groups {
+                let n: Option<i64> = sqlx::query_scalar(
+                    "SELECT SUM(next_offset) FROM group_offsets WHERE grp = ? AND topic = ?",
+                )
+                .bind(group)
+                .bind(topic)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+                consumed.insert(group.clone(), n.unwrap_or(0));
+            }
             out.insert(
                 topic.clone(),
                 TopicStats {

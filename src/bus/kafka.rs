@@ -67,6 +67,8 @@ pub struct KafkaBus {
     admin: Arc<AdminClient<DefaultClientContext>>,
     metadata: Arc<BaseConsumer>,
     known_topics: Arc<Mutex<HashSet<String>>>,
+    /// One client per group whose offsets are read (lag, stats): made once, reused.
+    offset_readers: Arc<Mutex<BTreeMap<String, Arc<BaseConsumer>>>>,
 }
 
 impl KafkaBus {
@@ -88,6 +90,7 @@ impl KafkaBus {
             admin: Arc::new(admin),
             metadata: Arc::new(metadata),
             known_topics: Arc::default(),
+            offset_readers: Arc::default(),
         };
         bus.existing_topics().await?;
         Ok(bus)
@@ -130,20 +133,18 @@ impl KafkaBus {
         Ok(existing)
     }
 
-    /// Committed offsets of `group` on every partition of `topics`.
+    /// Committed offsets of a group on every partition of `partitions`, read by `reader`.
     fn committed(
-        brokers: &str,
-        group: &str,
+        reader: &BaseConsumer,
         partitions: &BTreeMap<String, i32>,
     ) -> Result<BTreeMap<TopicPartition, i64>, KafkaError> {
-        let consumer: BaseConsumer = base_config(brokers).set("group.id", group).create()?;
         let mut tpl = TopicPartitionList::new();
         for (topic, n) in partitions {
             for p in 0..*n {
                 tpl.add_partition(topic, p);
             }
         }
-        let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT)?;
+        let committed = reader.committed_offsets(tpl, BROKER_TIMEOUT)?;
         Ok(committed
             .elements()
             .iter()
@@ -180,10 +181,24 @@ impl KafkaBus {
         group: &str,
         partitions: &BTreeMap<String, i32>,
     ) -> BusResult<BTreeMap<TopicPartition, i64>> {
-        let brokers = self.config.brokers.clone();
-        let group = group.to_string();
+        let reader = {
+            let mut readers = self.offset_readers.lock().expect("poisoned");
+            match readers.get(group) {
+                Some(reader) => reader.clone(),
+                None => {
+                    // Never subscribes, so it never joins the group: it only reads offsets.
+                    let reader: BaseConsumer = base_config(&self.config.brokers)
+                        .set("group.id", group)
+                        .create()
+                        .map_err(unavailable)?;
+                    let reader = Arc::new(reader);
+                    readers.insert(group.to_string(), reader.clone());
+                    reader
+                }
+            }
+        };
         let partitions = partitions.clone();
-        tokio::task::spawn_blocking(move || Self::committed(&brokers, &group, &partitions))
+        tokio::task::spawn_blocking(move || Self::committed(&reader, &partitions))
             .await
             .expect("offsets task")
             .map_err(unavailable)
@@ -313,22 +328,17 @@ impl Bus for KafkaBus {
         }))
     }
 
-    async fn stats(&self, topics: &[String]) -> BusResult<BTreeMap<String, TopicStats>> {
+    async fn stats(
+        &self,
+        topics: &[String],
+        groups: &[String],
+    ) -> BusResult<BTreeMap<String, TopicStats>> {
         let existing = self.existing_topics().await?;
         let partitions: BTreeMap<String, i32> = topics
             .iter()
             .filter_map(|t| existing.get(t).map(|n| (t.clone(), *n)))
             .collect();
         let high = self.watermarks(&partitions).await?;
-        let metadata = self.metadata.clone();
-        let groups: Vec<String> = tokio::task::spawn_blocking(move || {
-            metadata
-                .fetch_group_list(None, BROKER_TIMEOUT)
-                .map(|list| list.groups().iter().map(|g| g.name().to_string()).collect())
-        })
-        .await
-        .expect("group list task")
-        .map_err(unavailable)?;
         let mut out: BTreeMap<String, TopicStats> = partitions
             .keys()
             .map(|t| (t.clone(), TopicStats::default()))
@@ -337,7 +347,10 @@ impl Bus for KafkaBus {
             out.get_mut(topic).expect("listed").published += h;
         }
         for group in groups {
-            for ((topic, _), offset) in self.group_committed(&group, &partitions).await? {
+            for t in out.values_mut() {
+                t.consumed.insert(group.clone(), 0);
+            }
+            for ((topic, _), offset) in self.group_committed(group, &partitions).await? {
                 *out.get_mut(&topic)
                     .expect("listed")
                     .consumed

@@ -115,12 +115,16 @@ pub trait Bus: Send + Sync {
         start: StartFrom,
     ) -> BusResult<Box<dyn Consumer>>;
 
-    /// Published and committed counts for `topics` (every known group).
-    async fn stats(&self, topics: &[String]) -> BusResult<BTreeMap<String, TopicStats>>;
+    /// Published counts for `topics`, and what each of `groups` has committed on them.
+    async fn stats(
+        &self,
+        topics: &[String],
+        groups: &[String],
+    ) -> BusResult<BTreeMap<String, TopicStats>>;
 
     /// Messages on `topics` that `group` has not committed yet.
     async fn lag(&self, group: &str, topics: &[String]) -> BusResult<i64> {
-        let stats = self.stats(topics).await?;
+        let stats = self.stats(topics, &[group.to_string()]).await?;
         Ok(stats
             .values()
             .map(|t| t.published - t.consumed.get(group).copied().unwrap_or(0))

@@ -62,6 +62,33 @@ impl Counters {
     }
 }
 
+/// How long one poll waits for messages before checking for shutdown again.
+const POLL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The next non-empty batch for a consumer loop, or `None` once `shutdown` is cancelled.
+/// A bus that is unavailable is polled again after a pause, with a log line.
+pub(crate) async fn next_batch(
+    consumer: &mut dyn crate::bus::Consumer,
+    max: usize,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<Vec<crate::bus::Message>>, BusError> {
+    loop {
+        let polled = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            polled = consumer.poll(max, POLL_WAIT) => polled,
+        };
+        match polled {
+            Ok(messages) if messages.is_empty() => {}
+            Ok(messages) => return Ok(Some(messages)),
+            Err(e) if bus_transient(&e) => {
+                tracing::warn!("polling failed, retrying: {e}");
+                tokio::time::sleep(POLL_WAIT).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Commits `offsets`, retrying while the bus is unavailable. `Ok(false)` means it stopped
 /// for shutdown, or this member was fenced (another took over): either way the messages
 /// will be redelivered, which the idempotent writes absorb.

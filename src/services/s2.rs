@@ -19,8 +19,25 @@ use crate::retry;
 use crate::routing::{self, Outcome, ROUTES, Route, Router, StoreKind, Topics, short};
 use crate::store::StoreError;
 
-/// How long one poll waits for messages before checking for shutdown again.
-const POLL_WAIT: Duration = Duration::from_millis(200);
+/// The consumer group of S2's consumer of `route`'s topic: `<group>.<topic>`.
+///
+/// One group per entity topic, not one for all: an orders batch may wait for its customers
+/// (the reference grace), and a group member that is not polling holds up every rebalance
+/// of its group. With a group per topic, the customers consumer is never stuck behind it.
+pub fn group_of(group: &str, route: Route) -> String {
+    format!("{group}.{}", route.topic)
+}
+
+/// Messages on the entity topics that S2 has not committed yet.
+pub async fn lag(bus: &dyn Bus, group: &str, topics: &Topics) -> Result<i64, crate::bus::BusError> {
+    let mut total = 0;
+    for route in ROUTES {
+        total += bus
+            .lag(&group_of(group, route), &[topics.entity(route)])
+            .await?;
+    }
+    Ok(total)
+}
 
 /// S2's settings.
 #[derive(Debug, Clone)]
@@ -105,28 +122,14 @@ async fn consume(
     let engine = engine(&router, route.store);
     let mut consumer = bus
         .subscribe(
-            &config.group,
+            &group_of(&config.group, route),
             std::slice::from_ref(&topic),
             StartFrom::Earliest,
         )
         .await?;
-    loop {
-        let polled = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            polled = consumer.poll(config.batch_size, POLL_WAIT) => polled,
-        };
-        let messages = match polled {
-            Ok(m) => m,
-            Err(e) if bus_transient(&e) => {
-                tracing::warn!(%topic, "polling failed, retrying: {e}");
-                tokio::time::sleep(POLL_WAIT).await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if messages.is_empty() {
-            continue;
-        }
+    while let Some(messages) =
+        super::next_batch(&mut *consumer, config.batch_size, &shutdown).await?
+    {
         let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
         let stored = retry::until_ok(
             &format!("storing a batch from `{topic}`"),

@@ -11,18 +11,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use super::{Counters, ServiceError, bus_transient};
+use super::{Counters, ServiceError};
 use crate::bus::{Bus, Message, StartFrom, next_offsets};
-
-/// How long one poll waits for messages before checking for shutdown again.
-const POLL_WAIT: Duration = Duration::from_millis(200);
 
 /// S3's settings.
 #[derive(Debug, Clone)]
@@ -193,23 +189,9 @@ pub async fn run(
     let mut consumer = bus
         .subscribe(&config.group, &config.topics, StartFrom::Earliest)
         .await?;
-    loop {
-        let polled = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            polled = consumer.poll(config.batch_size, POLL_WAIT) => polled,
-        };
-        let messages = match polled {
-            Ok(m) => m,
-            Err(e) if bus_transient(&e) => {
-                tracing::warn!("polling failed, retrying: {e}");
-                tokio::time::sleep(POLL_WAIT).await;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if messages.is_empty() {
-            continue;
-        }
+    while let Some(messages) =
+        super::next_batch(&mut *consumer, config.batch_size, &shutdown).await?
+    {
         // File writes and fsync block: keep them off the async workers.
         let mut owned = log.take().expect("log is put back after each batch");
         let batch = messages.clone();

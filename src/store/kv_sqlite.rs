@@ -38,16 +38,7 @@ pub struct SqliteKvStore {
 impl SqliteKvStore {
     /// Opens (creating if needed) the store at `path`.
     pub async fn open(path: &Path) -> Result<Self, OpenError> {
-        let open_error = |e: sqlx::Error| OpenError {
-            kind: "key-value",
-            location: path.display().to_string(),
-            reason: e.to_string(),
-            hint: "Check that the data directory (--data-dir) is writable.".into(),
-        };
-        let pool = crate::sqlite::open(path, 4).await.map_err(open_error)?;
-        crate::sqlite::apply_schema(&pool, SCHEMA)
-            .await
-            .map_err(open_error)?;
+        let pool = super::open_embedded("key-value", path, SCHEMA, None).await?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),

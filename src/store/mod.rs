@@ -284,6 +284,38 @@ impl Stores {
     }
 }
 
+/// Opens the SQLite file of an embedded store of `kind`, applies its schema and runs its
+/// migrations, with the error a user sees when that fails.
+pub(crate) async fn open_embedded(
+    kind: &'static str,
+    path: &Path,
+    schema: &[&'static str],
+    migrator: Option<&sqlx::migrate::Migrator>,
+) -> Result<sqlx::SqlitePool, OpenError> {
+    let open_error = |reason: String| OpenError {
+        kind,
+        location: path.display().to_string(),
+        reason,
+        hint: "Check that the data directory (--data-dir) is writable.".into(),
+    };
+    let pool = crate::sqlite::open(path, 4)
+        .await
+        .map_err(|e| open_error(e.to_string()))?;
+    crate::sqlite::apply_schema(&pool, schema)
+        .await
+        .map_err(|e| open_error(e.to_string()))?;
+    if let Some(migrator) = migrator {
+        // Processes sharing the data dir may start together; sqlx's SQLite migrator does
+        // not lock, so a file lock serializes them.
+        let _guard = migration_lock(path).map_err(|e| open_error(e.to_string()))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| open_error(format!("migration failed: {e}")))?;
+    }
+    Ok(pool)
+}
+
 /// Keeps one item per id, the last one: a batch may carry an entity twice, and a single
 /// upsert statement may touch a row only once.
 pub(crate) fn last_by_id<T>(items: &[T], id: impl Fn(&T) -> &String) -> Vec<&T> {

@@ -27,22 +27,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path`.
     pub async fn open(path: &Path) -> Result<Self, OpenError> {
-        let open_error = |reason: String| OpenError {
-            kind: "relational",
-            location: path.display().to_string(),
-            reason,
-            hint: "Check that the data directory (--data-dir) is writable.".into(),
-        };
-        let pool = crate::sqlite::open(path, 4)
-            .await
-            .map_err(|e| open_error(e.to_string()))?;
-        // Processes sharing the data dir may start together; sqlx's SQLite migrator does not
-        // lock, so a file lock serializes them.
-        let _guard = super::migration_lock(path).map_err(|e| open_error(e.to_string()))?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|e| open_error(format!("migration failed: {e}")))?;
+        let migrator = sqlx::migrate!("migrations/sqlite");
+        let pool = super::open_embedded("relational", path, &[], Some(&migrator)).await?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),

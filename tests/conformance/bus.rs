@@ -130,7 +130,10 @@ async fn publish_and_consume(bus: &dyn Bus) {
     consumer.commit(&next_offsets(&got)).await.unwrap();
     consumer.close().await.unwrap();
 
-    let stats = bus.stats(std::slice::from_ref(&t)).await.unwrap();
+    let stats = bus
+        .stats(std::slice::from_ref(&t), std::slice::from_ref(&g1))
+        .await
+        .unwrap();
     assert_eq!(stats[&t].published, 30);
     assert_eq!(stats[&t].consumed[&g1], 30);
     assert_eq!(bus.lag(&g1, std::slice::from_ref(&t)).await.unwrap(), 0);
@@ -315,7 +318,10 @@ async fn embedded_survives_reopening() {
         c.close().await.unwrap();
     }
     let bus = EmbeddedBus::open(dir.path()).await.unwrap();
-    let stats = bus.stats(std::slice::from_ref(&t)).await.unwrap();
+    let stats = bus
+        .stats(std::slice::from_ref(&t), &["g".to_string()])
+        .await
+        .unwrap();
     assert_eq!(stats[&t].published, 5);
     assert!(stats[&t].consumed["g"] >= 2);
     // Offsets continue after the old ones.
