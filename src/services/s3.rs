@@ -38,7 +38,6 @@ pub struct S3Config {
 /// The append-only audit log.
 pub struct AuditLog {
     file: File,
-    path: PathBuf,
     /// Highest offset already in the file, per partition.
     written: HashMap<(String, i32), i64>,
 }
@@ -87,11 +86,7 @@ impl AuditLog {
             file.sync_data()?;
         }
         file.seek(SeekFrom::End(0))?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            written,
-        })
+        Ok(Self { file, written })
     }
 
     /// Appends the messages not yet in the log and fsyncs; returns how many were written.
@@ -119,11 +114,6 @@ impl AuditLog {
             }
         }
         Ok(count)
-    }
-
-    /// Where the log is.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -72,6 +72,15 @@ impl StoreError {
             }
             _ => false,
         };
+        Self::classified(store, transient, e)
+    }
+
+    /// `Unavailable` when `transient`, else `Rejected`, with the driver's words as reason.
+    pub(crate) fn classified(
+        store: &'static str,
+        transient: bool,
+        e: impl std::fmt::Display,
+    ) -> Self {
         let reason = e.to_string();
         if transient {
             StoreError::Unavailable { store, reason }

@@ -30,18 +30,7 @@ fn err(e: ::mongodb::error::Error) -> StoreError {
             | ErrorKind::ServerSelection { .. }
             | ErrorKind::ConnectionPoolCleared { .. }
     ) || e.contains_label(RETRYABLE_WRITE_ERROR);
-    let reason = e.to_string();
-    if transient {
-        StoreError::Unavailable {
-            store: STORE,
-            reason,
-        }
-    } else {
-        StoreError::Rejected {
-            store: STORE,
-            reason,
-        }
-    }
+    StoreError::classified(STORE, transient, e)
 }
 
 /// Settings of the MongoDB store.

@@ -18,18 +18,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn err(e: redis::RedisError) -> StoreError {
-    let reason = e.to_string();
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
-        StoreError::Unavailable {
-            store: STORE,
-            reason,
-        }
-    } else {
-        StoreError::Rejected {
-            store: STORE,
-            reason,
-        }
-    }
+    let transient =
+        e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped();
+    StoreError::classified(STORE, transient, e)
 }
 
 /// Escapes Redis glob characters so a prefix matches only itself.
