@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiConfig;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::{Bus, BusError};
@@ -41,6 +42,8 @@ pub struct Settings {
     pub kafka: Option<KafkaConfig>,
     /// Topic names (a prefix lets deployments share a Kafka cluster).
     pub topics: Topics,
+    /// The HTTP API's settings (where it listens is decided by the caller, who binds).
+    pub api: ApiConfig,
 }
 
 impl Settings {
@@ -58,6 +61,7 @@ impl Settings {
             google_books_url: crate::catalog::GOOGLE_BOOKS_URL.into(),
             kafka: None,
             topics: Topics::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -204,6 +208,19 @@ impl Pipeline {
         }
     }
 
+    /// Serves the HTTP API on `listener` over S2's stores, until the pipeline stops.
+    /// Without stores (an S3-only pipeline) there is nothing to serve and this does nothing.
+    pub fn serve_http(&mut self, listener: tokio::net::TcpListener, config: ApiConfig) {
+        let Some(router) = &self.router else { return };
+        let app = crate::api::app(router.clone(), config);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            crate::api::serve(listener, app, shutdown)
+                .await
+                .map_err(ServiceError::Http)
+        });
+    }
+
     /// Waits until `lag` (messages not yet committed) reaches zero, or a service fails.
     pub async fn drain<F, Fut>(&mut self, lag: F) -> Result<(), AppError>
     where
@@ -273,20 +290,25 @@ impl Pipeline {
     }
 }
 
-/// Runs S1, S2 and S3 in this process. With `s1.count`, returns once every message S1
-/// sent has been stored (or dead-lettered) and logged; otherwise runs until `stop_signal`.
-/// On `stop_signal`, S1 stops between events and S2 and S3 finish the batch they are on.
+/// Runs S1, S2 and S3 in this process, and S2's HTTP API when given a listener. With
+/// `s1.count`, returns once every message S1 sent has been stored (or dead-lettered) and
+/// logged; otherwise runs until `stop_signal`. On `stop_signal`, S1 stops between events,
+/// S2 and S3 finish the batch they are on, and the API the requests in flight.
 pub async fn up(
     bus: Arc<dyn Bus>,
     stores: Stores,
     settings: &Settings,
     s1_config: S1Config,
+    http: Option<tokio::net::TcpListener>,
     stop_signal: impl std::future::Future<Output = ()> + Send + 'static,
     on_start: impl FnOnce(&Arc<Counters>),
 ) -> Result<UpReport, AppError> {
     let started = Instant::now();
     let print_events = s1_config.print_events;
     let mut pipeline = Pipeline::start(bus.clone(), Some(stores), true, settings, print_events);
+    if let Some(listener) = http {
+        pipeline.serve_http(listener, settings.api.clone());
+    }
     on_start(&pipeline.counters);
     let shutdown = pipeline.shutdown.clone();
     let stopper = {

@@ -21,14 +21,36 @@ pub const MAX_TEXT_LEN: usize = 1_000;
 /// Largest quantity in one order line; the generator uses 1–5, a real shop caps it too.
 pub const MAX_QUANTITY: i64 = 1_000;
 
+/// The OpenAPI schema of an id: a non-empty string, or an integer (the seeds send both;
+/// it is stored as text).
+fn id_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_ID_LEN))
+                .pattern(Some(r"\S")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Integer))
+        .description(Some("A non-empty string, or an integer (stored as text)"))
+        .build()
+        .into()
+}
+
 /// A customer, stored in the relational store (table `customers`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "c-1", "name": "Maria Souza", "email": "maria.souza@example.com"}))]
 pub struct Customer {
     /// Stable identity; writes are upserts on it.
+    #[schema(schema_with = id_schema)]
     pub id: String,
     /// Full name.
+    #[schema(min_length = 1, max_length = 1000)]
     pub name: String,
     /// E-mail address (not unique: two people may share one).
+    #[schema(min_length = 1, max_length = 1000)]
     pub email: String,
 }
 
@@ -36,18 +58,25 @@ pub struct Customer {
 ///
 /// Only `id` and `title` are required; everything else is optional because catalogue
 /// records vary, which is why books live in a document store. Unknown fields are kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "b-1", "isbn": "9788535902771", "title": "Dom Casmurro",
+    "authors": ["Machado de Assis"], "publishedDate": "1899", "publisher": "Garnier"}))]
 pub struct Book {
     /// Stable identity (a Google Books volume id, or our catalogue's id).
+    #[schema(schema_with = id_schema)]
     pub id: String,
     /// ISBN-13 when known (ISBN-10 accepted from outside sources).
+    #[schema(nullable)]
     pub isbn: Option<String>,
     /// Title.
+    #[schema(min_length = 1, max_length = 1000)]
     pub title: String,
     /// Authors, possibly none.
     #[serde(default)]
+    #[schema(nullable)]
     pub authors: Vec<String>,
     /// Publication date as the source gives it (`1899`, `1899-05`, `1899-05-01`).
+    #[schema(nullable)]
     #[serde(
         rename = "publishedDate",
         default,
@@ -56,21 +85,29 @@ pub struct Book {
     pub published_date: Option<String>,
     /// Every other field of the source record (publisher, language, categories, pageCount…).
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: serde_json::Map<String, Value>,
 }
 
 /// An order line: a customer buying some copies of a book. Stored in the key-value store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "o-1", "customer_id": "c-1", "book_id": "b-1", "quantity": 2,
+    "timestamp": "2024-05-01T10:00:00Z"}))]
 pub struct Order {
     /// Stable identity.
+    #[schema(schema_with = id_schema)]
     pub id: String,
     /// The customer who ordered; must exist in the relational store.
+    #[schema(schema_with = id_schema)]
     pub customer_id: String,
     /// The book ordered; must exist in the document store.
+    #[schema(schema_with = id_schema)]
     pub book_id: String,
     /// Copies, 1 to [`MAX_QUANTITY`].
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i64,
     /// When the order was placed (RFC 3339, or a naive ISO 8601 time read as UTC).
+    #[schema(min_length = 1, max_length = 1000)]
     pub timestamp: String,
 }
 

@@ -14,10 +14,12 @@
 //!   per implementation (embedded SQLite files, PostgreSQL, Redis).
 //! - [`services`]: S1 (producer), S2 (router into the stores), S3 (audit log).
 //! - [`catalog`]: S1's books: the Google Books API, or the offline catalogue.
+//! - [`api`]: S2's REST API (seed 2): the routing table over HTTP, OpenAPI, docs UI.
 //! - [`app`]: wiring — opens what the settings name and runs the services.
 //! - [`bench`]: `livros bench`.
 //! - [`retry`], [`sqlite`]: backoff, and SQLite plumbing shared by the embedded parts.
 
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bus;

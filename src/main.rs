@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use livros::app::{self, Settings};
 use livros::routing::{self, BOOKS_COLLECTION, Entity};
 use livros::services::s1::S1Config;
+use livros::services::s1_http::HttpTarget;
 use livros::services::{Counters, s2};
-use livros::store::{Filter, Page, StoreConfig};
+use livros::store::{Page, StoreConfig, book_filters};
 
 // mimalloc: the pipeline allocates many small buffers across threads, where glibc's
 // allocator showed up as a quarter of the CPU profile.
@@ -106,6 +107,11 @@ struct Global {
     )]
     kafka_replication: i32,
 
+    /// Bearer token of S2's HTTP API: the server requires it for writes, S1 (`--via http`)
+    /// sends it. Unset: writes are open.
+    #[arg(long, env = "LIVROS_API_TOKEN", global = true, hide_env_values = true)]
+    api_token: Option<String>,
+
     /// Google Books API key; without it (or when the API is unreachable) S1 uses the
     /// offline catalogue.
     #[arg(
@@ -152,6 +158,54 @@ struct ConsumeArgs {
     s3_group: String,
 }
 
+/// Where S2's HTTP API listens: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    s.parse().map(|a| Listen(Some(a))).map_err(|_| {
+        format!("`{s}` is not an address like 127.0.0.1:5000 (or `off` to serve no HTTP API)")
+    })
+}
+
+#[derive(Args, Clone)]
+struct HttpArgs {
+    /// Where S2's HTTP API listens (seed 2's REST API; OpenAPI at /openapi.json, docs at
+    /// /docs). Port 0 picks a free port; `off` serves no API.
+    #[arg(long, env = "LIVROS_HTTP", default_value = "127.0.0.1:5000", value_parser = parse_listen)]
+    http: Listen,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Via {
+    /// Publish on the bus (Kafka or embedded), for S2 to consume (seed 1).
+    Bus,
+    /// POST to S2's HTTP API and log each exchange (seed 2).
+    Http,
+}
+
+#[derive(Args, Clone)]
+struct ViaArgs {
+    /// How S1 sends its data.
+    #[arg(long, value_enum, default_value_t = Via::Bus)]
+    via: Via,
+
+    /// The HTTP API to post to, with `--via http`.
+    #[arg(long, env = "LIVROS_TARGET", default_value = "http://127.0.0.1:5000")]
+    target: url::Url,
+
+    /// Where `--via http` appends one JSON line per request and response.
+    #[arg(long, env = "LIVROS_HTTP_LOG", default_value = "s1_log.json")]
+    http_log: PathBuf,
+
+    /// Rounds (customer, book, order) in flight at once with `--via http --rate 0`.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
 #[derive(Args, Clone)]
 struct OutputArgs {
     /// Print no line per event (a progress bar shows on a terminal instead).
@@ -161,26 +215,32 @@ struct OutputArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run S1, S2 and S3 in this process.
+    /// Run S1, S2 (with its HTTP API) and S3 in this process.
     Up {
         #[command(flatten)]
         produce: ProduceArgs,
         #[command(flatten)]
         consume: ConsumeArgs,
         #[command(flatten)]
+        http: HttpArgs,
+        #[command(flatten)]
         output: OutputArgs,
     },
-    /// Run S1 alone: generate and publish.
+    /// Run S1 alone: generate and publish on the bus, or post to S2's HTTP API.
     S1 {
         #[command(flatten)]
         produce: ProduceArgs,
         #[command(flatten)]
+        via: ViaArgs,
+        #[command(flatten)]
         output: OutputArgs,
     },
-    /// Run S2 alone: store what arrives, by the routing table.
+    /// Run S2 alone: store what arrives on the bus or over HTTP, by the routing table.
     S2 {
         #[command(flatten)]
         consume: ConsumeArgs,
+        #[command(flatten)]
+        http: HttpArgs,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -258,6 +318,7 @@ impl Global {
             s.audit_log = log.clone();
         }
         s.google_books_key = self.google_books_api_key.clone();
+        s.api.token = self.api_token.clone().filter(|t| !t.is_empty());
         s.topics = livros::routing::Topics::new(self.topic_prefix.clone());
         s.kafka = self
             .kafka_brokers
@@ -291,6 +352,30 @@ fn s1_config(p: &ProduceArgs, o: &OutputArgs, settings: &Settings) -> anyhow::Re
         print_events: !o.quiet,
         topics: settings.topics.clone(),
     })
+}
+
+/// Binds S2's HTTP API, unless it is off.
+async fn bind_http(args: &HttpArgs) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match args.http.0 {
+        Some(addr) => Ok(Some(livros::api::bind(addr).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The line saying where the API listens (the real port, when 0 was asked for).
+fn print_http(listener: &Option<tokio::net::TcpListener>, settings: &Settings, indent: &str) {
+    let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) else {
+        println!("{indent}HTTP API: off");
+        return;
+    };
+    println!(
+        "{indent}HTTP API: http://{addr} (docs: http://{addr}/docs){}",
+        if settings.api.token.is_some() {
+            ", writes need the bearer token"
+        } else {
+            ""
+        }
+    );
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -347,24 +432,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             produce,
             consume,
+            http,
             output,
         } => {
-            let settings = g.settings(Some(consume));
+            let mut settings = g.settings(Some(consume));
+            settings.api.print_requests = !output.quiet;
             let s1 = s1_config(produce, output, &settings)?;
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
+            let listener = bind_http(http).await?;
             println!("Livros & Dados — data in {}", settings.data_dir.display());
             for line in app::describe(&*bus, Some(&stores), &settings) {
                 println!("  {line}");
             }
+            print_http(&listener, &settings, "  ");
             let quiet = output.quiet;
             let total = produce.count.map(|n| n * 3);
             let mut bar = None;
-            let report = app::up(bus, stores, &settings, s1, stop_signal(), |counters| {
-                if quiet {
-                    bar = Some(progress(counters, total));
-                }
-            })
+            let report = app::up(
+                bus,
+                stores,
+                &settings,
+                s1,
+                listener,
+                stop_signal(),
+                |counters| {
+                    if quiet {
+                        bar = Some(progress(counters, total));
+                    }
+                },
+            )
             .await?;
             if let Some(bar) = bar {
                 bar.abort();
@@ -382,11 +479,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.audit_log.display()
             );
         }
-        Command::S1 { produce, output } => {
+        Command::S1 {
+            produce,
+            via,
+            output,
+        } => {
             let settings = g.settings(None);
             let s1 = s1_config(produce, output, &settings)?;
-            let bus = app::open_bus(&settings).await?;
-            println!("[S1] publishing to {}", bus.describe());
+            let bus = match via.via {
+                Via::Bus => {
+                    let bus = app::open_bus(&settings).await?;
+                    println!("[S1] publishing to {}", bus.describe());
+                    Some(bus)
+                }
+                Via::Http => {
+                    println!(
+                        "[S1] posting to {}, logging each exchange to {}",
+                        via.target,
+                        via.http_log.display()
+                    );
+                    None
+                }
+            };
             let (books, source) = livros::catalog::load(
                 settings.google_books_key.as_deref(),
                 &settings.google_books_url,
@@ -402,24 +516,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shutdown.cancel();
                 })
             };
-            let report = livros::services::s1::run(bus, books, s1, counters, shutdown).await?;
+            let report = match bus {
+                Some(bus) => livros::services::s1::run(bus, books, s1, counters, shutdown).await?,
+                None => {
+                    let target = HttpTarget {
+                        base: via.target.clone(),
+                        token: settings.api.token.clone(),
+                        log_path: via.http_log.clone(),
+                        concurrency: via.concurrency,
+                        timeout: Duration::from_secs(30),
+                    };
+                    livros::services::s1_http::run(target, books, s1, counters, shutdown).await?
+                }
+            };
             stopper.abort();
             println!(
-                "[S1] sent {} customers, {} books, {} orders",
-                report.customers, report.books, report.orders
+                "[S1] sent {} customers, {} books, {} orders{}",
+                report.customers,
+                report.books,
+                report.orders,
+                if report.rejected > 0 {
+                    format!(
+                        "; {} refused by the server (see {})",
+                        report.rejected,
+                        via.http_log.display()
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
-        Command::S2 { consume, output } => {
-            let settings = g.settings(Some(consume));
+        Command::S2 {
+            consume,
+            http,
+            output,
+        } => {
+            let mut settings = g.settings(Some(consume));
+            settings.api.print_requests = !output.quiet;
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
+            let listener = bind_http(http).await?;
             for line in app::describe(&*bus, Some(&stores), &settings)
                 .iter()
                 .filter(|l| !l.starts_with("audit"))
             {
                 println!("[S2] {line}");
             }
-            let pipeline = app::Pipeline::start(bus, Some(stores), false, &settings, !output.quiet);
+            print_http(&listener, &settings, "[S2] ");
+            let mut pipeline =
+                app::Pipeline::start(bus, Some(stores), false, &settings, !output.quiet);
+            if let Some(listener) = listener {
+                pipeline.serve_http(listener, settings.api.clone());
+            }
             pipeline.run_until(stop_signal()).await?;
         }
         Command::S3 { consume, output } => {
@@ -472,26 +620,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let settings = g.settings(None);
             let stores = app::open_stores(&settings).await?;
-            let mut filters = Vec::new();
-            if let Some(a) = author {
-                filters.push(Filter::Eq {
-                    field: "authors".into(),
-                    value: a.clone(),
-                });
-            }
-            if let Some(i) = isbn {
-                let digits: String = i.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-                filters.push(Filter::Eq {
-                    field: "isbn".into(),
-                    value: digits,
-                });
-            }
-            if let Some(t) = title {
-                filters.push(Filter::Words {
-                    field: "title".into(),
-                    words: t.split_whitespace().map(str::to_string).collect(),
-                });
-            }
+            let filters = book_filters(author.as_deref(), isbn.as_deref(), title.as_deref());
             anyhow::ensure!(
                 *page >= 1 && *per_page >= 1,
                 "--page and --per-page start at 1"

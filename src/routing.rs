@@ -209,8 +209,19 @@ pub enum Outcome {
         /// A human label (a name, a title).
         label: String,
     },
-    /// Cannot be stored; goes to the dead-letter topic with this reason.
-    Rejected(String),
+    /// Cannot be stored: S2 dead-letters it, the HTTP API answers 4xx.
+    Rejected(Rejection),
+}
+
+/// Why a message was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// It is not a valid entity (see [`Invalid`]).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The store refused it (a constraint, a value it cannot hold); the driver's words.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Time and volume spent in each store, for `livros bench`.
@@ -505,9 +516,9 @@ fn outcomes<T>(
     parsed
         .into_iter()
         .map(|p| match p {
-            Err(invalid) => Outcome::Rejected(invalid.to_string()),
+            Err(invalid) => Outcome::Rejected(invalid.into()),
             Ok(item) => match failures.get(&id(&item)) {
-                Some(reason) => Outcome::Rejected(reason.clone()),
+                Some(reason) => Outcome::Rejected(Rejection::Store(reason.clone())),
                 None => {
                     let (id, label) = label(&item);
                     Outcome::Stored { id, label }

@@ -1,11 +1,13 @@
 //! The three services of the bookstore pipeline. Each runs as a task until its shutdown
 //! token is cancelled; `livros up` runs them together, `livros s1|s2|s3` one per process.
 //!
-//! - [`s1`]: generates customers, books and orders and publishes them.
+//! - [`s1`]: generates customers, books and orders and publishes them;
+//!   [`s1_http`] posts them to S2's HTTP API instead (seed 2).
 //! - [`s2`]: consumes the entity topics and stores each entity where [`crate::routing`] says.
 //! - [`s3`]: consumes every topic and appends each message to the audit log.
 
 pub mod s1;
+pub mod s1_http;
 pub mod s2;
 pub mod s3;
 
@@ -28,6 +30,9 @@ pub enum ServiceError {
     /// A store failed in a way retrying cannot fix.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The HTTP API's listener failed.
+    #[error("HTTP API: {0}")]
+    Http(std::io::Error),
     /// The audit log could not be read or written.
     #[error("audit log {path}: {source}")]
     AuditLog {

@@ -53,6 +53,8 @@ pub struct S1Report {
     pub books: u64,
     /// Orders published.
     pub orders: u64,
+    /// Events the receiver refused (HTTP 4xx); always 0 on the bus, where S2 dead-letters.
+    pub rejected: u64,
 }
 
 /// Generates the bookstore's data.
@@ -152,11 +154,18 @@ impl Generator {
         }
     }
 
-    /// One round: a customer, a book and an order, as records with output lines.
-    pub fn round(&mut self) -> Vec<(Record, String)> {
+    /// One round: a customer, a book and an order referencing customers and books
+    /// generated so far (this round's included).
+    pub fn entities(&mut self) -> (Customer, Book, Order) {
         let customer = self.customer();
         let book = self.book();
         let order = self.order();
+        (customer, book, order)
+    }
+
+    /// One round as bus records, with output lines.
+    pub fn round(&mut self) -> Vec<(Record, String)> {
+        let (customer, book, order) = self.entities();
         let customer_line = format!("customer {} ({})", short(&customer.id), customer.name);
         let book_line = format!("book {} ({})", short(&book.id), book.title);
         let order_line = format!(

@@ -144,7 +144,7 @@ async fn consume(
             .iter()
             .zip(&outcomes)
             .filter_map(|(m, o)| match o {
-                Outcome::Rejected(reason) => Some(dead_letter(m, reason, &dlq)),
+                Outcome::Rejected(reason) => Some(dead_letter(m, &reason.to_string(), &dlq)),
                 Outcome::Stored { .. } => None,
             })
             .collect();

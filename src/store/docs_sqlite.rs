@@ -200,6 +200,14 @@ impl DocumentStore for SqliteDocumentStore {
             .collect()
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
     fn describe(&self) -> String {
         format!("embedded documents ({})", self.path.display())
     }

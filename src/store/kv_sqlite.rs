@@ -141,6 +141,14 @@ impl KeyValueStore for SqliteKvStore {
         .map_err(err)
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
     fn describe(&self) -> String {
         format!("embedded key-value ({})", self.path.display())
     }

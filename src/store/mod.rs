@@ -102,10 +102,13 @@ pub trait RelationalStore: Send + Sync {
     async fn customer(&self, id: &str) -> StoreResult<Option<Customer>>;
     /// Which of `ids` exist.
     async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>>;
-    /// Customers with this e-mail address, by id.
-    async fn customers_by_email(&self, email: &str) -> StoreResult<Vec<Customer>>;
+    /// Customers ordered by id, one page of them; only those with this e-mail address
+    /// when `email` is given (e-mail is not unique).
+    async fn customers(&self, email: Option<&str>, page: Page) -> StoreResult<Vec<Customer>>;
     /// How many customers are stored.
     async fn count_customers(&self) -> StoreResult<i64>;
+    /// Answers when the store is reachable (for readiness checks).
+    async fn ping(&self) -> StoreResult<()>;
     /// `sqlite (path)` or `postgres (redacted url)`.
     fn describe(&self) -> String;
 }
@@ -128,6 +131,31 @@ pub enum Filter {
         /// The words.
         words: Vec<String>,
     },
+}
+
+/// The filters of a book search, as `livros books` and `GET /books` take them: an author
+/// (exact, as stored), an ISBN (hyphens and spaces ignored), words of the title.
+pub fn book_filters(author: Option<&str>, isbn: Option<&str>, title: Option<&str>) -> Vec<Filter> {
+    let mut filters = Vec::new();
+    if let Some(a) = author {
+        filters.push(Filter::Eq {
+            field: "authors".into(),
+            value: a.trim().to_string(),
+        });
+    }
+    if let Some(i) = isbn {
+        filters.push(Filter::Eq {
+            field: "isbn".into(),
+            value: i.chars().filter(|c| c.is_ascii_alphanumeric()).collect(),
+        });
+    }
+    if let Some(t) = title {
+        filters.push(Filter::Words {
+            field: "title".into(),
+            words: t.split_whitespace().map(str::to_string).collect(),
+        });
+    }
+    filters
 }
 
 /// Which slice of the results, ordered by id.
@@ -155,6 +183,8 @@ pub trait DocumentStore: Send + Sync {
     async fn existing(&self, collection: &str, ids: &[String]) -> StoreResult<HashSet<String>>;
     /// How many documents the collection holds.
     async fn count(&self, collection: &str) -> StoreResult<i64>;
+    /// Answers when the store is reachable (for readiness checks).
+    async fn ping(&self) -> StoreResult<()>;
     /// Documents matching every filter, ordered by id, one page of them.
     async fn find(
         &self,
@@ -198,6 +228,8 @@ pub trait KeyValueStore: Send + Sync {
     async fn smembers(&self, key: &str) -> StoreResult<BTreeSet<String>>;
     /// How many keys start with `prefix`.
     async fn count_prefix(&self, prefix: &str) -> StoreResult<i64>;
+    /// Answers when the store is reachable (for readiness checks).
+    async fn ping(&self) -> StoreResult<()>;
     /// A name for logs.
     fn describe(&self) -> String;
 }

@@ -259,6 +259,14 @@ impl DocumentStore for MongoStore {
         Ok(found.into_iter().map(to_json).collect())
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(drop)
+            .map_err(err)
+    }
+
     fn describe(&self) -> String {
         format!(
             "mongodb ({}, database {})",

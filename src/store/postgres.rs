@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::{OpenError, RelationalStore, StoreError, StoreResult, last_by_id, redact};
+use super::{OpenError, Page, RelationalStore, StoreError, StoreResult, last_by_id, redact};
 use crate::domain::Customer;
 
 const STORE: &str = "postgres";
@@ -103,13 +103,17 @@ impl RelationalStore for PostgresStore {
         Ok(rows.into_iter().collect())
     }
 
-    async fn customers_by_email(&self, email: &str) -> StoreResult<Vec<Customer>> {
-        let rows =
-            sqlx::query("SELECT id, name, email FROM customers WHERE email = $1 ORDER BY id")
-                .bind(email)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(err)?;
+    async fn customers(&self, email: Option<&str>, page: Page) -> StoreResult<Vec<Customer>> {
+        let rows = sqlx::query(
+            "SELECT id, name, email FROM customers WHERE ($1::text IS NULL OR email = $1)
+             ORDER BY id LIMIT $2 OFFSET $3",
+        )
+        .bind(email)
+        .bind(i64::try_from(page.limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(page.skip).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
         Ok(rows.iter().map(customer).collect())
     }
 
@@ -117,6 +121,14 @@ impl RelationalStore for PostgresStore {
         sqlx::query_scalar("SELECT COUNT(*) FROM customers")
             .fetch_one(&self.pool)
             .await
+            .map_err(err)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
             .map_err(err)
     }
 

@@ -164,6 +164,13 @@ impl KeyValueStore for RedisStore {
         }
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(err)
+    }
+
     fn describe(&self) -> String {
         if self.prefix.is_empty() {
             format!("redis ({})", self.url)

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{OpenError, RelationalStore, StoreError, StoreResult, last_by_id};
+use super::{OpenError, Page, RelationalStore, StoreError, StoreResult, last_by_id};
 use crate::domain::Customer;
 
 const STORE: &str = "sqlite";
@@ -92,12 +92,17 @@ impl RelationalStore for SqliteStore {
         Ok(found)
     }
 
-    async fn customers_by_email(&self, email: &str) -> StoreResult<Vec<Customer>> {
-        let rows = sqlx::query("SELECT id, name, email FROM customers WHERE email = ? ORDER BY id")
-            .bind(email)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
+    async fn customers(&self, email: Option<&str>, page: Page) -> StoreResult<Vec<Customer>> {
+        let rows = sqlx::query(
+            "SELECT id, name, email FROM customers WHERE (?1 IS NULL OR email = ?1)
+             ORDER BY id LIMIT ?2 OFFSET ?3",
+        )
+        .bind(email)
+        .bind(i64::try_from(page.limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(page.skip).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
         Ok(rows.iter().map(customer).collect())
     }
 
@@ -105,6 +110,14 @@ impl RelationalStore for SqliteStore {
         sqlx::query_scalar("SELECT COUNT(*) FROM customers")
             .fetch_one(&self.pool)
             .await
+            .map_err(err)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
             .map_err(err)
     }
 

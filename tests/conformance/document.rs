@@ -149,6 +149,7 @@ async fn find_suite(store: &dyn DocumentStore) {
 async fn suite(store: &dyn DocumentStore) {
     assert_eq!(store.get("books", "none").await.unwrap(), None);
     assert_eq!(store.count("books").await.unwrap(), 0);
+    store.ping().await.unwrap();
 
     // Documents keep their shape: nested arrays, nulls, numbers, unicode.
     let dom = json!({"id": "b1", "title": "Dom Casmurro", "authors": ["Machado de Assis"], "isbn": null,

@@ -26,6 +26,7 @@ fn sadd(key: &str, members: &[&str]) -> KvWrite {
 }
 
 async fn suite(store: &dyn KeyValueStore) {
+    store.ping().await.unwrap();
     assert!(store.hgetall("order:none").await.unwrap().is_empty());
     assert!(
         store

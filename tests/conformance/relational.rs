@@ -1,9 +1,9 @@
 //! The relational store suite: SQLite (embedded) and PostgreSQL.
 
 use livros::domain::Customer;
-use livros::store::RelationalStore;
 use livros::store::postgres::PostgresStore;
 use livros::store::sqlite::SqliteStore;
+use livros::store::{Page, RelationalStore};
 
 use crate::common::{TestDb, service_url};
 
@@ -53,11 +53,41 @@ async fn suite(store: &dyn RelationalStore) {
         .upsert_customers(&[customer("c", "Outro João", "joao@example.org")])
         .await
         .unwrap();
-    let by_email = store.customers_by_email("joao@example.org").await.unwrap();
+    let all = Page {
+        skip: 0,
+        limit: 100,
+    };
+    let by_email = store
+        .customers(Some("joao@example.org"), all)
+        .await
+        .unwrap();
     assert_eq!(
         by_email.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         ["b", "c"]
     );
+    assert!(
+        store
+            .customers(Some("nobody@example.org"), all)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Paging, ordered by id, with and without a filter.
+    let ids = |cs: Vec<Customer>| cs.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    let second = Page { skip: 1, limit: 1 };
+    assert_eq!(ids(store.customers(None, second).await.unwrap()), ["b"]);
+    assert_eq!(
+        ids(store
+            .customers(Some("joao@example.org"), second)
+            .await
+            .unwrap()),
+        ["c"]
+    );
+    assert_eq!(
+        ids(store.customers(None, all).await.unwrap()),
+        ["a", "b", "c"]
+    );
+    store.ping().await.unwrap();
 
     // Batches larger than one statement's worth of parameters.
     let many: Vec<Customer> = (0..2_500)

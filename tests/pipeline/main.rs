@@ -153,6 +153,8 @@ fn livros(data_dir: &Path, backends: &Backends) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
         .env("LIVROS_DATA_DIR", data_dir)
+        // Tests run in parallel: each API on a free port, never the default 5000.
+        .env("LIVROS_HTTP", "127.0.0.1:0")
         .stdin(Stdio::null());
     backends.apply(&mut cmd);
     cmd

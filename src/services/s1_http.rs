@@ -1,0 +1,249 @@
+//! S1's client mode (seed 2): the same generated data, posted to S2's REST API instead of
+//! published on the bus, with every exchange appended to `s1_log.json`.
+//!
+//! Each line of the log is one JSON object:
+//! `{"timestamp","request":{"method","url","payload"},"response":{"status_code","body"}}`,
+//! or, when no answer came, `"error"` in place of `"response"`. A connection error or a
+//! 5xx is retried with backoff (the seed's client crashed there); a 4xx is the server's
+//! final word on that record, logged and counted as rejected.
+//!
+//! Within a round the customer and book are posted before the order for them; up to
+//! `concurrency` rounds are in flight at once.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::s1::{Generator, S1Config, S1Report};
+use super::{Counters, ServiceError};
+use crate::domain::Book;
+use crate::retry::Backoff;
+use crate::routing::{Entity, short};
+
+/// Where and how S1 posts.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    /// The API's root, e.g. `http://127.0.0.1:5000`.
+    pub base: url::Url,
+    /// Bearer token for writes, when the server requires one.
+    pub token: Option<String>,
+    /// The exchange log (`s1_log.json`).
+    pub log_path: PathBuf,
+    /// Rounds in flight at once (only when running flat out; a set rate posts one by one).
+    pub concurrency: usize,
+    /// Longest wait for one answer before it counts as a connection error.
+    pub timeout: Duration,
+}
+
+/// How one post ended.
+enum Posted {
+    Accepted,
+    Refused,
+    Stopped,
+}
+
+struct Client {
+    http: reqwest::Client,
+    target: HttpTarget,
+    log: Mutex<std::fs::File>,
+    print_events: bool,
+}
+
+impl Client {
+    fn log_line(&self, line: &Value) -> Result<(), ServiceError> {
+        let mut text = serde_json::to_vec(line).expect("JSON values serialize");
+        text.push(b'\n');
+        let mut file = self.log.lock().expect("log lock is never poisoned");
+        // One write per line on an O_APPEND file: lines never interleave.
+        file.write_all(&text)
+            .map_err(|source| ServiceError::AuditLog {
+                path: self.target.log_path.display().to_string(),
+                source,
+            })
+    }
+
+    /// Posts `payload` to `/<path>` until the server answers with something other than
+    /// 5xx, or `shutdown` is cancelled.
+    async fn post<T: Serialize>(
+        &self,
+        entity: Entity,
+        label: &str,
+        payload: &T,
+        shutdown: &CancellationToken,
+    ) -> Result<Posted, ServiceError> {
+        let path = match entity {
+            Entity::Customer => "customers",
+            Entity::Book => "books",
+            Entity::Order => "orders",
+        };
+        let url = self
+            .target
+            .base
+            .join(path)
+            .expect("a path joins onto a base URL");
+        let payload = serde_json::to_value(payload).expect("entities serialize");
+        let mut backoff = Backoff::default();
+        loop {
+            let mut request = self
+                .http
+                .post(url.clone())
+                .json(&payload)
+                .timeout(self.target.timeout);
+            if let Some(token) = &self.target.token {
+                request = request.bearer_auth(token);
+            }
+            let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let request_log = json!({"method": "POST", "url": url.as_str(), "payload": payload});
+            let failure = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+                    self.log_line(&json!({
+                        "timestamp": timestamp,
+                        "request": request_log,
+                        "response": {"status_code": status.as_u16(), "body": body},
+                    }))?;
+                    if self.print_events {
+                        println!(
+                            "[S1] POST /{path} {} ({label}) → {}",
+                            entity.name(),
+                            status.as_u16()
+                        );
+                    }
+                    if status.is_success() {
+                        return Ok(Posted::Accepted);
+                    }
+                    if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+                    {
+                        return Ok(Posted::Refused);
+                    }
+                    format!("server answered {status}")
+                }
+                Err(e) => {
+                    // reqwest's own text is "error sending request"; the cause is below it.
+                    let mut error = format!("connection error: {e}");
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(cause) = source {
+                        error.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    self.log_line(&json!({
+                        "timestamp": timestamp,
+                        "request": request_log,
+                        "error": error,
+                    }))?;
+                    error
+                }
+            };
+            if !backoff
+                .wait(&format!("POST {url}"), &failure, shutdown)
+                .await
+            {
+                return Ok(Posted::Stopped);
+            }
+        }
+    }
+}
+
+/// Runs S1 against the HTTP API until `config.count` rounds are posted or `shutdown` is
+/// cancelled. Counts what the server accepted per entity, and what it refused.
+pub async fn run(
+    target: HttpTarget,
+    books: Vec<Book>,
+    config: S1Config,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) -> Result<S1Report, ServiceError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&target.log_path)
+        .map_err(|source| ServiceError::AuditLog {
+            path: target.log_path.display().to_string(),
+            source,
+        })?;
+    let concurrency = if config.rate > 0.0 {
+        1
+    } else {
+        target.concurrency.max(1)
+    };
+    let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
+    let client = Arc::new(Client {
+        http: reqwest::Client::new(),
+        target,
+        log: Mutex::new(log),
+        print_events: config.print_events,
+    });
+    let report = Arc::new(Mutex::new(S1Report::default()));
+    let mut generator = Generator::new(books, config.seed, config.topics.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut rounds = tokio::task::JoinSet::new();
+    let mut round = 0_u64;
+    while config.count.is_none_or(|n| round < n) && !shutdown.is_cancelled() {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        // Surface a failed round (the log cannot be written) before starting another.
+        while let Some(done) = rounds.try_join_next() {
+            done.expect("an S1 round panicked")?;
+        }
+        // The order is for this round's customer and book: rounds in flight together must
+        // not reference each other's records, which may not be posted yet.
+        let (customer, book, mut order) = generator.entities();
+        order.customer_id.clone_from(&customer.id);
+        order.book_id.clone_from(&book.id);
+        round += 1;
+        let (client, report, counters, shutdown) = (
+            client.clone(),
+            report.clone(),
+            counters.clone(),
+            shutdown.clone(),
+        );
+        rounds.spawn(async move {
+            let _slot = slot;
+            let posts = [
+                (Entity::Customer, customer.name.clone(), json!(customer)),
+                (Entity::Book, book.title.clone(), json!(book)),
+                (Entity::Order, short(&order.id), json!(order)),
+            ];
+            for (entity, label, payload) in posts {
+                if let Some(pause) = interval {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                let posted = client.post(entity, &label, &payload, &shutdown).await?;
+                let mut report = report.lock().expect("report lock is never poisoned");
+                match posted {
+                    Posted::Accepted => {
+                        match entity {
+                            Entity::Customer => report.customers += 1,
+                            Entity::Book => report.books += 1,
+                            Entity::Order => report.orders += 1,
+                        }
+                        Counters::add(&counters.sent, 1);
+                    }
+                    Posted::Refused => report.rejected += 1,
+                    Posted::Stopped => return Ok(()),
+                }
+            }
+            Ok::<_, ServiceError>(())
+        });
+    }
+    while let Some(done) = rounds.join_next().await {
+        done.expect("an S1 round panicked")?;
+    }
+    let report = report
+        .lock()
+        .expect("report lock is never poisoned")
+        .clone();
+    Ok(report)
+}
