@@ -37,7 +37,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 pub use error::{ApiError, ErrorBody, FieldError, JsonBody, RETRY_AFTER_SECS};
 
-use crate::domain::{Book, Customer, MAX_ID_LEN, Order};
+use crate::domain::{Book, Customer, MAX_ID_LEN, MAX_TEXT_LEN, Order};
 use crate::routing::{
     self, BOOKS_COLLECTION, Entity, Outcome, Router, customer_orders_key, order_from_hash,
     order_key,
@@ -138,6 +138,24 @@ fn capitalized(entity: Entity) -> &'static str {
         Entity::Customer => "Customer",
         Entity::Book => "Book",
         Entity::Order => "Order",
+    }
+}
+
+/// A filter value as a store can take it: no control characters (PostgreSQL refuses NUL),
+/// no longer than any stored text.
+fn filter_value<'a>(name: &str, value: &'a Option<String>) -> Result<Option<&'a str>, ApiError> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if v.chars().any(char::is_control) || v.chars().count() > MAX_TEXT_LEN => Err(
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid filter").with_errors(vec![
+                FieldError {
+                    field: name.to_string(),
+                    problem: format!(
+                        "must be at most {MAX_TEXT_LEN} characters, without control characters"
+                    ),
+                },
+            ]),
+        ),
+        other => Ok(other),
     }
 }
 
@@ -437,7 +455,7 @@ async fn get_order(
     params(CustomerFilter, Paging),
     responses(
         (status = 200, description = "One page of customers", body = Listing<Customer>),
-        (status = 400, description = "Invalid paging", body = ErrorBody),
+        (status = 400, description = "Invalid paging or filter", body = ErrorBody),
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn list_customers(
@@ -447,14 +465,9 @@ async fn list_customers(
 ) -> Result<Json<Listing<Customer>>, ApiError> {
     let (Query(filter), Query(paging)) = (filter?, paging?);
     let (_, _, page) = paging.page()?;
+    let email = filter_value("email", &filter.email)?;
     let found = state
-        .store(
-            state
-                .router
-                .stores()
-                .relational
-                .customers(filter.email.as_deref().map(str::trim), page),
-        )
+        .store(state.router.stores().relational.customers(email, page))
         .await?;
     Ok(Json(paging.listing(found)))
 }
@@ -464,7 +477,7 @@ async fn list_customers(
     params(BookFilter, Paging),
     responses(
         (status = 200, description = "One page of books", body = Listing<Book>),
-        (status = 400, description = "Invalid paging", body = ErrorBody),
+        (status = 400, description = "Invalid paging or filter", body = ErrorBody),
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn list_books(
@@ -475,9 +488,9 @@ async fn list_books(
     let (Query(filter), Query(paging)) = (filter?, paging?);
     let (_, _, page) = paging.page()?;
     let filters = book_filters(
-        filter.author.as_deref(),
-        filter.isbn.as_deref(),
-        filter.title.as_deref(),
+        filter_value("author", &filter.author)?,
+        filter_value("isbn", &filter.isbn)?,
+        filter_value("title", &filter.title)?,
     );
     let found = state
         .store(

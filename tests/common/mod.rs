@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use livros::store::StoreConfig;
 use sqlx::Connection;
 
 /// The URL of a real service for tests, from `var`. Unset: the test is skipped with a
@@ -99,4 +100,74 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// PostgreSQL, MongoDB and Redis for one test: a fresh database, a fresh MongoDB database
+/// and a fresh Redis key prefix, removed by [`RealStores::cleanup`]. `None` (the test is
+/// skipped) when their URLs are unset outside CI.
+pub struct RealStores {
+    pub config: StoreConfig,
+    db: TestDb,
+    redis_url: String,
+}
+
+impl RealStores {
+    pub async fn create() -> Option<Self> {
+        let pg = service_url("LIVROS_TEST_POSTGRES_URL")?;
+        let redis = service_url("LIVROS_TEST_REDIS_URL")?;
+        let mongodb = service_url("LIVROS_TEST_MONGODB_URL")?;
+        let db = TestDb::create(&pg).await;
+        Some(Self {
+            config: StoreConfig {
+                postgres_url: Some(db.url.clone()),
+                redis_url: Some(redis.clone()),
+                redis_prefix: redis_prefix(),
+                mongodb_url: Some(mongodb),
+                mongodb_database: Some(format!("livros_test_{}", uuid::Uuid::new_v4().simple())),
+                mongodb_books_collection: None,
+            },
+            db,
+            redis_url: redis,
+        })
+    }
+
+    pub async fn cleanup(self) {
+        self.db.drop_db().await;
+        redis_cleanup(&self.redis_url, &self.config.redis_prefix).await;
+        if let (Some(url), Some(database)) =
+            (&self.config.mongodb_url, &self.config.mongodb_database)
+            && let Ok(client) = mongodb::Client::with_uri_str(url).await
+        {
+            let _ = client.database(database).drop().await;
+        }
+    }
+}
+
+/// A free TCP port on localhost.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private Redis on `port`, persisting every write to `dir` so a restart keeps its data.
+pub fn spawn_redis(port: u16, dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args(["--appendfsync", "always", "--dir"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed where LIVROS_TEST_REDIS_URL is set")
 }

@@ -20,7 +20,7 @@ use livros::services::s2;
 use livros::store::{StoreConfig, Stores};
 use serde_json::Value;
 
-use common::{TestDb, eventually, redis_cleanup, redis_prefix, service_url};
+use common::{RealStores, eventually, free_port, service_url, spawn_redis};
 
 /// Held by the Kafka test running now.
 static KAFKA_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -28,8 +28,7 @@ static KAFKA_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Real stores for one test, or embedded ones; Kafka or the embedded bus.
 struct Backends {
     config: StoreConfig,
-    db: Option<TestDb>,
-    redis_url: Option<String>,
+    real: Option<RealStores>,
     /// Kafka brokers, with topics and groups unique to this test (the cluster is shared).
     kafka: Option<String>,
     _kafka_turn: Option<tokio::sync::MutexGuard<'static, ()>>,
@@ -42,8 +41,7 @@ impl Backends {
     fn embedded() -> Self {
         Self {
             config: StoreConfig::default(),
-            db: None,
-            redis_url: None,
+            real: None,
             kafka: None,
             _kafka_turn: None,
             topics: Topics::default(),
@@ -54,21 +52,10 @@ impl Backends {
 
     /// PostgreSQL, MongoDB and Redis, or `None` (test skipped) when their URLs are unset.
     async fn real() -> Option<Self> {
-        let pg = service_url("LIVROS_TEST_POSTGRES_URL")?;
-        let redis = service_url("LIVROS_TEST_REDIS_URL")?;
-        let mongodb = service_url("LIVROS_TEST_MONGODB_URL")?;
-        let db = TestDb::create(&pg).await;
+        let real = RealStores::create().await?;
         Some(Self {
-            config: StoreConfig {
-                postgres_url: Some(db.url.clone()),
-                redis_url: Some(redis.clone()),
-                redis_prefix: redis_prefix(),
-                mongodb_url: Some(mongodb),
-                mongodb_database: Some(format!("livros_test_{}", uuid::Uuid::new_v4().simple())),
-                mongodb_books_collection: None,
-            },
-            db: Some(db),
-            redis_url: Some(redis),
+            config: real.config.clone(),
+            real: Some(real),
             ..Self::embedded()
         })
     }
@@ -131,17 +118,8 @@ impl Backends {
     }
 
     async fn cleanup(self) {
-        if let Some(db) = self.db {
-            db.drop_db().await;
-        }
-        if let Some(url) = self.redis_url {
-            redis_cleanup(&url, &self.config.redis_prefix).await;
-        }
-        if let (Some(url), Some(database)) =
-            (&self.config.mongodb_url, &self.config.mongodb_database)
-            && let Ok(client) = mongodb::Client::with_uri_str(url).await
-        {
-            let _ = client.database(database).drop().await;
+        if let Some(real) = self.real {
+            real.cleanup().await;
         }
     }
 }
@@ -750,35 +728,6 @@ fn get_of_an_unknown_id_says_what_to_do() {
         "{stderr}"
     );
     assert!(stderr.contains("livros stats"), "{stderr}");
-}
-
-/// A free TCP port on localhost.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A private Redis on `port`, persisting every write to `dir` so a restart keeps its data.
-fn spawn_redis(port: u16, dir: &Path) -> Child {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-        ])
-        .args(["--appendfsync", "always", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed where LIVROS_TEST_REDIS_URL is set")
 }
 
 /// Runs `up` on `backends` whose `topic` goes to a private server on `port`, started by

@@ -1,0 +1,661 @@
+//! S2's HTTP API over a real socket (port 0), against the embedded and the real stores:
+//! the seed's wire contract, reads and listings, every bad-input case, the bearer token,
+//! a store going away (503), S1's client mode and its `s1_log.json`, and schemathesis
+//! against `/openapi.json`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use livros::api::{ApiConfig, RETRY_AFTER_SECS};
+use livros::routing::{BOOKS_COLLECTION, Router};
+use livros::store::{StoreConfig, Stores};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use common::{RealStores, eventually, free_port, service_url, spawn_redis};
+
+/// The API on a free port over `stores`; stops when the returned token is cancelled.
+async fn serve(stores: Stores, config: ApiConfig) -> (String, CancellationToken) {
+    let listener = livros::api::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let app = livros::api::app(Router::new(stores), config);
+    tokio::spawn(livros::api::serve(listener, app, shutdown.clone()));
+    (base, shutdown)
+}
+
+/// A POST of raw bytes with a content type; returns the status and the JSON body.
+async fn post_raw(url: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    answer(response).await
+}
+
+async fn post(url: &str, body: Value) -> (StatusCode, Value) {
+    post_raw(url, "application/json", serde_json::to_vec(&body).unwrap()).await
+}
+
+async fn get(url: &str) -> (StatusCode, Value) {
+    answer(reqwest::get(url).await.unwrap()).await
+}
+
+/// Every answer is JSON, errors included.
+async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content_type, "application/json", "status {status}");
+    (status, response.json().await.unwrap())
+}
+
+fn customer(id: &str, email: &str) -> Value {
+    json!({"id": id, "name": format!("Cliente {id}"), "email": email})
+}
+
+fn book(id: &str, isbn: &str, author: &str) -> Value {
+    json!({"id": id, "isbn": isbn, "title": format!("Livro {id}"), "authors": [author],
+           "publishedDate": "1899", "publisher": "Garnier", "pageCount": 256})
+}
+
+fn order(id: &str, customer_id: &str, book_id: &str) -> Value {
+    json!({"id": id, "customer_id": customer_id, "book_id": book_id, "quantity": 2,
+           "timestamp": "2024-05-01T10:00:00"})
+}
+
+/// The seed's contract, reads, listings and idempotency, on `stores`.
+async fn round_trip(stores: Stores) {
+    let (base, shutdown) = serve(stores.clone(), ApiConfig::default()).await;
+
+    // The seed's bodies and answers.
+    let (status, body) = post(
+        &format!("{base}/customers"),
+        customer("c1", "ana@example.com"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["status"], "success");
+    assert_eq!(body["id"], "c1");
+    assert!(body["message"].as_str().unwrap().contains("stored"));
+    for (id, email) in [("c2", "bia@example.com"), ("c3", "ana@example.com")] {
+        let (status, _) = post(&format!("{base}/customers"), customer(id, email)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    // A numeric id, as some seeds send, is kept as text.
+    let (status, body) = post(
+        &format!("{base}/customers"),
+        json!({"id": 42, "name": "Num", "email": "num@example.com"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["id"].clone()),
+        (StatusCode::CREATED, json!("42"))
+    );
+    for (id, isbn, author) in [
+        ("b1", "9788535902771", "Machado de Assis"),
+        ("b2", "978-85-7232-144-9", "Clarice Lispector"),
+        ("b3", "9780306406157", "Machado de Assis"),
+    ] {
+        let (status, body) = post(&format!("{base}/books"), book(id, isbn, author)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for (id, c, b) in [("o1", "c1", "b1"), ("o2", "c1", "b2"), ("o3", "c2", "b1")] {
+        let (status, body) = post(&format!("{base}/orders"), order(id, c, b)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    // Posting the same id twice stores it once; the second write updates it.
+    let (status, _) = post(
+        &format!("{base}/customers"),
+        customer("c1", "ana.maria@example.com"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = post(&format!("{base}/orders"), order("o1", "c1", "b1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(stores.relational.count_customers().await.unwrap(), 4);
+    assert_eq!(stores.document.count(BOOKS_COLLECTION).await.unwrap(), 3);
+    assert_eq!(stores.key_value.count_prefix("order:").await.unwrap(), 3);
+
+    // Reads by id, from the store the routing table names.
+    let (status, c1) = get(&format!("{base}/customers/c1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        c1,
+        json!({"id": "c1", "name": "Cliente c1", "email": "ana.maria@example.com"})
+    );
+    let (_, b2) = get(&format!("{base}/books/b2")).await;
+    assert_eq!(b2["isbn"], "9788572321449");
+    assert_eq!(b2["pageCount"], 256, "unknown fields are kept: {b2}");
+    let (_, o3) = get(&format!("{base}/orders/o3")).await;
+    assert_eq!(o3["customer_id"], "c2");
+    assert_eq!(o3["quantity"], 2);
+    for path in ["customers/nobody", "books/nobody", "orders/nobody"] {
+        let (status, body) = get(&format!("{base}/{path}")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(body["status"], "error");
+        assert!(body["message"].as_str().unwrap().contains("nobody"));
+    }
+
+    // Listings: filters and paging, ordered by id.
+    let ids = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, by_email) = get(&format!("{base}/customers?email=ana@example.com")).await;
+    assert_eq!(ids(&by_email), ["c3"]);
+    let (_, first) = get(&format!("{base}/customers?per_page=2")).await;
+    assert_eq!(
+        (ids(&first), first["has_more"].clone()),
+        (vec!["42".to_string(), "c1".into()], json!(true))
+    );
+    let (_, last) = get(&format!("{base}/customers?per_page=2&page=2")).await;
+    assert_eq!(
+        (ids(&last), last["has_more"].clone()),
+        (vec!["c2".to_string(), "c3".into()], json!(false))
+    );
+    let (_, machado) = get(&format!("{base}/books?author=Machado%20de%20Assis")).await;
+    assert_eq!(ids(&machado), ["b1", "b3"]);
+    let (_, by_isbn) = get(&format!("{base}/books?isbn=978-0-306-40615-7")).await;
+    assert_eq!(ids(&by_isbn), ["b3"]);
+    let (_, both) = get(&format!(
+        "{base}/books?author=Machado%20de%20Assis&isbn=9788535902771"
+    ))
+    .await;
+    assert_eq!(ids(&both), ["b1"]);
+    let (_, by_title) = get(&format!("{base}/books?title=livro%20B2")).await;
+    assert_eq!(ids(&by_title), ["b2"]);
+    let (_, orders) = get(&format!("{base}/customers/c1/orders")).await;
+    assert_eq!(ids(&orders), ["o1", "o2"]);
+    let (_, page2) = get(&format!("{base}/customers/c1/orders?per_page=1&page=2")).await;
+    assert_eq!(ids(&page2), ["o2"]);
+    let (status, _) = get(&format!("{base}/customers/nobody/orders")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Operations.
+    let (status, health) = get(&format!("{base}/health")).await;
+    assert_eq!(
+        (status, health["status"].clone()),
+        (StatusCode::OK, json!("ok"))
+    );
+    let (status, ready) = get(&format!("{base}/ready")).await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["stores"]["key-value"], "ok");
+    shutdown.cancel();
+}
+
+/// Every client mistake gets a 4xx with a JSON reason, and nothing is stored.
+async fn bad_input(stores: Stores) {
+    let config = ApiConfig {
+        body_limit: 16 * 1024,
+        ..ApiConfig::default()
+    };
+    let (base, shutdown) = serve(stores.clone(), config).await;
+    let (status, _) = post(
+        &format!("{base}/customers"),
+        customer("c1", "c1@example.com"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = post(&format!("{base}/books"), book("b1", "9788535902771", "A")).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let json_ct = "application/json";
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, Option<&str>)> = vec![
+        ("customers", json_ct, b"{\"id\": ".to_vec(), StatusCode::BAD_REQUEST, None),
+        ("customers", json_ct, b"".to_vec(), StatusCode::BAD_REQUEST, None),
+        ("books", json_ct, b"[1, 2]".to_vec(), StatusCode::BAD_REQUEST, None),
+        ("customers", json_ct, br#"{"id":"c9","email":"x@example.com"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, Some("name")),
+        ("customers", json_ct, br#"{"id":"c9","name":"X","email":"nope"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, Some("email")),
+        ("customers", json_ct, br#"{"id":true,"name":"X","email":"x@example.com"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, Some("id")),
+        ("books", json_ct, br#"{"id":"b9","title":"T","isbn":"12"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, Some("isbn")),
+        ("books", json_ct, br#"{"id":"b9","title":"T","authors":"Machado"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, Some("authors")),
+        ("orders", json_ct, serde_json::to_vec(&json!({"id":"o9","customer_id":"c1","book_id":"b1","quantity":"2","timestamp":"2024-05-01T10:00:00Z"})).unwrap(), StatusCode::UNPROCESSABLE_ENTITY, Some("quantity")),
+        ("orders", json_ct, serde_json::to_vec(&json!({"id":"o9","customer_id":"c1","book_id":"b1","quantity":0,"timestamp":"2024-05-01T10:00:00Z"})).unwrap(), StatusCode::UNPROCESSABLE_ENTITY, Some("quantity")),
+        ("orders", json_ct, serde_json::to_vec(&order("o9", "ghost", "b1")).unwrap(), StatusCode::UNPROCESSABLE_ENTITY, Some("customer_id")),
+        ("orders", json_ct, serde_json::to_vec(&order("o9", "c1", "ghost")).unwrap(), StatusCode::UNPROCESSABLE_ENTITY, Some("book_id")),
+        ("customers", "text/plain", serde_json::to_vec(&customer("c9", "x@example.com")).unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+        ("customers", "application/x-www-form-urlencoded", b"id=c9".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+        ("customers", json_ct, serde_json::to_vec(&json!({"id":"c9","name":"x".repeat(20_000),"email":"x@example.com"})).unwrap(), StatusCode::PAYLOAD_TOO_LARGE, None),
+    ];
+    for (path, content_type, body, expected, field) in cases {
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(80)
+            .collect::<String>();
+        let (status, answer) = post_raw(&format!("{base}/{path}"), content_type, body).await;
+        assert_eq!(status, expected, "POST /{path} {shown}: {answer}");
+        assert_eq!(answer["status"], "error", "{answer}");
+        assert!(!answer["message"].as_str().unwrap().is_empty());
+        if let Some(field) = field {
+            assert_eq!(answer["errors"][0]["field"], field, "{answer}");
+            assert!(!answer["errors"][0]["problem"].as_str().unwrap().is_empty());
+        }
+    }
+    // A body with no content type at all.
+    let response = reqwest::Client::new()
+        .post(format!("{base}/customers"))
+        .body(serde_json::to_vec(&customer("c9", "x@example.com")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Bad paging, unknown endpoints and methods: JSON errors too.
+    for (url, expected) in [
+        (format!("{base}/customers?page=0"), StatusCode::BAD_REQUEST),
+        (
+            format!("{base}/customers?per_page=1000"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (format!("{base}/books?page=abc"), StatusCode::BAD_REQUEST),
+        (
+            format!("{base}/customers?email=a%00b"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (format!("{base}/books?title=a%01b"), StatusCode::BAD_REQUEST),
+        (format!("{base}/nowhere"), StatusCode::NOT_FOUND),
+    ] {
+        let (status, body) = get(&url).await;
+        assert_eq!(status, expected, "{url}: {body}");
+    }
+    let response = reqwest::Client::new()
+        .delete(format!("{base}/customers/c1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // Nothing of the above was stored.
+    assert_eq!(stores.relational.count_customers().await.unwrap(), 1);
+    assert_eq!(stores.document.count(BOOKS_COLLECTION).await.unwrap(), 1);
+    assert_eq!(stores.key_value.count_prefix("order:").await.unwrap(), 0);
+    shutdown.cancel();
+}
+
+async fn embedded_stores(dir: &Path) -> Stores {
+    Stores::open(dir, &StoreConfig::default()).await.unwrap()
+}
+
+#[tokio::test]
+async fn round_trip_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    round_trip(embedded_stores(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn round_trip_real_stores() {
+    let Some(real) = RealStores::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    round_trip(Stores::open(dir.path(), &real.config).await.unwrap()).await;
+    real.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_input_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    bad_input(embedded_stores(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn bad_input_real_stores() {
+    let Some(real) = RealStores::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    bad_input(Stores::open(dir.path(), &real.config).await.unwrap()).await;
+    real.cleanup().await;
+}
+
+#[tokio::test]
+async fn writes_need_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ApiConfig {
+        token: Some("s3cret".into()),
+        ..ApiConfig::default()
+    };
+    let (base, shutdown) = serve(embedded_stores(dir.path()).await, config).await;
+    let client = reqwest::Client::new();
+    let send = |token: Option<&str>| {
+        let mut request = client
+            .post(format!("{base}/customers"))
+            .json(&customer("c1", "c1@example.com"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    for token in [None, Some("wrong"), Some("s3cret-and-more")] {
+        let response = send(token).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("Bearer"));
+    }
+    let (status, _) = get(&format!("{base}/customers/c1")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "nothing was stored without the token"
+    );
+    assert_eq!(
+        send(Some("s3cret")).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // Reads stay open.
+    let (status, _) = get(&format!("{base}/customers/c1")).await;
+    assert_eq!(status, StatusCode::OK);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_store_that_goes_away_gives_503_with_retry_after_then_recovers() {
+    // Needs redis-server, which is there where the Redis tests run.
+    if service_url("LIVROS_TEST_REDIS_URL").is_none() {
+        return;
+    }
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = spawn_redis(port, redis_dir.path());
+    eventually(
+        "the private Redis to listen",
+        Duration::from_secs(30),
+        || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stores = Stores::open(
+        dir.path(),
+        &StoreConfig {
+            redis_url: Some(format!("redis://127.0.0.1:{port}")),
+            ..StoreConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let config = ApiConfig {
+        store_timeout: Duration::from_secs(2),
+        ..ApiConfig::default()
+    };
+    let (base, shutdown) = serve(stores, config).await;
+    post(
+        &format!("{base}/customers"),
+        customer("c1", "c1@example.com"),
+    )
+    .await;
+    post(&format!("{base}/books"), book("b1", "9788535902771", "A")).await;
+    let (status, _) = post(&format!("{base}/orders"), order("o1", "c1", "b1")).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let started = std::time::Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("{base}/orders"))
+        .json(&order("o2", "c1", "b1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.headers()["retry-after"],
+        RETRY_AFTER_SECS.to_string().as_str()
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "error");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered, not hung"
+    );
+    let (status, _) = get(&format!("{base}/orders/o1")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, ready) = get(&format!("{base}/ready")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready["stores"]["relational"], "ok");
+    assert_ne!(ready["stores"]["key-value"], "ok", "{ready}");
+    // The other stores still answer.
+    let (status, _) = get(&format!("{base}/customers/c1")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut redis = spawn_redis(port, redis_dir.path());
+    let mut stored = false;
+    for _ in 0..100 {
+        let (status, _) = post(&format!("{base}/orders"), order("o2", "c1", "b1")).await;
+        if status == StatusCode::CREATED {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stored, "the order is stored once Redis is back");
+    let (status, o1) = get(&format!("{base}/orders/o1")).await;
+    assert_eq!(
+        (status, o1["id"].clone()),
+        (StatusCode::OK, json!("o1")),
+        "kept across the restart"
+    );
+    shutdown.cancel();
+    let _ = redis.kill();
+}
+
+/// `livros s2 --http 127.0.0.1:0` on `data_dir`, and the address it reports.
+fn spawn_s2(data_dir: &Path, port: u16) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_livros"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("LIVROS_DATA_DIR", data_dir)
+        .args(["s2", "--quiet", "--http", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("s2 prints where its API listens")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("[S2] HTTP API: ") {
+            let url = rest.split_whitespace().next().unwrap();
+            break url.strip_prefix("http://").unwrap().to_string();
+        }
+    };
+    // Keep reading so s2 never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn stop(child: &mut Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "s2 stops cleanly on SIGTERM: {status}");
+}
+
+fn s1_http(dir: &Path, target: &str, count: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_livros"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("LIVROS_DATA_DIR", dir.join("s1-data"))
+        .current_dir(dir)
+        .args([
+            "s1", "--via", "http", "--target", target, "--rate", "0", "--quiet",
+        ])
+        .args(["--count", &count.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn read_s1_log(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("s1_log.json"))
+        .expect("s1_log.json is written in the working directory")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn s1_via_http_logs_every_exchange_and_everything_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("s2-data");
+    let (mut s2, addr) = spawn_s2(&data, 0);
+    let out = s1_http(dir.path(), &format!("http://{addr}"), 20)
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("sent 20 customers, 20 books, 20 orders"),
+        "{stdout}"
+    );
+
+    let log = read_s1_log(dir.path());
+    assert_eq!(log.len(), 60, "one line per exchange");
+    for line in &log {
+        assert!(line["timestamp"].is_string());
+        assert_eq!(line["request"]["method"], "POST");
+        assert!(
+            line["request"]["url"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("http://{addr}/"))
+        );
+        assert!(line["request"]["payload"]["id"].is_string());
+        assert_eq!(line["response"]["status_code"], 201, "{line}");
+        assert_eq!(line["response"]["body"]["status"], "success");
+    }
+    // Every record S1 logged as accepted can be read back over the API.
+    for line in &log {
+        let url = line["request"]["url"].as_str().unwrap();
+        let id = line["request"]["payload"]["id"].as_str().unwrap();
+        let (status, body) = get(&format!("{url}/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{url}/{id}");
+        assert_eq!(body["id"], id);
+    }
+    stop(&mut s2);
+    let stores = embedded_stores(&data).await;
+    assert_eq!(stores.relational.count_customers().await.unwrap(), 20);
+    assert_eq!(stores.key_value.count_prefix("order:").await.unwrap(), 20);
+}
+
+#[tokio::test]
+async fn s1_via_http_retries_until_the_server_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let s1 = s1_http(dir.path(), &format!("http://127.0.0.1:{port}"), 5);
+    // Let S1 fail to connect a few times before the server starts.
+    eventually(
+        "S1 to log a connection error",
+        Duration::from_secs(30),
+        || async { dir.path().join("s1_log.json").exists() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut s2, _) = spawn_s2(&dir.path().join("s2-data"), port);
+    let out = s1.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection error"));
+    let log = read_s1_log(dir.path());
+    let errors = log.iter().filter(|l| l.get("error").is_some()).count();
+    let created = log
+        .iter()
+        .filter(|l| l["response"]["status_code"] == 201)
+        .count();
+    assert!(errors >= 1, "connection errors are logged as such");
+    assert!(
+        log.iter()
+            .filter(|l| l.get("error").is_some())
+            .all(|l| l["error"].as_str().unwrap().contains("connection error"))
+    );
+    assert_eq!(created, 15, "then every record was posted once it could be");
+    stop(&mut s2);
+}
+
+/// schemathesis (PyPI) against `/openapi.json`: no 5xx, and every answer as documented.
+async fn schemathesis(stores: Stores) {
+    let Some(st) = service_url("LIVROS_TEST_SCHEMATHESIS") else {
+        return;
+    };
+    let (base, shutdown) = serve(stores, ApiConfig::default()).await;
+    let report = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(&st)
+        .args(["run", &format!("{base}/openapi.json")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_headers_conformance,response_schema_conformance,negative_data_rejection,\
+             missing_required_header,unsupported_method",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+            "--report-dir",
+        ])
+        .arg(report.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run `{st}` (pip install schemathesis): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    schemathesis(embedded_stores(dir.path()).await).await;
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_real_stores() {
+    if service_url("LIVROS_TEST_SCHEMATHESIS").is_none() {
+        return;
+    }
+    let Some(real) = RealStores::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    schemathesis(Stores::open(dir.path(), &real.config).await.unwrap()).await;
+    real.cleanup().await;
+}
