@@ -219,7 +219,15 @@ async fn bad_input(stores: Stores) {
     assert_eq!(status, StatusCode::CREATED);
 
     let json_ct = "application/json";
-    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, Option<&str>)> = vec![
+    // (endpoint, content type, body, expected status, the field the error names)
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        StatusCode,
+        Option<&'static str>,
+    );
+    let cases: Vec<Case> = vec![
         ("customers", json_ct, b"{\"id\": ".to_vec(), StatusCode::BAD_REQUEST, None),
         ("customers", json_ct, b"".to_vec(), StatusCode::BAD_REQUEST, None),
         ("books", json_ct, b"[1, 2]".to_vec(), StatusCode::BAD_REQUEST, None),
@@ -456,6 +464,7 @@ async fn a_store_that_goes_away_gives_503_with_retry_after_then_recovers() {
     );
     shutdown.cancel();
     let _ = redis.kill();
+    let _ = redis.wait();
 }
 
 /// `livros s2 --http 127.0.0.1:0` on `data_dir`, and the address it reports.
