@@ -161,3 +161,182 @@ async fn consume_ceiling(
     consumer.close().await?;
     Ok(started.map(|s| s.elapsed()).unwrap_or_default())
 }
+
+/// Latencies of one kind of request under concurrent load.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// `POST /customers`, `GET /customers/{id}`.
+    pub what: String,
+    /// Requests answered as expected.
+    pub ok: u64,
+    /// Requests that failed or got an unexpected status.
+    pub errors: u64,
+    /// Wall time of the whole phase.
+    pub elapsed: Duration,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th-percentile latency.
+    pub p99: Duration,
+    /// Slowest request.
+    pub max: Duration,
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<22} {:>8.0} req/s   p50 {:>8.2?}   p99 {:>8.2?}   max {:>8.2?}   ({} ok, {} errors)",
+            self.what,
+            rate(self.ok, self.elapsed),
+            self.p50,
+            self.p99,
+            self.max,
+            self.ok,
+            self.errors
+        )
+    }
+}
+
+/// Sends `requests` requests from `concurrency` workers; `request(i)` sends the i-th and
+/// says whether its answer was the expected one.
+async fn load<F, Fut>(what: &str, requests: usize, concurrency: usize, request: F) -> LoadReport
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let request = std::sync::Arc::new(request);
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (next, request) = (next.clone(), request.clone());
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0_u64;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    return (latencies, errors);
+                }
+                let sent = Instant::now();
+                if request(i).await {
+                    latencies.push(sent.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(requests);
+    let mut errors = 0;
+    while let Some(done) = workers.join_next().await {
+        let (l, e) = done.expect("a load worker panicked");
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    LoadReport {
+        what: what.to_string(),
+        ok: latencies.len() as u64,
+        errors,
+        elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+    }
+}
+
+/// Loads S2's HTTP API, served in this process over the stores `settings` name: first
+/// `requests` × `POST /customers` (new customers), then as many `GET /customers/{id}` of
+/// them, each from `concurrency` concurrent clients over keep-alive connections.
+pub async fn http(
+    settings: &Settings,
+    requests: usize,
+    concurrency: usize,
+) -> Result<(String, Vec<LoadReport>), AppError> {
+    let stores = app::open_stores(settings).await?;
+    let engine = stores.relational.describe();
+    let listener = crate::api::bind("127.0.0.1:0".parse().expect("a valid address"))
+        .await
+        .map_err(crate::services::ServiceError::Http)?;
+    let base = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .map_err(crate::services::ServiceError::Http)?
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let api = crate::api::app(
+        crate::routing::Router::new(stores),
+        crate::api::ApiConfig {
+            token: settings.api.token.clone(),
+            ..crate::api::ApiConfig::default()
+        },
+    );
+    let server = tokio::spawn(crate::api::serve(listener, api, shutdown.clone()));
+
+    let mut generator = crate::services::s1::Generator::new(
+        crate::catalog::offline(),
+        Some(1),
+        settings.topics.clone(),
+    );
+    let customers: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
+        (0..requests)
+            .map(|_| serde_json::to_vec(&generator.customer()).expect("customers serialize"))
+            .collect(),
+    );
+    let ids: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+        customers
+            .iter()
+            .map(|c| {
+                serde_json::from_slice::<crate::domain::Customer>(c)
+                    .expect("generated customers parse")
+                    .id
+            })
+            .collect(),
+    );
+    let client = reqwest::Client::new();
+    let token = settings.api.token.clone();
+
+    let post = {
+        let (client, base, customers) = (client.clone(), base.clone(), customers.clone());
+        load("POST /customers", requests, concurrency, move |i| {
+            let mut request = client
+                .post(format!("{base}/customers"))
+                .header("content-type", "application/json")
+                .body(customers[i].clone());
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::CREATED)
+            }
+        })
+        .await
+    };
+    let get = {
+        let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
+        load("GET /customers/{id}", requests, concurrency, move |i| {
+            // A spread of ids, not the order they were written in.
+            let id = &ids[(i * 7919) % ids.len()];
+            let request = client.get(format!("{base}/customers/{id}"));
+            async move {
+                match request.send().await {
+                    Ok(r) if r.status() == reqwest::StatusCode::OK => r.bytes().await.is_ok(),
+                    _ => false,
+                }
+            }
+        })
+        .await
+    };
+    shutdown.cancel();
+    let _ = server.await;
+    Ok((engine, vec![post, get]))
+}

@@ -284,11 +284,21 @@ enum Command {
         #[command(flatten)]
         consume: ConsumeArgs,
     },
-    /// Run the pipeline on N events as fast as possible and print the throughput.
+    /// Run the pipeline on N events as fast as possible and print the throughput; with
+    /// --http, load S2's HTTP API instead and print requests/s and latencies.
     Bench {
         /// Events (split evenly between customers, books and orders).
         #[arg(long, default_value_t = 100_000)]
         events: u64,
+        /// Benchmark the HTTP API (POST and GET /customers) instead of the pipeline.
+        #[arg(long)]
+        http: bool,
+        /// Requests per phase, with --http.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Concurrent clients, with --http.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
         /// Keep the data dir instead of using a fresh temporary one.
         #[arg(long)]
         in_data_dir: bool,
@@ -724,6 +734,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench {
             events,
+            http,
+            requests,
+            concurrency,
             in_data_dir,
         } => {
             let temp = tempfile::tempdir().context("creating a temporary data dir")?;
@@ -741,10 +754,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 global.redis_prefix = format!("livros-bench-{}:", uuid::Uuid::new_v4().simple());
             }
             let settings = global.settings(None);
-            println!(
-                "benchmark: {events} events, data in {}",
-                settings.data_dir.display()
-            );
+            if !*http {
+                println!(
+                    "benchmark: {events} events, data in {}",
+                    settings.data_dir.display()
+                );
+            }
             if global.postgres_url.is_some()
                 || global.redis_url.is_some()
                 || global.kafka_brokers.is_some()
@@ -754,8 +769,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     global.redis_prefix, global.topic_prefix
                 );
             }
-            let report = livros::bench::run(&settings, *events).await?;
-            print!("{report}");
+            if *http {
+                println!(
+                    "HTTP API: {requests} requests per phase from {concurrency} concurrent clients in this process"
+                );
+                let (engine, reports) =
+                    livros::bench::http(&settings, *requests, (*concurrency).max(1)).await?;
+                println!("customers in: {engine}");
+                for report in reports {
+                    print!("{report}");
+                }
+            } else {
+                let report = livros::bench::run(&settings, *events).await?;
+                print!("{report}");
+            }
         }
     }
     Ok(())

@@ -18,6 +18,7 @@
 //! Every store call has a deadline ([`ApiConfig::store_timeout`]): a store that is down
 //! or hung gives `503` with `Retry-After`, never a hanging request.
 
+mod batch;
 mod error;
 
 use std::net::SocketAddr;
@@ -79,6 +80,8 @@ const MAX_PAGE: u64 = 1_000_000;
 struct AppState {
     router: Router,
     config: Arc<ApiConfig>,
+    /// One group-commit writer per entity: customers, books, orders.
+    writers: Arc<[batch::Writer; 3]>,
 }
 
 impl AppState {
@@ -97,12 +100,14 @@ impl AppState {
     }
 
     /// Validates and stores one entity through the routing table.
-    async fn create(&self, entity: Entity, body: &[u8]) -> Result<Response, ApiError> {
-        let outcomes = self
-            .store(self.router.apply(entity, &[body], Duration::ZERO))
-            .await?;
-        match outcomes.into_iter().next() {
-            Some(Outcome::Stored { id, .. }) => Ok((
+    async fn create(&self, entity: Entity, body: axum::body::Bytes) -> Result<Response, ApiError> {
+        let writer = &self.writers[match entity {
+            Entity::Customer => 0,
+            Entity::Book => 1,
+            Entity::Order => 2,
+        }];
+        match self.store(writer.write(body)).await? {
+            Outcome::Stored { id, .. } => Ok((
                 StatusCode::CREATED,
                 [(header::LOCATION, format!("/{}/{id}", plural(entity)))],
                 Json(Created {
@@ -116,11 +121,7 @@ impl AppState {
                 }),
             )
                 .into_response()),
-            Some(Outcome::Rejected(rejection)) => Err(ApiError::from(rejection).about(entity)),
-            None => Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the router returned no outcome",
-            )),
+            Outcome::Rejected(rejection) => Err(ApiError::from(rejection).about(entity)),
         }
     }
 }
@@ -327,7 +328,7 @@ async fn create_customer(
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    state.create(Entity::Customer, &body.0).await
+    state.create(Entity::Customer, body.0).await
 }
 
 /// Store a book (MongoDB, or the embedded document store). Fields beyond the known ones
@@ -349,7 +350,7 @@ async fn create_book(
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    state.create(Entity::Book, &body.0).await
+    state.create(Entity::Book, body.0).await
 }
 
 /// Store an order (Redis, or the embedded key-value store). Its customer and book must
@@ -371,7 +372,7 @@ async fn create_order(
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    state.create(Entity::Order, &body.0).await
+    state.create(Entity::Order, body.0).await
 }
 
 /// One customer.
@@ -676,9 +677,14 @@ pub struct ApiDoc;
 /// The API over `router`'s stores, with `/openapi.json` and the docs UI at `/docs`.
 pub fn app(router: Router, config: ApiConfig) -> axum::Router {
     let body_limit = config.body_limit;
+    let writers = Arc::new(
+        [Entity::Customer, Entity::Book, Entity::Order]
+            .map(|entity| batch::Writer::spawn(router.clone(), entity)),
+    );
     let state = AppState {
         router,
         config: Arc::new(config),
+        writers,
     };
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .url("/openapi.json", ApiDoc::openapi())

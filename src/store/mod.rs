@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::domain::Customer;
 
 /// Errors of a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached right now (refused, timeout, pool exhausted, I/O): retry.
     #[error("{store} unavailable: {reason}")]
