@@ -190,6 +190,28 @@ async fn round_trip(stores: Stores) {
     let (status, _) = get(&format!("{base}/customers/nobody/orders")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // The OpenAPI document and the docs UI, its assets served by the binary.
+    let (status, doc) = get(&format!("{base}/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
+    assert!(doc["paths"]["/customers/{id}/orders"]["get"].is_object());
+    for asset in [
+        "/docs/",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-initializer.js",
+    ] {
+        let response = reqwest::get(format!("{base}{asset}")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("://cdn"), "{asset} loads nothing from a CDN");
+        if asset.ends_with("initializer.js") {
+            assert!(
+                text.contains("/openapi.json"),
+                "the UI shows our document: {text}"
+            );
+        }
+    }
+
     // Operations.
     let (status, health) = get(&format!("{base}/health")).await;
     assert_eq!(
