@@ -171,3 +171,53 @@ pub fn spawn_redis(port: u16, dir: &std::path::Path) -> std::process::Child {
         .spawn()
         .expect("redis-server is installed where LIVROS_TEST_REDIS_URL is set")
 }
+
+/// A TCP proxy on localhost that a test can cut and restore, to make a server unreachable
+/// from the code under test without touching the server: cutting closes every proxied
+/// connection and the listening port (new connections are refused); restoring listens again.
+pub struct TcpProxy {
+    port: u16,
+    upstream: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    /// Forwards `127.0.0.1:port` to `127.0.0.1:upstream`.
+    pub async fn start(port: u16, upstream: u16) -> Self {
+        let mut proxy = Self {
+            port,
+            upstream,
+            task: None,
+        };
+        proxy.restore().await;
+        proxy
+    }
+
+    /// Listens and forwards again.
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("the proxy's port is free");
+        let upstream = self.upstream;
+        self.task = Some(tokio::spawn(async move {
+            // Dropped with the task on `cut`, which aborts every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes every connection and the listening port.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -406,6 +406,80 @@ async fn up_count_200_kafka_postgres_mongodb_and_redis() {
     up_count_200(backends).await;
 }
 
+/// The broker unreachable for a few seconds mid-run (every connection closed, new ones
+/// refused), as clients see a broker restart or a network cut: `up` waits, reconnects and
+/// finishes with every event stored and logged exactly once. The broker is a private one
+/// behind a proxy the test cuts; it advertises the proxy's address, so every connection
+/// goes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_unreachable_mid_run_loses_and_duplicates_nothing() {
+    let Some(mut backends) = Backends::kafka().await else {
+        return;
+    };
+    let (inner, outer) = (free_port(), free_port());
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Command::new("tansu")
+        .current_dir(broker_dir.path())
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{inner}"),
+        ])
+        .args([
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{outer}"),
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db", "--silent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu is installed where LIVROS_TEST_KAFKA_BROKERS is set (.ci/run installs it)");
+    eventually(
+        "the private broker to listen",
+        Duration::from_secs(30),
+        || async { std::net::TcpStream::connect(("127.0.0.1", inner)).is_ok() },
+    )
+    .await;
+    let mut proxy = common::TcpProxy::start(outer, inner).await;
+    backends.kafka = Some(format!("127.0.0.1:{outer}"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let up = livros(dir.path(), &backends)
+        .args(["up", "--count", "300", "--rate", "200", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = dir.path().join("messages.log");
+    eventually(
+        "S3 to log some messages",
+        Duration::from_secs(120),
+        || async { std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() > 100) },
+    )
+    .await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.restore().await;
+    let out = tokio::task::spawn_blocking(move || up.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "up finishes once the broker is reachable again: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bus unavailable"),
+        "the outage happened mid-run and was waited out: {stderr}"
+    );
+    verify(dir.path(), &backends, 900, None).await;
+    proxy.cut();
+    kill9(&mut broker);
+    backends.cleanup().await;
+}
+
 #[tokio::test]
 #[ignore = "kill -9 of group members: tansu, the test broker here, stops answering group heartbeats under it; run with --ignored against Apache Kafka"]
 async fn kill_9_mid_run_loses_and_duplicates_nothing_kafka() {
