@@ -310,17 +310,36 @@ pub struct Status {
     pub stores: std::collections::BTreeMap<String, String>,
 }
 
+/// The error answers every write may give.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only documents the answers; `ApiError` builds them.
+enum WriteErrors {
+    /// Malformed JSON
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Missing or wrong bearer token
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Body too large
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// Not JSON
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// Invalid entity: a field missing or wrong; for an order, an unknown customer or book
+    #[response(status = 422)]
+    Invalid(ErrorBody),
+    /// A store is unavailable; retry after `Retry-After` seconds
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// Store a customer (PostgreSQL, or embedded SQLite). Posting the same id again updates it.
 #[utoipa::path(post, path = "/customers", tag = "customers",
     request_body(content = Customer, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored", body = Created),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid customer", body = ErrorBody),
-        (status = 503, description = "A store is unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+        WriteErrors,
     ),
     security((), ("bearer" = [])))]
 async fn create_customer(
@@ -337,12 +356,7 @@ async fn create_customer(
     request_body(content = Book, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored", body = Created),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid book", body = ErrorBody),
-        (status = 503, description = "A store is unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+        WriteErrors,
     ),
     security((), ("bearer" = [])))]
 async fn create_book(
@@ -359,12 +373,7 @@ async fn create_book(
     request_body(content = Order, content_type = "application/json"),
     responses(
         (status = 201, description = "Stored", body = Created),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid order, or unknown customer or book", body = ErrorBody),
-        (status = 503, description = "A store is unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+        WriteErrors,
     ),
     security((), ("bearer" = [])))]
 async fn create_order(

@@ -201,11 +201,7 @@ impl DocumentStore for SqliteDocumentStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(err)
+        super::ping_pool(STORE, &self.pool).await
     }
 
     fn describe(&self) -> String {

@@ -142,11 +142,7 @@ impl KeyValueStore for SqliteKvStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(err)
+        super::ping_pool(STORE, &self.pool).await
     }
 
     fn describe(&self) -> String {

@@ -325,6 +325,21 @@ impl Stores {
     }
 }
 
+/// Checks that a sqlx pool's database answers (`ping` of the SQL stores).
+pub(crate) async fn ping_pool<DB: sqlx::Database>(
+    store: &'static str,
+    pool: &sqlx::Pool<DB>,
+) -> StoreResult<()> {
+    use sqlx::Connection;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| StoreError::from_sqlx(store, e))?;
+    conn.ping()
+        .await
+        .map_err(|e| StoreError::from_sqlx(store, e))
+}
+
 /// Opens the SQLite file of an embedded store of `kind`, applies its schema and runs its
 /// migrations, with the error a user sees when that fails.
 pub(crate) async fn open_embedded(

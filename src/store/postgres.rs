@@ -125,11 +125,7 @@ impl RelationalStore for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(err)
+        super::ping_pool(STORE, &self.pool).await
     }
 
     fn describe(&self) -> String {
