@@ -489,14 +489,22 @@ async fn a_store_that_goes_away_gives_503_with_retry_after_then_recovers() {
     let _ = redis.wait();
 }
 
-/// `livros s2 --http 127.0.0.1:0` on `data_dir`, and the address it reports.
+/// `livros s2 --http 127.0.0.1:<port>` on `data_dir`, and the address it reports.
 fn spawn_s2(data_dir: &Path, port: u16) -> (Child, String) {
+    spawn_serving(
+        data_dir,
+        &["s2", "--quiet", "--http", &format!("127.0.0.1:{port}")],
+    )
+}
+
+/// `livros <args>` on `data_dir`, and the address of the HTTP API it reports.
+fn spawn_serving(data_dir: &Path, args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_livros"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
         .env("LIVROS_DATA_DIR", data_dir)
-        .args(["s2", "--quiet", "--http", &format!("127.0.0.1:{port}")])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -506,14 +514,14 @@ fn spawn_s2(data_dir: &Path, port: u16) -> (Child, String) {
     let addr = loop {
         let line = lines
             .next()
-            .expect("s2 prints where its API listens")
+            .expect("livros prints where its API listens")
             .unwrap();
-        if let Some(rest) = line.strip_prefix("[S2] HTTP API: ") {
+        if let Some((_, rest)) = line.split_once("HTTP API: ") {
             let url = rest.split_whitespace().next().unwrap();
             break url.strip_prefix("http://").unwrap().to_string();
         }
     };
-    // Keep reading so s2 never blocks on a full pipe.
+    // Keep reading so livros never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
@@ -524,7 +532,49 @@ fn stop(child: &mut Child) {
         .status()
         .unwrap();
     let status = child.wait().unwrap();
-    assert!(status.success(), "s2 stops cleanly on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "livros stops cleanly on SIGTERM: {status}"
+    );
+}
+
+#[tokio::test]
+async fn up_serves_the_api_over_what_the_pipeline_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, addr) = spawn_serving(
+        dir.path(),
+        &["up", "--quiet", "--rate", "100", "--http", "127.0.0.1:0"],
+    );
+    let base = format!("http://{addr}");
+    // What S1 publishes and S2 stores from the bus is readable over HTTP…
+    eventually(
+        "customers from the bus to be listed",
+        Duration::from_secs(30),
+        || async {
+            let (status, page) = get(&format!("{base}/customers")).await;
+            status == StatusCode::OK && !page["items"].as_array().unwrap().is_empty()
+        },
+    )
+    .await;
+    // …and what is posted lands in the same stores.
+    let (status, _) = post(
+        &format!("{base}/customers"),
+        customer("via-http", "h@example.com"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = get(&format!("{base}/customers/via-http")).await;
+    assert_eq!(status, StatusCode::OK);
+    stop(&mut up);
+    let stores = embedded_stores(dir.path()).await;
+    assert!(
+        stores
+            .relational
+            .customer("via-http")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 fn s1_http(dir: &Path, target: &str, count: u64) -> Child {
