@@ -542,17 +542,14 @@ async fn customer_orders(
     let ids = state
         .store(stores.key_value.smembers(&customer_orders_key(&id)))
         .await?;
-    let mut orders = Vec::new();
-    for order_id in ids
+    let keys: Vec<String> = ids
         .iter()
         .skip(usize::try_from(page.skip).unwrap_or(usize::MAX))
         .take(page.limit as usize)
-    {
-        let fields = state
-            .store(stores.key_value.hgetall(&order_key(order_id)))
-            .await?;
-        orders.extend(order_from_hash(&fields));
-    }
+        .map(|id| order_key(id))
+        .collect();
+    let hashes = state.store(stores.key_value.hgetall_many(&keys)).await?;
+    let orders = hashes.iter().filter_map(order_from_hash).collect();
     Ok(Json(paging.listing(orders)))
 }
 

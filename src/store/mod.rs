@@ -222,6 +222,15 @@ pub trait KeyValueStore: Send + Sync {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()>;
     /// Every field of a hash; empty when the key does not exist.
     async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>>;
+    /// Every field of each hash, in the order of `keys` (a network store does it in one
+    /// round trip; the default asks one key at a time).
+    async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<BTreeMap<String, String>>> {
+        let mut hashes = Vec::with_capacity(keys.len());
+        for key in keys {
+            hashes.push(self.hgetall(key).await?);
+        }
+        Ok(hashes)
+    }
     /// Which of `keys` exist.
     async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>>;
     /// Members of a set; empty when the key does not exist.

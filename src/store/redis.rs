@@ -111,6 +111,24 @@ impl KeyValueStore for RedisStore {
         Ok(map.into_iter().collect())
     }
 
+    async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<BTreeMap<String, String>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.hgetall(self.key(key));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(hashes
+            .into_iter()
+            .map(|h| h.into_iter().collect())
+            .collect())
+    }
+
     async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>> {
         if keys.is_empty() {
             return Ok(HashSet::new());

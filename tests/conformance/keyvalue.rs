@@ -59,6 +59,12 @@ async fn suite(store: &dyn KeyValueStore) {
     let order = store.hgetall("order:1").await.unwrap();
     assert_eq!(order.len(), 3);
     assert_eq!(order["quantity"], "3");
+    let keys = ["order:none".to_string(), "order:1".to_string()];
+    assert_eq!(
+        store.hgetall_many(&keys).await.unwrap(),
+        [BTreeMap::new(), order.clone()]
+    );
+    assert!(store.hgetall_many(&[]).await.unwrap().is_empty());
     let members: Vec<String> = store
         .smembers("customer:c:orders")
         .await
