@@ -205,7 +205,7 @@ pub struct Paging {
 
 impl Paging {
     /// The store's page, fetching one more record than asked to learn whether more follow.
-    fn page(&self) -> Result<(u64, u64, Page), ApiError> {
+    fn page(&self) -> Result<Page, ApiError> {
         let page = self.page.unwrap_or(1);
         let per_page = self.per_page.unwrap_or(PER_PAGE);
         let mut errors = Vec::new();
@@ -227,14 +227,10 @@ impl Paging {
             );
         }
         let skip = (page - 1).saturating_mul(per_page);
-        Ok((
-            page,
-            per_page,
-            Page {
-                skip,
-                limit: per_page + 1,
-            },
-        ))
+        Ok(Page {
+            skip,
+            limit: per_page + 1,
+        })
     }
 
     fn listing<T>(&self, mut items: Vec<T>) -> Listing<T> {
@@ -474,7 +470,7 @@ async fn list_customers(
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<Customer>>, ApiError> {
     let (Query(filter), Query(paging)) = (filter?, paging?);
-    let (_, _, page) = paging.page()?;
+    let page = paging.page()?;
     let email = filter_value("email", &filter.email)?;
     let found = state
         .store(state.router.stores().relational.customers(email, page))
@@ -496,7 +492,7 @@ async fn list_books(
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<serde_json::Value>>, ApiError> {
     let (Query(filter), Query(paging)) = (filter?, paging?);
-    let (_, _, page) = paging.page()?;
+    let page = paging.page()?;
     let filters = book_filters(
         filter_value("author", &filter.author)?,
         filter_value("isbn", &filter.isbn)?,
@@ -529,7 +525,7 @@ async fn customer_orders(
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<Order>>, ApiError> {
     let (Path(id), Query(paging)) = (id?, paging?);
-    let (_, _, page) = paging.page()?;
+    let page = paging.page()?;
     let stores = state.router.stores();
     let known = storable_id(&id)
         && state
@@ -766,7 +762,7 @@ mod tests {
             page: Some(3),
             per_page: Some(10),
         };
-        let (_, _, page) = p.page().unwrap();
+        let page = p.page().unwrap();
         assert_eq!((page.skip, page.limit), (20, 11));
         let listing = p.listing((0..11).collect::<Vec<_>>());
         assert!(listing.has_more);
