@@ -287,19 +287,14 @@ pub async fn http(
         Some(1),
         settings.topics.clone(),
     );
+    let customers: Vec<crate::domain::Customer> =
+        (0..requests).map(|_| generator.customer()).collect();
+    let ids: std::sync::Arc<Vec<String>> =
+        std::sync::Arc::new(customers.iter().map(|c| c.id.clone()).collect());
     let customers: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
-        (0..requests)
-            .map(|_| serde_json::to_vec(&generator.customer()).expect("customers serialize"))
-            .collect(),
-    );
-    let ids: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
         customers
             .iter()
-            .map(|c| {
-                serde_json::from_slice::<crate::domain::Customer>(c)
-                    .expect("generated customers parse")
-                    .id
-            })
+            .map(|c| serde_json::to_vec(c).expect("customers serialize"))
             .collect(),
     );
     let client = reqwest::Client::new();

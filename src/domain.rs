@@ -184,19 +184,24 @@ fn id(map: &serde_json::Map<String, Value>, field: &'static str) -> Result<Strin
             ));
         }
     };
+    match id_problem(&id) {
+        Some(problem) => Err(Invalid::field(field, problem)),
+        None => Ok(id),
+    }
+}
+
+/// What makes `id` unacceptable as an entity id, if anything. The HTTP API uses it too: a
+/// path id with a problem cannot name a stored record.
+pub fn id_problem(id: &str) -> Option<String> {
     if id.is_empty() {
-        return Err(Invalid::field(field, "must not be empty"));
+        Some("must not be empty".into())
+    } else if id.len() > MAX_ID_LEN {
+        Some(format!("longer than {MAX_ID_LEN} bytes"))
+    } else if id.chars().any(char::is_control) {
+        Some("contains control characters".into())
+    } else {
+        None
     }
-    if id.len() > MAX_ID_LEN {
-        return Err(Invalid::field(
-            field,
-            format!("longer than {MAX_ID_LEN} bytes"),
-        ));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(Invalid::field(field, "contains control characters"));
-    }
-    Ok(id)
 }
 
 fn text(map: &serde_json::Map<String, Value>, field: &'static str) -> Result<String, Invalid> {

@@ -41,6 +41,15 @@ impl Entity {
             Entity::Order => "order",
         }
     }
+
+    /// Plural name: the HTTP API's collection (`/customers`), as in the seed.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Entity::Customer => "customers",
+            Entity::Book => "books",
+            Entity::Order => "orders",
+        }
+    }
 }
 
 /// The kinds of store.

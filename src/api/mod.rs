@@ -21,6 +21,7 @@
 mod batch;
 mod error;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 pub use error::{ApiError, ErrorBody, FieldError, JsonBody, RETRY_AFTER_SECS};
 
-use crate::domain::{Book, Customer, MAX_ID_LEN, MAX_TEXT_LEN, Order};
+use crate::domain::{Book, Customer, MAX_TEXT_LEN, Order};
 use crate::routing::{
     self, BOOKS_COLLECTION, Entity, Outcome, Router, customer_orders_key, order_from_hash,
     order_key,
@@ -80,8 +81,8 @@ const MAX_PAGE: u64 = 1_000_000;
 struct AppState {
     router: Router,
     config: Arc<ApiConfig>,
-    /// One group-commit writer per entity: customers, books, orders.
-    writers: Arc<[batch::Writer; 3]>,
+    /// One group-commit writer per entity.
+    writers: Arc<HashMap<Entity, batch::Writer>>,
 }
 
 impl AppState {
@@ -101,20 +102,15 @@ impl AppState {
 
     /// Validates and stores one entity through the routing table.
     async fn create(&self, entity: Entity, body: axum::body::Bytes) -> Result<Response, ApiError> {
-        let writer = &self.writers[match entity {
-            Entity::Customer => 0,
-            Entity::Book => 1,
-            Entity::Order => 2,
-        }];
-        match self.store(writer.write(body)).await? {
+        match self.store(self.writers[&entity].write(body)).await? {
             Outcome::Stored { id, .. } => Ok((
                 StatusCode::CREATED,
-                [(header::LOCATION, format!("/{}/{id}", plural(entity)))],
+                [(header::LOCATION, format!("/{}/{id}", entity.plural()))],
                 Json(Created {
                     status: "success".into(),
                     message: format!(
-                        "{} `{id}` stored in the {} store",
-                        capitalized(entity),
+                        "stored {} `{id}` in the {} store",
+                        entity.name(),
                         routing::route_of(entity).store.name()
                     ),
                     id,
@@ -123,22 +119,6 @@ impl AppState {
                 .into_response()),
             Outcome::Rejected(rejection) => Err(ApiError::from(rejection).about(entity)),
         }
-    }
-}
-
-fn plural(entity: Entity) -> &'static str {
-    match entity {
-        Entity::Customer => "customers",
-        Entity::Book => "books",
-        Entity::Order => "orders",
-    }
-}
-
-fn capitalized(entity: Entity) -> &'static str {
-    match entity {
-        Entity::Customer => "Customer",
-        Entity::Book => "Book",
-        Entity::Order => "Order",
     }
 }
 
@@ -162,12 +142,12 @@ fn filter_value<'a>(name: &str, value: &'a Option<String>) -> Result<Option<&'a 
 
 /// An id from a path that could be stored at all; anything else is simply not found.
 fn storable_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(char::is_control)
+    crate::domain::id_problem(id).is_none()
 }
 
 /// The answer to a successful write.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"status": "success", "message": "Customer `c-1` stored in the relational store", "id": "c-1"}))]
+#[schema(example = json!({"status": "success", "message": "stored customer `c-1` in the relational store", "id": "c-1"}))]
 pub struct Created {
     /// Always `success`.
     #[schema(example = "success")]
@@ -206,8 +186,7 @@ pub struct Paging {
 impl Paging {
     /// The store's page, fetching one more record than asked to learn whether more follow.
     fn page(&self) -> Result<Page, ApiError> {
-        let page = self.page.unwrap_or(1);
-        let per_page = self.per_page.unwrap_or(PER_PAGE);
+        let (page, per_page) = self.numbers();
         let mut errors = Vec::new();
         if !(1..=MAX_PAGE).contains(&page) {
             errors.push(FieldError {
@@ -233,9 +212,13 @@ impl Paging {
         })
     }
 
+    /// The page number and size asked for, defaults filled in.
+    fn numbers(&self) -> (u64, u64) {
+        (self.page.unwrap_or(1), self.per_page.unwrap_or(PER_PAGE))
+    }
+
     fn listing<T>(&self, mut items: Vec<T>) -> Listing<T> {
-        let page = self.page.unwrap_or(1);
-        let per_page = self.per_page.unwrap_or(PER_PAGE);
+        let (page, per_page) = self.numbers();
         let has_more = items.len() as u64 > per_page;
         items.truncate(per_page as usize);
         Listing {
@@ -680,8 +663,10 @@ pub struct ApiDoc;
 pub fn app(router: Router, config: ApiConfig) -> axum::Router {
     let body_limit = config.body_limit;
     let writers = Arc::new(
-        [Entity::Customer, Entity::Book, Entity::Order]
-            .map(|entity| batch::Writer::spawn(router.clone(), entity)),
+        routing::ROUTES
+            .iter()
+            .map(|r| (r.entity, batch::Writer::spawn(router.clone(), r.entity)))
+            .collect(),
     );
     let state = AppState {
         router,

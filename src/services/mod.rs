@@ -33,9 +33,9 @@ pub enum ServiceError {
     /// The HTTP API's listener failed.
     #[error("HTTP API: {0}")]
     Http(std::io::Error),
-    /// The audit log could not be read or written.
-    #[error("audit log {path}: {source}")]
-    AuditLog {
+    /// A log file (S3's audit log, S1's `s1_log.json`) could not be read or written.
+    #[error("log file {path}: {source}")]
+    LogFile {
         /// The log's path.
         path: String,
         /// The I/O error.

@@ -15,14 +15,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::s1::{Generator, S1Config, S1Report};
 use super::{Counters, ServiceError};
 use crate::domain::Book;
-use crate::retry::Backoff;
 use crate::routing::{Entity, short};
 
 /// Where and how S1 posts.
@@ -61,92 +59,121 @@ impl Client {
         let mut file = self.log.lock().expect("log lock is never poisoned");
         // One write per line on an O_APPEND file: lines never interleave.
         file.write_all(&text)
-            .map_err(|source| ServiceError::AuditLog {
+            .map_err(|source| ServiceError::LogFile {
                 path: self.target.log_path.display().to_string(),
                 source,
             })
     }
 
     /// Posts `payload` to `/<path>` until the server answers with something other than
-    /// 5xx, or `shutdown` is cancelled.
-    async fn post<T: Serialize>(
+    /// 5xx or 429, or `shutdown` is cancelled. Every attempt is logged.
+    async fn post(
         &self,
         entity: Entity,
         label: &str,
-        payload: &T,
+        payload: &Value,
         shutdown: &CancellationToken,
     ) -> Result<Posted, ServiceError> {
-        let path = match entity {
-            Entity::Customer => "customers",
-            Entity::Book => "books",
-            Entity::Order => "orders",
-        };
+        let path = entity.plural();
         let url = self
             .target
             .base
             .join(path)
             .expect("a path joins onto a base URL");
-        let payload = serde_json::to_value(payload).expect("entities serialize");
-        let mut backoff = Backoff::default();
-        loop {
-            let mut request = self
-                .http
-                .post(url.clone())
-                .json(&payload)
-                .timeout(self.target.timeout);
-            if let Some(token) = &self.target.token {
-                request = request.bearer_auth(token);
-            }
-            let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            let request_log = json!({"method": "POST", "url": url.as_str(), "payload": payload});
-            let failure = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
-                    self.log_line(&json!({
-                        "timestamp": timestamp,
-                        "request": request_log,
-                        "response": {"status_code": status.as_u16(), "body": body},
-                    }))?;
-                    if self.print_events {
-                        println!(
-                            "[S1] POST /{path} {} ({label}) → {}",
-                            entity.name(),
-                            status.as_u16()
-                        );
-                    }
-                    if status.is_success() {
-                        return Ok(Posted::Accepted);
-                    }
-                    if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS
-                    {
-                        return Ok(Posted::Refused);
-                    }
-                    format!("server answered {status}")
+        let retried = |f: &Failure| matches!(f, Failure::Retry(_));
+        let answered = crate::retry::until_ok(&format!("POST {url}"), shutdown, retried, || {
+            self.attempt(&url, payload)
+        })
+        .await;
+        let status = match answered {
+            Ok(Some(status)) => status,
+            Ok(None) => return Ok(Posted::Stopped),
+            Err(Failure::Log(e)) => return Err(e),
+            Err(Failure::Retry(_)) => unreachable!("until_ok retries these"),
+        };
+        if self.print_events {
+            println!(
+                "[S1] POST /{path} {} ({label}) → {}",
+                entity.name(),
+                status.as_u16()
+            );
+        }
+        Ok(if status.is_success() {
+            Posted::Accepted
+        } else {
+            Posted::Refused
+        })
+    }
+
+    /// One POST, logged. `Ok` is the server's final answer (2xx, or a 4xx other than 429);
+    /// a connection error or an answer worth retrying is `Failure::Retry`.
+    async fn attempt(
+        &self,
+        url: &url::Url,
+        payload: &Value,
+    ) -> Result<reqwest::StatusCode, Failure> {
+        let mut request = self
+            .http
+            .post(url.clone())
+            .json(payload)
+            .timeout(self.target.timeout);
+        if let Some(token) = &self.target.token {
+            request = request.bearer_auth(token);
+        }
+        let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let request_log = json!({"method": "POST", "url": url.as_str(), "payload": payload});
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+                self.log_line(&json!({
+                    "timestamp": timestamp,
+                    "request": request_log,
+                    "response": {"status_code": status.as_u16(), "body": body},
+                }))
+                .map_err(Failure::Log)?;
+                let final_answer = status.is_success()
+                    || (status.is_client_error()
+                        && status != reqwest::StatusCode::TOO_MANY_REQUESTS);
+                if final_answer {
+                    Ok(status)
+                } else {
+                    Err(Failure::Retry(format!("server answered {status}")))
                 }
-                Err(e) => {
-                    // reqwest's own text is "error sending request"; the cause is below it.
-                    let mut error = format!("connection error: {e}");
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(cause) = source {
-                        error.push_str(&format!(": {cause}"));
-                        source = cause.source();
-                    }
-                    self.log_line(&json!({
-                        "timestamp": timestamp,
-                        "request": request_log,
-                        "error": error,
-                    }))?;
-                    error
-                }
-            };
-            if !backoff
-                .wait(&format!("POST {url}"), &failure, shutdown)
-                .await
-            {
-                return Ok(Posted::Stopped);
             }
+            Err(e) => {
+                // reqwest's own text is "error sending request"; the cause is below it.
+                let mut error = format!("connection error: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    error.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                self.log_line(&json!({
+                    "timestamp": timestamp,
+                    "request": request_log,
+                    "error": error,
+                }))
+                .map_err(Failure::Log)?;
+                Err(Failure::Retry(error))
+            }
+        }
+    }
+}
+
+/// Why a post did not get a final answer: retried, or the exchange log cannot be written.
+#[derive(Debug)]
+enum Failure {
+    Retry(String),
+    Log(ServiceError),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Retry(why) => f.write_str(why),
+            Failure::Log(e) => e.fmt(f),
         }
     }
 }
@@ -164,7 +191,7 @@ pub async fn run(
         .create(true)
         .append(true)
         .open(&target.log_path)
-        .map_err(|source| ServiceError::AuditLog {
+        .map_err(|source| ServiceError::LogFile {
             path: target.log_path.display().to_string(),
             source,
         })?;

@@ -171,7 +171,7 @@ pub async fn run(
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let log_error = |source| ServiceError::AuditLog {
+    let log_error = |source| ServiceError::LogFile {
         path: config.log_path.display().to_string(),
         source,
     };
