@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::envelope;
+use crate::wire::{self, json_type};
 
 /// Longest id we accept, in bytes: enough for UUIDs, Google Books ids and ISBNs, small
 /// enough to keep a hostile id out of Redis keys and index pages.
@@ -35,6 +36,69 @@ fn id_schema() -> utoipa::openapi::schema::Schema {
         )
         .item(ObjectBuilder::new().schema_type(Type::Integer))
         .description(Some("A non-empty string, or an integer (stored as text)"))
+        .build()
+        .into()
+}
+
+/// The OpenAPI schema of an optional text field that may also come as a number (stored
+/// as its text).
+fn text_or_number_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some("Text, or a number (stored as its text), or null"))
+        .build()
+        .into()
+}
+
+/// The OpenAPI schema of a quantity: a whole number, or the text of one.
+fn quantity_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(MAX_QUANTITY)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*[0-9]+\s*$")),
+        )
+        .description(Some(
+            "Copies, 1 to 1000: a whole number, or its text (answered as a number)",
+        ))
+        .build()
+        .into()
+}
+
+/// The OpenAPI schema of a timestamp: ISO 8601 text or Unix seconds.
+fn timestamp_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(wire::MAX_TIME_TEXT))
+                .examples(["2024-05-01T10:00:00.000000Z"]),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(wire::MIN_UNIX_SECONDS as f64))
+                .exclusive_maximum(Some(wire::MAX_UNIX_SECONDS as f64))
+                .examples([1795449989.1135995]),
+        )
+        .description(Some(
+            "When: RFC 3339 / ISO 8601 text (naive means UTC), or Unix seconds as a number \
+             (integer or fraction, as Python's time.time() gives) or as its text. Accepted from \
+             1970-01-01 to 2200-01-01; values that look like milliseconds are refused. Stored \
+             and answered as RFC 3339 UTC with microseconds, e.g. 2024-05-01T10:00:00.000000Z.",
+        ))
         .build()
         .into()
 }
@@ -66,7 +130,7 @@ pub struct Book {
     #[schema(schema_with = id_schema)]
     pub id: String,
     /// ISBN-13 when known (ISBN-10 accepted from outside sources).
-    #[schema(nullable)]
+    #[schema(schema_with = text_or_number_schema)]
     pub isbn: Option<String>,
     /// Title.
     #[schema(min_length = 1, max_length = 1000)]
@@ -76,7 +140,7 @@ pub struct Book {
     #[schema(nullable)]
     pub authors: Vec<String>,
     /// Publication date as the source gives it (`1899`, `1899-05`, `1899-05-01`).
-    #[schema(nullable)]
+    #[schema(schema_with = text_or_number_schema)]
     #[serde(
         rename = "publishedDate",
         default,
@@ -104,10 +168,11 @@ pub struct Order {
     #[schema(schema_with = id_schema)]
     pub book_id: String,
     /// Copies, 1 to [`MAX_QUANTITY`].
-    #[schema(minimum = 1, maximum = 1000)]
+    #[schema(schema_with = quantity_schema)]
     pub quantity: i64,
-    /// When the order was placed (RFC 3339, or a naive ISO 8601 time read as UTC).
-    #[schema(min_length = 1, max_length = 1000)]
+    /// When the order was placed, in the canonical form of [`wire::format_timestamp`]
+    /// (RFC 3339, UTC, microseconds), whatever form it was sent in.
+    #[schema(schema_with = timestamp_schema)]
     pub timestamp: String,
 }
 
@@ -157,17 +222,6 @@ fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Invalid> {
             "expected an object, found {}",
             json_type(&other)
         ))),
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -229,6 +283,23 @@ fn text(map: &serde_json::Map<String, Value>, field: &'static str) -> Result<Str
     }
 }
 
+/// An optional field that is text, where a number stands for its own text (an ISBN or a
+/// year sent as a JSON number); absent or null is `None`.
+fn optional_text(
+    map: &serde_json::Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, Invalid> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(Invalid::field(
+            field,
+            format!("expected a string or null, found {}", json_type(other)),
+        )),
+    }
+}
+
 /// A pragmatic e-mail check: one `@`, a non-empty local part, a dotted domain, no spaces.
 /// Deliverability is not our business; obvious garbage is.
 fn email(map: &serde_json::Map<String, Value>) -> Result<String, Invalid> {
@@ -269,9 +340,9 @@ pub fn parse_book(payload: &[u8]) -> Result<Book, Invalid> {
     let mut map = object(payload)?;
     let book_id = id(&map, "id")?;
     let title = text(&map, "title")?;
-    let isbn = match map.get("isbn") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
+    let isbn = match optional_text(&map, "isbn")? {
+        None => None,
+        Some(s) => {
             let digits: String = s.chars().filter(|c| *c != '-' && *c != ' ').collect();
             let well_formed = matches!(digits.len(), 10 | 13)
                 && digits
@@ -284,12 +355,6 @@ pub fn parse_book(payload: &[u8]) -> Result<Book, Invalid> {
                 ));
             }
             Some(digits)
-        }
-        Some(other) => {
-            return Err(Invalid::field(
-                "isbn",
-                format!("expected a string or null, found {}", json_type(other)),
-            ));
         }
     };
     let authors = match map.get("authors") {
@@ -311,18 +376,15 @@ pub fn parse_book(payload: &[u8]) -> Result<Book, Invalid> {
             ));
         }
     };
-    let published_date = match map.get("publishedDate") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return Err(Invalid::field(
-                "publishedDate",
-                format!("expected a string, found {}", json_type(other)),
-            ));
-        }
-    };
+    let published_date = optional_text(&map, "publishedDate")?;
     for known in ["id", "isbn", "title", "authors", "publishedDate"] {
         map.remove(known);
+    }
+    if let Some(name) = wire::nul_field_name(&map) {
+        return Err(Invalid::field(
+            "field names",
+            format!("{name:?} contains a NUL character, which no document store can keep"),
+        ));
     }
     Ok(Book {
         id: book_id,
@@ -340,15 +402,7 @@ pub fn parse_order(payload: &[u8]) -> Result<Order, Invalid> {
     let map = object(payload)?;
     let quantity = match map.get("quantity") {
         None | Some(Value::Null) => return Err(Invalid::Missing("quantity")),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| Invalid::field("quantity", format!("`{n}` is not a whole number")))?,
-        Some(other) => {
-            return Err(Invalid::field(
-                "quantity",
-                format!("expected a number, found {}", json_type(other)),
-            ));
-        }
+        Some(v) => wire::whole_number(v).map_err(|problem| Invalid::field("quantity", problem))?,
     };
     if !(1..=MAX_QUANTITY).contains(&quantity) {
         return Err(Invalid::field(
@@ -356,13 +410,12 @@ pub fn parse_order(payload: &[u8]) -> Result<Order, Invalid> {
             format!("{quantity} is outside 1..={MAX_QUANTITY}"),
         ));
     }
-    let timestamp = text(&map, "timestamp")?;
-    if parse_time(&timestamp).is_none() {
-        return Err(Invalid::field(
-            "timestamp",
-            format!("`{timestamp}` is not an ISO 8601 date-time"),
-        ));
-    }
+    let timestamp = match map.get("timestamp") {
+        None | Some(Value::Null) => return Err(Invalid::Missing("timestamp")),
+        Some(v) => wire::timestamp(v)
+            .map(|t| wire::format_timestamp(&t))
+            .map_err(|problem| Invalid::field("timestamp", problem))?,
+    };
     Ok(Order {
         id: id(&map, "id")?,
         customer_id: id(&map, "customer_id")?,
@@ -370,16 +423,6 @@ pub fn parse_order(payload: &[u8]) -> Result<Order, Invalid> {
         quantity,
         timestamp,
     })
-}
-
-/// Reads an RFC 3339 time, or a naive ISO 8601 one (Python's `datetime.now().isoformat()`) as UTC.
-pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&chrono::Utc));
-    }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc())
 }
 
 /// Checks the ISBN-13 check digit (used by the catalogue's own tests and by S1).
@@ -450,6 +493,8 @@ mod tests {
         );
         assert!(parse_book(br#"{"id":"b1","isbn":"12","title":"T"}"#).is_err());
         assert!(parse_book(br#"{"id":"b1","title":"T","authors":"Machado"}"#).is_err());
+        let nul_key = br#"{"id":"b1","title":"T","info":{"a\u0000b":1}}"#;
+        assert!(parse_book(nul_key).unwrap_err().to_string().contains("NUL"));
     }
 
     #[test]
@@ -458,8 +503,26 @@ mod tests {
         assert_eq!(parse_order(ok).unwrap().quantity, 2);
         let zero = br#"{"id":"o","customer_id":"c","book_id":"b","quantity":0,"timestamp":"2024-05-01T10:00:00Z"}"#;
         assert!(parse_order(zero).is_err());
-        let text_qty = br#"{"id":"o","customer_id":"c","book_id":"b","quantity":"2","timestamp":"2024-05-01T10:00:00Z"}"#;
+        // The originals' loose shapes: a quantity as text, a time as `time.time()`.
+        let loose = br#"{"id":"o","customer_id":"c","book_id":"b","quantity":"2","timestamp":1795449989.1135995}"#;
+        let order = parse_order(loose).unwrap();
+        assert_eq!(
+            (order.quantity, order.timestamp.as_str()),
+            (2, "2026-11-23T16:06:29.113600Z")
+        );
+        assert_eq!(
+            parse_order(ok).unwrap().timestamp,
+            "2024-05-01T10:00:00.123456Z"
+        );
+        let text_qty = br#"{"id":"o","customer_id":"c","book_id":"b","quantity":"two","timestamp":"2024-05-01T10:00:00Z"}"#;
         assert!(parse_order(text_qty).is_err());
+        let millis =
+            br#"{"id":"o","customer_id":"c","book_id":"b","quantity":1,"timestamp":1795449989113}"#;
+        let err = parse_order(millis).unwrap_err().to_string();
+        assert!(
+            err.contains("timestamp") && err.contains("milliseconds"),
+            "{err}"
+        );
         let bad_time =
             br#"{"id":"o","customer_id":"c","book_id":"b","quantity":1,"timestamp":"yesterday"}"#;
         assert!(parse_order(bad_time).is_err());

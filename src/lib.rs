@@ -17,6 +17,7 @@
 //! - [`api`]: S2's REST API (seed 2): the routing table over HTTP, OpenAPI, docs UI.
 //! - [`app`]: wiring — opens what the settings name and runs the services.
 //! - [`bench`]: `livros bench`.
+//! - [`wire`]: reading values the way the seeds' programs write them (times, numbers).
 //! - [`retry`], [`sqlite`]: backoff, and SQLite plumbing shared by the embedded parts.
 
 pub mod api;
@@ -31,3 +32,4 @@ pub mod routing;
 pub mod services;
 pub mod sqlite;
 pub mod store;
+pub mod wire;

@@ -602,6 +602,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|c| serde_json::to_value(c).expect("serializes")),
                 EntityArg::Book => stores.document.get(BOOKS_COLLECTION, id).await?,
                 EntityArg::Order => routing::order_from_hash(
+                    id,
                     &stores.key_value.hgetall(&routing::order_key(id)).await?,
                 )
                 .map(|o| serde_json::to_value(o).expect("serializes")),

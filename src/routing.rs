@@ -197,14 +197,28 @@ pub fn order_writes(order: &Order) -> [KvWrite; 2] {
     ]
 }
 
-/// Reads an order back from its hash; `None` when absent or not an order.
-pub fn order_from_hash(fields: &std::collections::BTreeMap<String, String>) -> Option<Order> {
+/// Reads back the order stored in hash `order:<id>`; `None` when absent or not an order.
+///
+/// The id comes from the key, not from a field: the original servers wrote no `id` field.
+/// Their values are all text (`"2"`, `"1795449989.1135995"`), so the quantity is read as a
+/// whole number and the time brought to the canonical form; a time that cannot be read is
+/// answered as stored rather than hiding the order.
+pub fn order_from_hash(
+    id: &str,
+    fields: &std::collections::BTreeMap<String, String>,
+) -> Option<Order> {
+    let quantity =
+        crate::wire::whole_number(&Value::String(fields.get("quantity")?.clone())).ok()?;
+    let stored_time = fields.get("timestamp")?;
+    let timestamp = crate::wire::timestamp(&Value::String(stored_time.clone()))
+        .map(|t| crate::wire::format_timestamp(&t))
+        .unwrap_or_else(|_| stored_time.clone());
     Some(Order {
-        id: fields.get("id")?.clone(),
+        id: id.to_string(),
         customer_id: fields.get("customer_id")?.clone(),
         book_id: fields.get("book_id")?.clone(),
-        quantity: fields.get("quantity")?.parse().ok()?,
-        timestamp: fields.get("timestamp")?.clone(),
+        quantity,
+        timestamp,
     })
 }
 
@@ -298,8 +312,9 @@ impl Router {
     /// An order whose customer or book is not stored yet is looked up again until
     /// `reference_grace` has passed (they travel on other topics and may arrive later).
     ///
-    /// `Err` means a store is unavailable: nothing is lost, the caller retries the batch
-    /// (writes are idempotent).
+    /// `Err` means a store is unavailable or at fault (see [`crate::store::StoreError`]):
+    /// nothing is lost, the caller retries the batch (writes are idempotent). Only what is
+    /// wrong with a record itself makes it `Rejected`.
     pub async fn apply(
         &self,
         entity: Entity,
@@ -359,6 +374,13 @@ impl Router {
             .collect();
         let started = Instant::now();
         let results = self.stores.document.upsert(BOOKS_COLLECTION, &docs).await?;
+        // Only the record's own fault turns it away; anything else fails the batch.
+        if let Some(e) = results
+            .iter()
+            .find_map(|r| r.as_ref().err().filter(|e| !e.is_rejection()))
+        {
+            return Err(e.clone());
+        }
         self.timings
             .record(StoreKind::Document, docs.len(), started.elapsed());
         let failures: HashMap<String, String> = docs
@@ -421,13 +443,13 @@ impl Router {
         self.timings.record(kind, items.len(), started.elapsed());
         match result {
             Ok(()) => {}
-            Err(e) if e.is_transient() => return Err(e),
+            Err(e) if !e.is_rejection() => return Err(e),
             Err(batch_error) => {
                 tracing::warn!(store = kind.name(), error = %batch_error, "batch rejected; writing its records one by one");
                 for item in items {
                     match write(std::slice::from_ref(item)).await {
                         Ok(()) => {}
-                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) if !e.is_rejection() => return Err(e),
                         Err(e) => {
                             failures.insert(item.id().to_string(), e.to_string());
                         }
@@ -575,7 +597,7 @@ mod tests {
             customer_id: "c1".into(),
             book_id: "b1".into(),
             quantity: 3,
-            timestamp: "2024-01-01T00:00:00Z".into(),
+            timestamp: "2024-01-01T00:00:00.000000Z".into(),
         };
         let [
             KvWrite::HSet { key, fields },
@@ -586,7 +608,28 @@ mod tests {
         };
         assert_eq!(key, "order:o1");
         assert_eq!(set, "customer:c1:orders");
-        assert_eq!(order_from_hash(&fields.into_iter().collect()), Some(order));
+        assert_eq!(
+            order_from_hash("o1", &fields.into_iter().collect()),
+            Some(order)
+        );
+    }
+
+    #[test]
+    fn orders_the_original_servers_wrote_are_read() {
+        // `order:<id>` as the seed's S2 wrote it: no `id`, every value a string.
+        let fields = [
+            ("customer_id", "c1"),
+            ("book_id", "b1"),
+            ("quantity", "3"),
+            ("timestamp", "1795449989.1135995"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let order = order_from_hash("o9", &fields).unwrap();
+        assert_eq!(order.id, "o9");
+        assert_eq!(order.quantity, 3);
+        assert_eq!(order.timestamp, "2026-11-23T16:06:29.113600Z");
     }
 
     #[test]

@@ -166,6 +166,8 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable { .. } => Self::unavailable(e.to_string()),
             StoreError::Rejected { .. } => Self::unprocessable(e.to_string(), Vec::new()),
+            // Not the client's fault, and not something waiting fixes: a server error.
+            StoreError::Fault { .. } => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 }
@@ -253,5 +255,11 @@ mod tests {
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         let response = e.into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        // A store set up wrong is never the client's fault.
+        let e = ApiError::from(StoreError::Fault {
+            store: "postgres",
+            reason: "column \"updated_at\" does not exist".into(),
+        });
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

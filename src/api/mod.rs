@@ -308,6 +308,9 @@ enum WriteErrors {
     /// Invalid entity: a field missing or wrong; for an order, an unknown customer or book
     #[response(status = 422)]
     Invalid(ErrorBody),
+    /// A store is set up wrong (not the request's fault); the message says what failed
+    #[response(status = 500)]
+    StoreFault(ErrorBody),
     /// A store is unavailable; retry after `Retry-After` seconds
     #[response(status = 503)]
     Unavailable(ErrorBody),
@@ -430,7 +433,7 @@ async fn get_order(
         let fields = state
             .store(state.router.stores().key_value.hgetall(&order_key(&id)))
             .await?;
-        order_from_hash(&fields)
+        order_from_hash(&id, &fields)
     } else {
         None
     };
@@ -521,15 +524,45 @@ async fn customer_orders(
     let ids = state
         .store(stores.key_value.smembers(&customer_orders_key(&id)))
         .await?;
-    let keys: Vec<String> = ids
+    let ids: Vec<&String> = ids
         .iter()
         .skip(usize::try_from(page.skip).unwrap_or(usize::MAX))
         .take(page.limit as usize)
-        .map(|id| order_key(id))
         .collect();
+    let keys: Vec<String> = ids.iter().map(|id| order_key(id)).collect();
     let hashes = state.store(stores.key_value.hgetall_many(&keys)).await?;
-    let orders = hashes.iter().filter_map(order_from_hash).collect();
+    let orders = ids
+        .iter()
+        .zip(&hashes)
+        .filter_map(|(id, fields)| order_from_hash(id, fields))
+        .collect();
     Ok(Json(paging.listing(orders)))
+}
+
+/// The answer of `GET /`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Home {
+    /// Always `success`.
+    #[schema(example = "success")]
+    pub status: String,
+    /// The original server's greeting.
+    #[schema(example = "Serviço S2 está no ar!")]
+    pub message: String,
+    /// Where the API is described.
+    #[schema(example = "/docs")]
+    pub docs: String,
+}
+
+/// The service is up: the original server answered `GET /` with "Serviço S2 está no ar!",
+/// and its clients may check that; ours says the same, as JSON.
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "Up", body = Home)))]
+async fn home() -> Json<Home> {
+    Json(Home {
+        status: "success".into(),
+        message: "Serviço S2 está no ar!".into(),
+        docs: "/docs".into(),
+    })
 }
 
 /// The process is up (no store is asked).
@@ -646,9 +679,9 @@ impl utoipa::Modify for BearerAuth {
         create_customer, list_customers, get_customer, customer_orders,
         create_book, list_books, get_book,
         create_order, get_order,
-        health, ready
+        home, health, ready
     ),
-    components(schemas(Customer, Book, Order, Created, ErrorBody, FieldError, Status)),
+    components(schemas(Customer, Book, Order, Created, ErrorBody, FieldError, Status, Home)),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Relational store"),
@@ -685,6 +718,7 @@ pub fn app(router: Router, config: ApiConfig) -> axum::Router {
         .route("/books/{id}", get(get_book))
         .route("/orders", axum::routing::post(create_order))
         .route("/orders/{id}", get(get_order))
+        .route("/", get(home))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .merge(docs)
@@ -733,6 +767,7 @@ mod tests {
             "/books/{id}",
             "/orders",
             "/orders/{id}",
+            "/",
             "/health",
             "/ready",
         ] {

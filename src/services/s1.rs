@@ -150,7 +150,7 @@ impl Generator {
                 .cloned()
                 .expect("a book was generated first"),
             quantity: self.rng.random_range(1..=5),
-            timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            timestamp: crate::wire::format_timestamp(&chrono::Utc::now()),
         }
     }
 

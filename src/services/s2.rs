@@ -134,7 +134,7 @@ async fn consume(
         let stored = retry::until_ok(
             &format!("storing a batch from `{topic}`"),
             &shutdown,
-            StoreError::is_transient,
+            StoreError::is_retryable,
             || router.apply(route.entity, &payloads, config.reference_grace),
         )
         .await?;

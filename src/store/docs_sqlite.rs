@@ -87,13 +87,13 @@ impl DocumentStore for SqliteDocumentStore {
         let unique = super::last_by_id(docs, |(id, _)| id);
         match self.upsert_rows(collection, &unique).await {
             Ok(()) => Ok(docs.iter().map(|_| Ok(())).collect()),
-            Err(e) if e.is_transient() => Err(e),
+            Err(e) if !e.is_rejection() => Err(e),
             // The batch was refused: write one by one so only the bad documents fail.
             Err(_) => {
                 let mut results = Vec::with_capacity(docs.len());
                 for doc in docs {
                     match self.upsert_rows(collection, &[doc]).await {
-                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) if !e.is_rejection() => return Err(e),
                         other => results.push(other),
                     }
                 }
@@ -111,7 +111,7 @@ impl DocumentStore for SqliteDocumentStore {
                 .await
                 .map_err(err)?;
         body.map(|b| {
-            serde_json::from_str(&b).map_err(|e| StoreError::Rejected {
+            serde_json::from_str(&b).map_err(|e| StoreError::Fault {
                 store: STORE,
                 reason: format!("stored document {collection}/{id} is not JSON: {e}"),
             })
@@ -192,7 +192,7 @@ impl DocumentStore for SqliteDocumentStore {
         bodies
             .iter()
             .map(|b| {
-                serde_json::from_str(b).map_err(|e| StoreError::Rejected {
+                serde_json::from_str(b).map_err(|e| StoreError::Fault {
                     store: STORE,
                     reason: format!("stored document is not JSON: {e}"),
                 })

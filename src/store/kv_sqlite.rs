@@ -94,7 +94,7 @@ impl KeyValueStore for SqliteKvStore {
         let Some(fields) = fields else {
             return Ok(BTreeMap::new());
         };
-        serde_json::from_str(&fields).map_err(|e| StoreError::Rejected {
+        serde_json::from_str(&fields).map_err(|e| StoreError::Fault {
             store: STORE,
             reason: format!("hash `{key}` holds {fields:?}, not an object of strings: {e}"),
         })

@@ -25,7 +25,16 @@ use serde_json::Value;
 
 use crate::domain::Customer;
 
-/// Errors of a store.
+/// Errors of a store, by whose fault they are: that decides what happens next.
+///
+/// | variant | whose fault | S2 | HTTP API |
+/// |---|---|---|---|
+/// | `Unavailable` | nobody's: the store is down or busy | retries with backoff | `503` + `Retry-After` |
+/// | `Rejected` | the record's: it breaks a rule of the store | dead-letters that record | `422` |
+/// | `Fault` | ours or the operator's: a schema that does not fit, no permission, a bug | retries with backoff, logging what to fix | `500` |
+///
+/// A record is only ever rejected for what is wrong with the record, so a store that is
+/// set up wrong stops the pipeline (loudly) instead of dead-lettering good data.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached right now (refused, timeout, pool exhausted, I/O): retry.
@@ -44,49 +53,109 @@ pub enum StoreError {
         /// The driver's words.
         reason: String,
     },
+    /// The store failed for a reason that is not the data's: the schema does not match
+    /// what we expect, a permission is missing, stored data is not in the layout we read.
+    /// Someone has to fix the store; the same data then goes through.
+    #[error(
+        "{store} failed, and not because of the data (check the store's schema and permissions): {reason}"
+    )]
+    Fault {
+        /// Which store.
+        store: &'static str,
+        /// The driver's words.
+        reason: String,
+    },
+}
+
+/// Whose fault a driver error is; see [`StoreError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blame {
+    /// Nobody's: retry later.
+    Transient,
+    /// The record's.
+    Data,
+    /// The store's set-up, or ours.
+    Store,
 }
 
 impl StoreError {
-    /// True when retrying later may succeed.
+    /// True when retrying later may succeed by itself.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable { .. })
     }
 
-    /// Classifies a sqlx error: connection-level problems are transient, the rest rejections.
+    /// True when the record itself is at fault; the only errors that turn a record away.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, StoreError::Rejected { .. })
+    }
+
+    /// True when the same write should be tried again later rather than given up on:
+    /// an outage clears by itself, a fault once someone fixes the store.
+    pub fn is_retryable(&self) -> bool {
+        !self.is_rejection()
+    }
+
+    /// Classifies a sqlx error. Connection-level problems are transient; what the database
+    /// says is the record's fault ([`postgres_blame`], [`sqlite_blame`]) is rejected;
+    /// everything else (an unknown column, a value we cannot decode, a permission) is the
+    /// store's.
     pub(crate) fn from_sqlx(store: &'static str, e: sqlx::Error) -> Self {
-        let transient = match &e {
+        let blame = match &e {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => true,
+            | sqlx::Error::Protocol(_) => Blame::Transient,
+            sqlx::Error::Encode(_) => Blame::Data,
             sqlx::Error::Database(db) => {
-                // SQLite's BUSY/LOCKED (5, 6) and PostgreSQL's connection (08*), resource
-                // (53*), shutdown (57P*) and serialization (40*) classes clear up on their own.
                 let code = db.code().unwrap_or_default();
-                matches!(code.as_ref(), "5" | "6" | "517" | "261")
-                    || ["08", "53", "57P", "40"]
-                        .iter()
-                        .any(|p| code.starts_with(p))
+                let code = code.as_ref();
+                if code.len() == 5 {
+                    postgres_blame(code)
+                } else {
+                    sqlite_blame(code)
+                }
             }
-            _ => false,
+            _ => Blame::Store,
         };
-        Self::classified(store, transient, e)
+        Self::classified(store, blame, e)
     }
 
-    /// `Unavailable` when `transient`, else `Rejected`, with the driver's words as reason.
-    pub(crate) fn classified(
-        store: &'static str,
-        transient: bool,
-        e: impl std::fmt::Display,
-    ) -> Self {
+    /// The variant `blame` calls for, with the driver's words as reason.
+    pub(crate) fn classified(store: &'static str, blame: Blame, e: impl std::fmt::Display) -> Self {
         let reason = e.to_string();
-        if transient {
-            StoreError::Unavailable { store, reason }
-        } else {
-            StoreError::Rejected { store, reason }
+        match blame {
+            Blame::Transient => StoreError::Unavailable { store, reason },
+            Blame::Data => StoreError::Rejected { store, reason },
+            Blame::Store => StoreError::Fault { store, reason },
         }
+    }
+}
+
+/// PostgreSQL's SQLSTATE classes: connection (08), resource (53), shutdown (57P) and
+/// serialization (40) problems clear up on their own; a data exception (22) or an
+/// integrity constraint violation (23) is the record's fault.
+fn postgres_blame(sqlstate: &str) -> Blame {
+    if ["08", "53", "57P", "40"]
+        .iter()
+        .any(|p| sqlstate.starts_with(p))
+    {
+        Blame::Transient
+    } else if sqlstate.starts_with("22") || sqlstate.starts_with("23") {
+        Blame::Data
+    } else {
+        Blame::Store
+    }
+}
+
+/// SQLite's result codes (primary in the low byte): BUSY (5) and LOCKED (6) clear up on
+/// their own; TOOBIG (18), CONSTRAINT (19) and MISMATCH (20) are the record's fault.
+fn sqlite_blame(code: &str) -> Blame {
+    match code.parse::<u32>().map(|n| n & 0xff) {
+        Ok(5 | 6) => Blame::Transient,
+        Ok(18..=20) => Blame::Data,
+        _ => Blame::Store,
     }
 }
 
@@ -332,6 +401,26 @@ impl Stores {
             key_value,
         })
     }
+}
+
+/// A customer row of either SQL store. The original bookstore's table allows NULL names
+/// and e-mails; they are read as empty text, not as an error.
+pub(crate) fn customer_row<R>(store: &'static str, row: &R) -> StoreResult<Customer>
+where
+    R: sqlx::Row,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+{
+    let text = |column: &str| -> StoreResult<String> {
+        row.try_get::<Option<String>, _>(column)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| StoreError::from_sqlx(store, e))
+    };
+    Ok(Customer {
+        id: text("id")?,
+        name: text("name")?,
+        email: text("email")?,
+    })
 }
 
 /// Checks that a sqlx pool's database answers (`ping` of the SQL stores).

@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::{OpenError, Page, RelationalStore, StoreError, StoreResult, last_by_id, redact};
@@ -53,14 +52,6 @@ impl PostgresStore {
     }
 }
 
-fn customer(row: &sqlx::postgres::PgRow) -> Customer {
-    Customer {
-        id: row.get("id"),
-        name: row.get("name"),
-        email: row.get("email"),
-    }
-}
-
 #[async_trait]
 impl RelationalStore for PostgresStore {
     async fn upsert_customers(&self, customers: &[Customer]) -> StoreResult<()> {
@@ -91,7 +82,9 @@ impl RelationalStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(err)?;
-        Ok(row.as_ref().map(customer))
+        row.as_ref()
+            .map(|r| super::customer_row(STORE, r))
+            .transpose()
     }
 
     async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>> {
@@ -114,7 +107,7 @@ impl RelationalStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(customer).collect())
+        rows.iter().map(|r| super::customer_row(STORE, r)).collect()
     }
 
     async fn count_customers(&self) -> StoreResult<i64> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{KeyValueStore, KvWrite, OpenError, StoreError, StoreResult, redact};
+use super::{Blame, KeyValueStore, KvWrite, OpenError, StoreError, StoreResult, redact};
 
 const STORE: &str = "redis";
 /// Time allowed to connect at start before we report the server unreachable.
@@ -17,10 +17,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A reply slower than this counts as a lost connection; the batch is retried.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connection trouble is transient; any other error (`WRONGTYPE`: a key holds something
+/// else; `OOM`; `NOPERM`) is about the store's contents or set-up, never one record's.
 fn err(e: redis::RedisError) -> StoreError {
     let transient =
         e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped();
-    StoreError::classified(STORE, transient, e)
+    let blame = if transient {
+        Blame::Transient
+    } else {
+        Blame::Store
+    };
+    StoreError::classified(STORE, blame, e)
 }
 
 /// Escapes Redis glob characters so a prefix matches only itself.

@@ -36,14 +36,6 @@ impl SqliteStore {
     }
 }
 
-fn customer(row: &sqlx::sqlite::SqliteRow) -> Customer {
-    Customer {
-        id: row.get("id"),
-        name: row.get("name"),
-        email: row.get("email"),
-    }
-}
-
 #[async_trait]
 impl RelationalStore for SqliteStore {
     async fn upsert_customers(&self, customers: &[Customer]) -> StoreResult<()> {
@@ -73,7 +65,9 @@ impl RelationalStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(err)?;
-        Ok(row.as_ref().map(customer))
+        row.as_ref()
+            .map(|r| super::customer_row(STORE, r))
+            .transpose()
     }
 
     async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>> {
@@ -103,7 +97,7 @@ impl RelationalStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(customer).collect())
+        rows.iter().map(|r| super::customer_row(STORE, r)).collect()
     }
 
     async fn count_customers(&self) -> StoreResult<i64> {

@@ -684,9 +684,12 @@ async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
             .is_some()
     );
     assert_eq!(
-        routing::order_from_hash(&stores.key_value.hgetall("order:o-seed").await.unwrap())
-            .unwrap()
-            .quantity,
+        routing::order_from_hash(
+            "o-seed",
+            &stores.key_value.hgetall("order:o-seed").await.unwrap()
+        )
+        .unwrap()
+        .quantity,
         2
     );
     assert_eq!(stores.relational.count_customers().await.unwrap(), 21);
@@ -705,6 +708,148 @@ async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
     let stats = bus.stats(&Topics::default().all(), &[]).await.unwrap();
     assert_eq!(stats["customers.dlq"].published, 4);
     assert_eq!(stats["orders.dlq"].published, 2);
+}
+
+/// A fixture of `tests/fixtures/seed`: what the original programs send.
+fn seed_fixture(name: &str) -> Value {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/seed/{name}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// What the original pub/sub producer publishes — bare JSON, no key, no headers, orders
+/// timed by `time.time()` — is stored, and read back in the canonical time form by the
+/// stores and `livros get`; times that cannot be right are dead-lettered with the reason.
+async fn the_originals_messages_are_stored(backends: Backends) {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = backends.bus(dir.path()).await;
+    let topic = |entity| backends.topics.entity(routing::route_of(entity));
+    let bare = |entity, payload: &Value| Record {
+        topic: topic(entity),
+        key: None,
+        headers: vec![],
+        payload: serde_json::to_vec(payload).unwrap(),
+    };
+    let (customer, book, order) = (
+        seed_fixture("customer"),
+        seed_fixture("book"),
+        seed_fixture("order"),
+    );
+    let order_with = |id: &str, timestamp: Value| {
+        let mut o = order.clone();
+        o["id"] = id.into();
+        o["timestamp"] = timestamp;
+        o
+    };
+    let refused = [
+        order_with("o-millis", serde_json::json!(1795449989113_i64)),
+        order_with("o-negative", serde_json::json!(-1.5)),
+    ];
+    let mut records = vec![
+        bare(Entity::Customer, &customer),
+        bare(Entity::Book, &book),
+        bare(Entity::Order, &order),
+        bare(
+            Entity::Order,
+            &order_with("o-int", serde_json::json!(1795449989)),
+        ),
+        bare(
+            Entity::Order,
+            &order_with("o-iso", serde_json::json!("2026-11-23T16:06:29.1136")),
+        ),
+    ];
+    records.extend(refused.iter().map(|o| bare(Entity::Order, o)));
+    bus.publish(&records).await.unwrap();
+
+    run_ok(livros(dir.path(), &backends).args([
+        "up",
+        "--count",
+        "0",
+        "--quiet",
+        "--reference-grace-ms",
+        "300",
+    ]));
+
+    let stores = Stores::open(dir.path(), &backends.config).await.unwrap();
+    let read = |id: &str| {
+        let stores = stores.clone();
+        let id = id.to_string();
+        async move {
+            routing::order_from_hash(
+                &id,
+                &stores
+                    .key_value
+                    .hgetall(&routing::order_key(&id))
+                    .await
+                    .unwrap(),
+            )
+            .unwrap_or_else(|| panic!("order {id} stored"))
+        }
+    };
+    let first = read(order["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (first.quantity, first.timestamp.as_str()),
+        (3, "2026-11-23T16:06:29.113600Z")
+    );
+    assert_eq!(read("o-int").await.timestamp, "2026-11-23T16:06:29.000000Z");
+    assert_eq!(read("o-iso").await.timestamp, "2026-11-23T16:06:29.113600Z");
+    let out =
+        run_ok(livros(dir.path(), &backends).args(["get", "order", order["id"].as_str().unwrap()]));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["timestamp"], "2026-11-23T16:06:29.113600Z");
+    assert!(
+        stores
+            .document
+            .get(BOOKS_COLLECTION, book["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let dlq = routing::dlq_topic(&topic(Entity::Order));
+    let mut inspector = bus
+        .subscribe("inspector", std::slice::from_ref(&dlq), StartFrom::Earliest)
+        .await
+        .unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..50 {
+        dead.extend(
+            inspector
+                .poll(100, Duration::from_millis(100))
+                .await
+                .unwrap(),
+        );
+        if dead.len() >= refused.len() {
+            break;
+        }
+    }
+    assert_eq!(dead.len(), refused.len(), "{dead:#?}");
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|m| m.header("dlq.reason").unwrap_or_default())
+        .collect();
+    for says in ["milliseconds", "negative"] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("timestamp") && r.contains(says)),
+            "{reasons:?}"
+        );
+    }
+    backends.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_originals_messages_are_stored_embedded() {
+    the_originals_messages_are_stored(Backends::embedded()).await;
+}
+
+#[tokio::test]
+async fn the_originals_messages_are_stored_postgres_mongodb_and_redis() {
+    let Some(backends) = Backends::real().await else {
+        return;
+    };
+    the_originals_messages_are_stored(backends).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,292 @@
+//! Reading values the way the seeds' programs write them.
+//!
+//! The originals are Python: a timestamp is whatever `time.time()` or `isoformat()` gave,
+//! a quantity may arrive as `2` or `"2"`, and what they left in Redis is all strings. The
+//! rule is that what the originals send is accepted; these readers say exactly how, and
+//! refuse the rest with a reason a person can act on. They name no entity: every system's
+//! parser uses them.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde_json::Value;
+
+/// Earliest accepted time, in Unix seconds: 1970-01-01T00:00:00Z.
+pub const MIN_UNIX_SECONDS: i64 = 0;
+/// First refused time, in Unix seconds: 2200-01-01T00:00:00Z. Anything later is a unit
+/// mistake or garbage, not an order placed in the future.
+pub const MAX_UNIX_SECONDS: i64 = 7_258_118_400;
+/// From here on, a number of "seconds" is almost surely milliseconds (1e11 ms is 1973).
+const LOOKS_LIKE_MILLIS: f64 = 1e11;
+
+/// Longest text accepted as a time: the longest RFC 3339 form with nanoseconds is 35.
+pub const MAX_TIME_TEXT: usize = 64;
+
+/// The accepted range, as the refusals state it.
+pub const TIME_RANGE: &str =
+    "1970-01-01T00:00:00Z to 2200-01-01T00:00:00Z (Unix seconds 0 to 7258118400)";
+
+/// The JSON type of `v`, for error messages (`a number`, `a string`…).
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Reads a point in time: an RFC 3339 / ISO 8601 string (a naive one, like Python's
+/// `datetime.now().isoformat()`, is read as UTC; a space may stand for the `T`), or Unix
+/// seconds as a JSON number (integer or fraction, like `time.time()`) or as the text of
+/// one (what the originals left in Redis). Kept to the microsecond.
+///
+/// Refused, with the reason: other types, text that is neither, negative numbers, numbers
+/// that look like milliseconds, and any time outside [`TIME_RANGE`].
+pub fn timestamp(value: &Value) -> Result<DateTime<Utc>, String> {
+    let t = match value {
+        Value::Number(n) => unix_seconds(&n.to_string())?,
+        Value::String(s) if s.len() > MAX_TIME_TEXT => {
+            return Err(format!(
+                "longer than {MAX_TIME_TEXT} characters: send RFC 3339 / ISO 8601 text (e.g. `2024-05-01T10:00:00Z`) or Unix seconds as a number"
+            ));
+        }
+        Value::String(s) => {
+            let s = s.trim();
+            if is_decimal(s) {
+                unix_seconds(s)?
+            } else {
+                iso(s).ok_or_else(|| {
+                    format!(
+                        "`{s}` is not a date-time: send RFC 3339 / ISO 8601 text (e.g. `2024-05-01T10:00:00Z`) or Unix seconds as a number"
+                    )
+                })?
+            }
+        }
+        other => {
+            return Err(format!(
+                "expected an ISO 8601 date-time or Unix seconds, found {}",
+                json_type(other)
+            ));
+        }
+    };
+    let seconds = t.timestamp();
+    if (MIN_UNIX_SECONDS..MAX_UNIX_SECONDS).contains(&seconds) {
+        Ok(t)
+    } else {
+        Err(format!(
+            "{} is outside the accepted range, {TIME_RANGE}",
+            format_timestamp(&t)
+        ))
+    }
+}
+
+/// The one form every time is stored and answered in: RFC 3339 in UTC with microseconds,
+/// `2024-05-01T10:00:00.000000Z`. Every engine stores the same text for the same instant,
+/// whatever form it came in.
+pub fn format_timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Reads a whole number: a JSON integer, a number with no fraction (`2.0`), or the text
+/// of one (`"2"`). Anything else is refused with the reason.
+pub fn whole_number(value: &Value) -> Result<i64, String> {
+    match value {
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Ok(i)
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+                    _ => Err(format!("`{n}` is not a whole number")),
+                }
+            }
+        }
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| format!("`{s}` is not a whole number")),
+        other => Err(format!("expected a number, found {}", json_type(other))),
+    }
+}
+
+/// The first field name, at any depth, that holds a NUL character: BSON (MongoDB) keeps
+/// names as C strings and cannot store it, so such a record is refused up front on every
+/// engine alike.
+pub fn nul_field_name(map: &serde_json::Map<String, Value>) -> Option<String> {
+    fn walk(value: &Value) -> Option<String> {
+        match value {
+            Value::Object(map) => nul_field_name(map),
+            Value::Array(items) => items.iter().find_map(walk),
+            _ => None,
+        }
+    }
+    map.iter().find_map(|(name, value)| {
+        if name.contains('\0') {
+            Some(name.clone())
+        } else {
+            walk(value)
+        }
+    })
+}
+
+/// Digits with at most one decimal point, optionally signed: the text of a JSON number
+/// without an exponent.
+fn is_decimal(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && digits.chars().filter(|c| *c == '.').count() <= 1
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.chars().any(|c| c.is_ascii_digit())
+}
+
+/// Unix seconds from the text of a number, to the microsecond (rounded half up). The
+/// text is read as decimal digits, not through a float, so `1795449989.1135995` keeps
+/// what its sender wrote.
+fn unix_seconds(text: &str) -> Result<DateTime<Utc>, String> {
+    let as_float: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if as_float < 0.0 {
+        return Err(format!(
+            "{text} is negative; send Unix seconds from {TIME_RANGE}"
+        ));
+    }
+    if as_float >= LOOKS_LIKE_MILLIS {
+        return Err(format!(
+            "{text} looks like milliseconds since 1970; send Unix seconds (divide by 1000), from {TIME_RANGE}"
+        ));
+    }
+    if as_float >= MAX_UNIX_SECONDS as f64 {
+        return Err(format!(
+            "{text} is outside the accepted range, {TIME_RANGE}"
+        ));
+    }
+    let (seconds, micros) = if is_decimal(text) {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let whole: i64 = if whole.is_empty() {
+            0
+        } else {
+            whole
+                .parse()
+                .map_err(|_| format!("`{text}` is not a number of seconds"))?
+        };
+        let mut digits = fraction.bytes().map(|b| i64::from(b - b'0'));
+        let mut micros = 0;
+        for _ in 0..6 {
+            micros = micros * 10 + digits.next().unwrap_or(0);
+        }
+        if digits.next().unwrap_or(0) >= 5 {
+            micros += 1;
+        }
+        (whole, micros)
+    } else {
+        // An exponent (`1.7e9`): the float is as exact as the sender's text allows.
+        let whole = as_float.floor();
+        (whole as i64, ((as_float - whole) * 1e6).round() as i64)
+    };
+    let t = DateTime::from_timestamp(seconds, 0)
+        .and_then(|t| t.checked_add_signed(chrono::TimeDelta::microseconds(micros)))
+        .ok_or_else(|| format!("{text} is outside the accepted range, {TIME_RANGE}"))?;
+    Ok(t)
+}
+
+/// An RFC 3339 time, or a naive ISO 8601 one read as UTC (`T` or a space between date
+/// and time, as Python's `isoformat()` and `str(datetime)` write them).
+fn iso(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .map(|t| t.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canonical(v: Value) -> Result<String, String> {
+        timestamp(&v).map(|t| format_timestamp(&t))
+    }
+
+    #[test]
+    fn every_form_the_originals_send_is_one_instant() {
+        // `time.time()` of the original S1s, as JSON and as the text they left in Redis.
+        assert_eq!(
+            canonical(json!(1795449989.1135995)).unwrap(),
+            "2026-11-23T16:06:29.113600Z"
+        );
+        assert_eq!(
+            canonical(json!("1795449989.1135995")).unwrap(),
+            "2026-11-23T16:06:29.113600Z"
+        );
+        assert_eq!(
+            canonical(json!(1795449989)).unwrap(),
+            "2026-11-23T16:06:29.000000Z"
+        );
+        // ISO text: with an offset, naive (UTC), with a space, with microseconds.
+        for text in [
+            "2026-11-23T16:06:29.1136Z",
+            "2026-11-23T13:06:29.1136-03:00",
+            "2026-11-23T16:06:29.113600",
+            "2026-11-23 16:06:29.1136",
+        ] {
+            assert_eq!(
+                canonical(json!(text)).unwrap(),
+                "2026-11-23T16:06:29.113600Z",
+                "{text}"
+            );
+        }
+        assert_eq!(
+            canonical(json!(1.7954499891135995e9)).unwrap(),
+            "2026-11-23T16:06:29.113600Z"
+        );
+        assert_eq!(canonical(json!(0)).unwrap(), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn refusals_say_why_and_give_the_range() {
+        let millis = canonical(json!(1795449989113_i64)).unwrap_err();
+        assert!(millis.contains("milliseconds"), "{millis}");
+        let negative = canonical(json!(-1)).unwrap_err();
+        assert!(
+            negative.contains("negative") && negative.contains("1970"),
+            "{negative}"
+        );
+        let far = canonical(json!(8e9)).unwrap_err();
+        assert!(far.contains(TIME_RANGE), "{far}");
+        let text_far = canonical(json!("2300-01-01T00:00:00Z")).unwrap_err();
+        assert!(text_far.contains(TIME_RANGE), "{text_far}");
+        let old = canonical(json!("1969-12-31T23:59:59Z")).unwrap_err();
+        assert!(old.contains(TIME_RANGE), "{old}");
+        assert!(
+            canonical(json!("yesterday"))
+                .unwrap_err()
+                .contains("not a date-time")
+        );
+        assert!(canonical(json!(true)).unwrap_err().contains("a boolean"));
+        assert!(canonical(json!("1.2.3")).is_err());
+        assert!(
+            canonical(json!("0".repeat(65)))
+                .unwrap_err()
+                .contains("longer than 64")
+        );
+    }
+
+    #[test]
+    fn whole_numbers_from_numbers_and_text() {
+        assert_eq!(whole_number(&json!(2)), Ok(2));
+        assert_eq!(whole_number(&json!(2.0)), Ok(2));
+        assert_eq!(whole_number(&json!(" 2 ")), Ok(2));
+        assert!(whole_number(&json!(2.5)).unwrap_err().contains("whole"));
+        assert!(whole_number(&json!("two")).unwrap_err().contains("whole"));
+        assert!(whole_number(&json!([2])).unwrap_err().contains("an array"));
+    }
+}
