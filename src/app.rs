@@ -1,6 +1,7 @@
-//! Wiring: opens the bus and stores a configuration names and runs the services together
-//! (`livros up`) or alone (`livros s1|s2|s3`). The binary parses flags into [`Settings`];
-//! tests and the benchmark call these functions directly.
+//! Wiring: opens the bus and stores a configuration names and runs the systems' services
+//! together (`livros up`) or alone (`livros s1|s2|s3`). The binary parses flags into
+//! [`Settings`]; tests and the benchmarks call these functions directly. Nothing here
+//! names a system's entities: each [`System`] says what it runs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,13 +12,30 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ApiConfig;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::kafka::{KafkaBus, KafkaConfig};
-use crate::bus::{Bus, BusError};
-use crate::routing::{self, Router, Topics};
-use crate::services::s1::{S1Config, S1Report};
-use crate::services::s2::S2Config;
+use crate::bus::{Bus, BusError, Topics};
+use crate::services::s2::{ConsumerSpec, S2Config};
 use crate::services::s3::S3Config;
-use crate::services::{Counters, ServiceError, s1, s2, s3};
+use crate::services::{Counters, ServiceError, s2, s3};
 use crate::store::{OpenError, StoreConfig, Stores};
+use crate::systems::{GenConfig, Sent, System};
+
+/// The systems a process runs (all of them by default; `--systems` picks).
+#[derive(Clone)]
+pub struct Systems(pub Vec<Arc<dyn System>>);
+
+impl Default for Systems {
+    fn default() -> Self {
+        Self(crate::systems::all())
+    }
+}
+
+impl std::fmt::Debug for Systems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|s| s.name()))
+            .finish()
+    }
+}
 
 /// Where everything lives and how the services behave.
 #[derive(Debug, Clone)]
@@ -42,8 +60,10 @@ pub struct Settings {
     pub kafka: Option<KafkaConfig>,
     /// Topic names (a prefix lets deployments share a Kafka cluster).
     pub topics: Topics,
-    /// The HTTP API's settings (where it listens is decided by the caller, who binds).
+    /// The HTTP APIs' settings (where each listens is decided by the caller, who binds).
     pub api: ApiConfig,
+    /// The systems to run.
+    pub systems: Systems,
 }
 
 impl Settings {
@@ -58,10 +78,11 @@ impl Settings {
             s2: S2Config::default(),
             s3_group: crate::services::S3_GROUP.into(),
             google_books_key: None,
-            google_books_url: crate::catalog::GOOGLE_BOOKS_URL.into(),
+            google_books_url: crate::systems::bookstore::catalog::GOOGLE_BOOKS_URL.into(),
             kafka: None,
             topics: Topics::default(),
             api: ApiConfig::default(),
+            systems: Systems::default(),
         }
     }
 }
@@ -80,12 +101,32 @@ pub enum AppError {
     Service(#[from] ServiceError),
 }
 
-/// Opens the bus the settings name, creating every topic the system uses.
+impl Settings {
+    /// Every topic of every system run, dead-letter topics included.
+    pub fn all_topics(&self) -> Vec<String> {
+        self.systems
+            .0
+            .iter()
+            .flat_map(|s| s.topics(&self.topics))
+            .collect()
+    }
+
+    /// The consumers S2 runs for every system, over `stores`.
+    pub fn consumers(&self, stores: &Stores) -> Vec<ConsumerSpec> {
+        self.systems
+            .0
+            .iter()
+            .flat_map(|s| s.consumers(stores, self))
+            .collect()
+    }
+}
+
+/// Opens the bus the settings name, creating every topic the systems use.
 ///
 /// Kafka brokers that do not answer are waited for, with backoff and a log line per
 /// attempt (a cluster often starts after its clients); the embedded bus fails at once.
 pub async fn open_bus(settings: &Settings) -> Result<Arc<dyn Bus>, AppError> {
-    let topics = settings.topics.all();
+    let topics = settings.all_topics();
     let Some(kafka) = &settings.kafka else {
         let bus = EmbeddedBus::open(&settings.data_dir).await?;
         bus.ensure_topics(&topics, settings.partitions).await?;
@@ -106,26 +147,18 @@ pub async fn open_bus(settings: &Settings) -> Result<Arc<dyn Bus>, AppError> {
     Ok(Arc::new(bus))
 }
 
-/// Opens the stores the settings name.
+/// Opens the stores the settings name, with every system's tables (a store is shared, and
+/// its schema should not depend on which systems one process happens to run).
 pub async fn open_stores(settings: &Settings) -> Result<Stores, AppError> {
-    Ok(Stores::open(&settings.data_dir, &settings.stores).await?)
+    Ok(crate::systems::open_stores(&settings.data_dir, &settings.stores).await?)
 }
 
 /// Lines saying where each kind of data goes, for the start of `up` and `s2`.
 pub fn describe(bus: &dyn Bus, stores: Option<&Stores>, settings: &Settings) -> Vec<String> {
     let mut lines = vec![format!("bus: {}", bus.describe())];
     if let Some(stores) = stores {
-        for route in routing::ROUTES {
-            let store = match route.store {
-                routing::StoreKind::Relational => stores.relational.describe(),
-                routing::StoreKind::Document => stores.document.describe(),
-                routing::StoreKind::KeyValue => stores.key_value.describe(),
-            };
-            lines.push(format!(
-                "{:<9} → {} store: {store}",
-                settings.topics.entity(route),
-                route.store.name()
-            ));
+        for system in &settings.systems.0 {
+            lines.extend(system.describe(stores, &settings.topics));
         }
     }
     lines.push(format!("audit log: {}", settings.audit_log.display()));
@@ -135,8 +168,8 @@ pub fn describe(bus: &dyn Bus, stores: Option<&Stores>, settings: &Settings) -> 
 /// What a run of the whole pipeline did.
 #[derive(Debug, Clone, Default)]
 pub struct UpReport {
-    /// What S1 sent.
-    pub sent: S1Report,
+    /// What each system's S1 sent, by system name.
+    pub sent: Vec<(&'static str, Sent)>,
     /// Messages S2 stored.
     pub stored: u64,
     /// Messages S2 dead-lettered.
@@ -153,13 +186,15 @@ pub struct Pipeline {
     pub shutdown: CancellationToken,
     /// Running totals.
     pub counters: Arc<Counters>,
-    /// The router S2 uses (for its store timings).
-    pub router: Option<Router>,
+    /// The consumers S2 runs (empty when it does not run).
+    pub consumers: Vec<ConsumerSpec>,
+    stores: Option<Stores>,
     tasks: tokio::task::JoinSet<Result<(), ServiceError>>,
 }
 
 impl Pipeline {
-    /// Starts S2 (when `stores` is given) and S3 (when `with_s3`) in the background.
+    /// Starts S2 (when `stores` is given) and S3 (when `with_s3`) in the background, for
+    /// the settings' systems.
     pub fn start(
         bus: Arc<dyn Bus>,
         stores: Option<Stores>,
@@ -167,19 +202,33 @@ impl Pipeline {
         settings: &Settings,
         print_events: bool,
     ) -> Self {
+        let consumers = stores
+            .as_ref()
+            .map(|stores| settings.consumers(stores))
+            .unwrap_or_default();
+        Self::start_with(bus, stores, consumers, with_s3, settings, print_events)
+    }
+
+    /// [`Pipeline::start`] with these consumers (a benchmark keeps hold of its handlers).
+    pub fn start_with(
+        bus: Arc<dyn Bus>,
+        stores: Option<Stores>,
+        consumers: Vec<ConsumerSpec>,
+        with_s3: bool,
+        settings: &Settings,
+        print_events: bool,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let mut tasks = tokio::task::JoinSet::new();
-        let router = stores.map(Router::new);
-        if let Some(router) = &router {
+        if stores.is_some() {
             let config = S2Config {
                 print_events,
-                topics: settings.topics.clone(),
                 ..settings.s2.clone()
             };
             tasks.spawn(s2::run(
                 bus.clone(),
-                router.clone(),
+                consumers.clone(),
                 config,
                 counters.clone(),
                 shutdown.clone(),
@@ -189,7 +238,7 @@ impl Pipeline {
             let config = S3Config {
                 group: settings.s3_group.clone(),
                 log_path: settings.audit_log.clone(),
-                topics: settings.topics.all(),
+                topics: settings.all_topics(),
                 batch_size: settings.s2.batch_size,
                 print_events,
             };
@@ -203,16 +252,23 @@ impl Pipeline {
         Self {
             shutdown,
             counters,
-            router,
+            consumers,
+            stores,
             tasks,
         }
     }
 
-    /// Serves the HTTP API on `listener` over S2's stores, until the pipeline stops.
-    /// Without stores (an S3-only pipeline) there is nothing to serve and this does nothing.
-    pub fn serve_http(&mut self, listener: tokio::net::TcpListener, config: ApiConfig) {
-        let Some(router) = &self.router else { return };
-        let app = crate::api::app(router.clone(), config);
+    /// Serves `system`'s HTTP API on `listener` over S2's stores, until the pipeline
+    /// stops. Without stores (an S3-only pipeline) there is nothing to serve.
+    pub fn serve_http(
+        &mut self,
+        system: &dyn System,
+        bus: Arc<dyn Bus>,
+        listener: tokio::net::TcpListener,
+        settings: &Settings,
+    ) {
+        let Some(stores) = &self.stores else { return };
+        let app = system.http(stores, bus, settings, settings.api.clone());
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
             crate::api::serve(listener, app, shutdown)
@@ -248,9 +304,9 @@ impl Pipeline {
 
     /// Waits until S2 and then S3 have committed everything published so far.
     pub async fn drain_all(&mut self, bus: &dyn Bus, settings: &Settings) -> Result<(), AppError> {
-        self.drain(|| s2::lag(bus, &settings.s2.group, &settings.topics))
-            .await?;
-        let all = settings.topics.all();
+        let consumers = self.consumers.clone();
+        self.drain(|| s2::lag(bus, &consumers)).await?;
+        let all = settings.all_topics();
         self.drain(|| bus.lag(&settings.s3_group, &all)).await
     }
 
@@ -290,24 +346,25 @@ impl Pipeline {
     }
 }
 
-/// Runs S1, S2 and S3 in this process, and S2's HTTP API when given a listener. With
-/// `s1.count`, returns once every message S1 sent has been stored (or dead-lettered) and
-/// logged; otherwise runs until `stop_signal`. On `stop_signal`, S1 stops between events,
-/// S2 and S3 finish the batch they are on, and the API the requests in flight.
+/// Runs every system's S1, S2 and S3 in this process, and each system's HTTP API on the
+/// listener given for it. With `generate.count`, returns once every message each S1 sent
+/// has been stored (or dead-lettered) and logged; otherwise runs until `stop_signal`. On
+/// `stop_signal`, the S1s stop between events, S2 and S3 finish the batch they are on,
+/// and the APIs the requests in flight.
 pub async fn up(
     bus: Arc<dyn Bus>,
     stores: Stores,
     settings: &Settings,
-    s1_config: S1Config,
-    http: Option<tokio::net::TcpListener>,
+    generate: GenConfig,
+    http: Vec<(Arc<dyn System>, tokio::net::TcpListener)>,
     stop_signal: impl std::future::Future<Output = ()> + Send + 'static,
     on_start: impl FnOnce(&Arc<Counters>),
 ) -> Result<UpReport, AppError> {
     let started = Instant::now();
-    let print_events = s1_config.print_events;
+    let print_events = generate.print_events;
     let mut pipeline = Pipeline::start(bus.clone(), Some(stores), true, settings, print_events);
-    if let Some(listener) = http {
-        pipeline.serve_http(listener, settings.api.clone());
+    for (system, listener) in http {
+        pipeline.serve_http(&*system, bus.clone(), listener, settings);
     }
     on_start(&pipeline.counters);
     let shutdown = pipeline.shutdown.clone();
@@ -318,20 +375,24 @@ pub async fn up(
             shutdown.cancel();
         })
     };
-    let (books, source) = crate::catalog::load(
-        settings.google_books_key.as_deref(),
-        &settings.google_books_url,
-    )
-    .await;
-    tracing::info!("{source}");
-    let sent = s1::run(
-        bus.clone(),
-        books,
-        s1_config,
-        pipeline.counters.clone(),
-        shutdown.clone(),
-    )
-    .await;
+    let generators = settings.systems.0.iter().map(|system| {
+        let (bus, counters, shutdown, config) = (
+            bus.clone(),
+            pipeline.counters.clone(),
+            shutdown.clone(),
+            generate.clone(),
+        );
+        async move {
+            let sent = system
+                .generate(bus, settings, config, counters, shutdown)
+                .await?;
+            Ok::<_, ServiceError>((system.name(), sent))
+        }
+    });
+    let sent: Result<Vec<_>, ServiceError> = futures::future::join_all(generators)
+        .await
+        .into_iter()
+        .collect();
     let drained = match sent {
         Ok(_) if !shutdown.is_cancelled() => {
             let drained = pipeline.drain_all(&*bus, settings);

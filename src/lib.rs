@@ -5,31 +5,30 @@
 //!
 //! # Layout
 //!
-//! - [`routing`]: **the routing table** — which entity goes to which store — and the
-//!   [`routing::Router`] that applies it to batches of messages.
-//! - [`domain`]: the entities and the one place that decides whether a message is valid.
-//! - [`envelope`]: the CloudEvents-style envelope S1 wraps events in.
-//! - [`bus`]: the `Bus` trait (Kafka's model) and its implementations.
-//! - [`store`]: one trait per kind of store (relational, document, key-value) and one module
-//!   per implementation (embedded SQLite files, PostgreSQL, Redis).
-//! - [`services`]: S1 (producer), S2 (router into the stores), S3 (audit log).
-//! - [`catalog`]: S1's books: the Google Books API, or the offline catalogue.
-//! - [`api`]: S2's REST API (seed 2): the routing table over HTTP, OpenAPI, docs UI.
-//! - [`app`]: wiring — opens what the settings name and runs the services.
-//! - [`bench`]: `livros bench`.
-//! - [`wire`]: reading values the way the seeds' programs write them (times, numbers).
+//! The systems, one folder each ([`systems`]), on one core that names no entity:
+//!
+//! - [`systems`]: the bookstore (seeds 1 and 2), each with its entities, **routing table**,
+//!   handlers, HTTP routes, generator and migrations; [`systems::System`] is what the core
+//!   needs of one.
+//! - [`bus`]: the `Bus` trait (Kafka's model), topic names, and its implementations.
+//! - [`store`]: one trait per kind of store (relational SQL, documents, key-value) and one
+//!   module per implementation (embedded SQLite files, PostgreSQL, MongoDB, Redis).
+//! - [`services`]: the consumer runtime (S2: poll → handler → dead letters → commit) and
+//!   the audit log (S3).
+//! - [`api`]: HTTP plumbing every system's API uses: errors, body extractor, bearer token,
+//!   paging, health, docs, bind and serve.
+//! - [`app`]: wiring — opens what the settings name and runs the systems.
+//! - [`wire`]: reading records the way the seeds' programs write them (ids, texts, times).
+//! - [`envelope`]: the CloudEvents-style envelope generators wrap events in.
 //! - [`retry`], [`sqlite`]: backoff, and SQLite plumbing shared by the embedded parts.
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod bus;
-pub mod catalog;
-pub mod domain;
 pub mod envelope;
 pub mod retry;
-pub mod routing;
 pub mod services;
 pub mod sqlite;
 pub mod store;
+pub mod systems;
 pub mod wire;

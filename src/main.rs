@@ -8,24 +8,28 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use livros::app::{self, Settings};
-use livros::routing::{self, BOOKS_COLLECTION, Entity};
-use livros::services::s1::S1Config;
-use livros::services::s1_http::HttpTarget;
-use livros::services::{Counters, s2};
-use livros::store::{Page, StoreConfig, book_filters};
+use livros::app::{self, Settings, Systems};
+use livros::bus::Topics;
+use livros::services::Counters;
+use livros::store::{Page, StoreConfig};
+use livros::systems::bookstore::catalog::book_filters;
+use livros::systems::bookstore::client::HttpTarget;
+use livros::systems::bookstore::generator::S1Config;
+use livros::systems::bookstore::routing::BOOKS_COLLECTION;
+use livros::systems::{GenConfig, GetError, System};
 
 // mimalloc: the pipeline allocates many small buffers across threads, where glibc's
 // allocator showed up as a quarter of the CPU profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Livros & Dados: an online bookstore on polyglot persistence.
+/// Livros & Dados: polyglot persistence over a message bus.
 ///
-/// S1 generates customers, books and orders and publishes them on a message bus; S2 stores
-/// customers in a relational store, books in a document store and orders in a key-value
-/// store; S3 appends every message to an audit log. With no URLs given, everything runs
-/// embedded under --data-dir: no servers needed.
+/// Each system's S1 generates events and publishes them on a message bus; S2 stores each
+/// kind of data in the store that suits it (the bookstore: customers in a relational store,
+/// books in a document store, orders in a key-value store); S3 appends every message to an
+/// audit log. With no URLs given, everything runs embedded under --data-dir: no servers
+/// needed.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -112,6 +116,10 @@ struct Global {
     #[arg(long, env = "LIVROS_API_TOKEN", global = true, hide_env_values = true)]
     api_token: Option<String>,
 
+    /// The systems to run, comma-separated (e.g. `bookstore`). Default: every system.
+    #[arg(long, env = "LIVROS_SYSTEMS", global = true, value_parser = parse_systems)]
+    systems: Option<SystemsArg>,
+
     /// Google Books API key; without it (or when the API is unreachable) S1 uses the
     /// offline catalogue.
     #[arg(
@@ -121,6 +129,18 @@ struct Global {
         hide_env_values = true
     )]
     google_books_api_key: Option<String>,
+}
+
+/// The systems `--systems` names.
+#[derive(Clone)]
+struct SystemsArg(Vec<Arc<dyn System>>);
+
+fn parse_systems(s: &str) -> Result<SystemsArg, String> {
+    let systems = livros::systems::named(s)?;
+    if systems.is_empty() {
+        return Err("name at least one system".into());
+    }
+    Ok(SystemsArg(systems))
 }
 
 #[derive(Args, Clone)]
@@ -158,25 +178,45 @@ struct ConsumeArgs {
     s3_group: String,
 }
 
-/// Where S2's HTTP API listens: an address, or `off`.
-#[derive(Clone, Copy, Debug)]
-struct Listen(Option<std::net::SocketAddr>);
+/// Where the systems' HTTP APIs listen: `off`, one address (`127.0.0.1:5000`; port 0 gives
+/// every system a free port of its own), or `system=address` pairs.
+#[derive(Clone, Debug)]
+enum Listen {
+    Off,
+    One(std::net::SocketAddr),
+    Each(Vec<(String, Listen)>),
+}
 
 fn parse_listen(s: &str) -> Result<Listen, String> {
-    if s.eq_ignore_ascii_case("off") {
-        return Ok(Listen(None));
+    let one = |s: &str| -> Result<Listen, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse().map(Listen::One).map_err(|_| {
+            format!("`{s}` is not an address like 127.0.0.1:5000 (or `off` to serve no HTTP API)")
+        })
+    };
+    if !s.contains('=') {
+        return one(s.trim());
     }
-    s.parse().map(|a| Listen(Some(a))).map_err(|_| {
-        format!("`{s}` is not an address like 127.0.0.1:5000 (or `off` to serve no HTTP API)")
-    })
+    s.split(',')
+        .map(|pair| {
+            let (system, addr) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` is not `system=address`"))?;
+            Ok((system.trim().to_string(), one(addr.trim())?))
+        })
+        .collect::<Result<_, _>>()
+        .map(Listen::Each)
 }
 
 #[derive(Args, Clone)]
 struct HttpArgs {
-    /// Where S2's HTTP API listens (seed 2's REST API; OpenAPI at /openapi.json, docs at
-    /// /docs). Port 0 picks a free port; `off` serves no API.
-    #[arg(long, env = "LIVROS_HTTP", default_value = "127.0.0.1:5000", value_parser = parse_listen)]
-    http: Listen,
+    /// Where the HTTP APIs listen (OpenAPI at /openapi.json, docs at /docs): `off`; one
+    /// address for a single system, or port 0 for a free port each; or pairs
+    /// `bookstore=127.0.0.1:5000,…`. Default: each system's seed port (bookstore :5000).
+    #[arg(long, env = "LIVROS_HTTP", value_parser = parse_listen)]
+    http: Option<Listen>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -253,8 +293,8 @@ enum Command {
     },
     /// Print a stored record as JSON, read from its store.
     Get {
-        /// What to read.
-        entity: EntityArg,
+        /// What to read: `customer`, `book` or `order` (bookstore).
+        kind: String,
         /// Its id.
         id: String,
     },
@@ -305,13 +345,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum EntityArg {
-    Customer,
-    Book,
-    Order,
-}
-
 impl Global {
     fn settings(&self, consume: Option<&ConsumeArgs>) -> Settings {
         let mut s = Settings::embedded(&self.data_dir);
@@ -321,15 +354,22 @@ impl Global {
             redis_prefix: self.redis_prefix.clone(),
             mongodb_url: self.mongodb_url.clone(),
             mongodb_database: Some(self.mongodb_database.clone()),
-            mongodb_books_collection: Some(self.mongodb_books_collection.clone()),
+            mongodb_collections: [(
+                BOOKS_COLLECTION.to_string(),
+                self.mongodb_books_collection.clone(),
+            )]
+            .into(),
         };
+        if let Some(systems) = &self.systems {
+            s.systems = Systems(systems.0.clone());
+        }
         s.partitions = self.partitions;
         if let Some(log) = &self.audit_log {
             s.audit_log = log.clone();
         }
         s.google_books_key = self.google_books_api_key.clone();
         s.api.token = self.api_token.clone().filter(|t| !t.is_empty());
-        s.topics = livros::routing::Topics::new(self.topic_prefix.clone());
+        s.topics = Topics::new(self.topic_prefix.clone());
         s.kafka = self
             .kafka_brokers
             .clone()
@@ -350,42 +390,77 @@ impl Global {
     }
 }
 
-fn s1_config(p: &ProduceArgs, o: &OutputArgs, settings: &Settings) -> anyhow::Result<S1Config> {
+fn gen_config(p: &ProduceArgs, o: &OutputArgs) -> anyhow::Result<GenConfig> {
     anyhow::ensure!(
         p.rate >= 0.0 && p.rate.is_finite(),
         "--rate must be 0 (as fast as possible) or a positive number of events per second"
     );
-    Ok(S1Config {
+    Ok(GenConfig {
         count: p.count,
         rate: p.rate,
         seed: p.seed,
         print_events: !o.quiet,
-        topics: settings.topics.clone(),
     })
 }
 
-/// Binds S2's HTTP API, unless it is off.
-async fn bind_http(args: &HttpArgs) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    match args.http.0 {
-        Some(addr) => Ok(Some(livros::api::bind(addr).await?)),
-        None => Ok(None),
-    }
+/// What the systems sent, as one phrase (`5 customers, 5 books, 5 orders`).
+fn sent_line(sent: &[(&'static str, livros::systems::Sent)]) -> String {
+    let parts: Vec<String> = sent.iter().map(|(_, s)| s.to_string()).collect();
+    parts.join("; ")
 }
 
-/// The line saying where the API listens (the real port, when 0 was asked for).
-fn print_http(listener: &Option<tokio::net::TcpListener>, settings: &Settings, indent: &str) {
-    let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) else {
-        println!("{indent}HTTP API: off");
-        return;
-    };
-    println!(
-        "{indent}HTTP API: http://{addr} (docs: http://{addr}/docs){}",
-        if settings.api.token.is_some() {
-            ", writes need the bearer token"
-        } else {
-            ""
+/// Binds each system's HTTP API where `args` says (its seed's port by default).
+async fn bind_http(
+    args: &HttpArgs,
+    settings: &Settings,
+) -> anyhow::Result<Vec<(Arc<dyn System>, tokio::net::TcpListener)>> {
+    let systems = &settings.systems.0;
+    let mut bound = Vec::new();
+    for system in systems {
+        let addr = match &args.http {
+            None => Some(system.default_http()),
+            Some(Listen::Off) => None,
+            Some(Listen::One(addr)) if addr.port() == 0 || systems.len() == 1 => Some(*addr),
+            Some(Listen::One(addr)) => anyhow::bail!(
+                "--http {addr}: several systems cannot share one port; name each (`--http {}=ADDR,…`) or use port 0",
+                system.name()
+            ),
+            Some(Listen::Each(pairs)) => match pairs.iter().find(|(n, _)| n == system.name()) {
+                Some((_, Listen::One(addr))) => Some(*addr),
+                Some(_) => None,
+                None => Some(system.default_http()),
+            },
+        };
+        if let Some(addr) = addr {
+            bound.push((system.clone(), livros::api::bind(addr).await?));
         }
-    );
+    }
+    Ok(bound)
+}
+
+/// The lines saying where each API listens (the real port, when 0 was asked for).
+fn print_http(
+    listeners: &[(Arc<dyn System>, tokio::net::TcpListener)],
+    settings: &Settings,
+    indent: &str,
+) {
+    if listeners.is_empty() {
+        println!("{indent}HTTP API: off");
+    }
+    for (system, listener) in listeners {
+        let Ok(addr) = listener.local_addr() else {
+            continue;
+        };
+        println!(
+            "{indent}HTTP API: http://{addr} ({}; docs: http://{addr}/docs){}",
+            system.name(),
+            if settings.api.token.is_some() {
+                ", writes need the bearer token"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -447,24 +522,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut settings = g.settings(Some(consume));
             settings.api.print_requests = !output.quiet;
-            let s1 = s1_config(produce, output, &settings)?;
+            let generate = gen_config(produce, output)?;
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
-            let listener = bind_http(http).await?;
+            let listeners = bind_http(http, &settings).await?;
             println!("Livros & Dados — data in {}", settings.data_dir.display());
             for line in app::describe(&*bus, Some(&stores), &settings) {
                 println!("  {line}");
             }
-            print_http(&listener, &settings, "  ");
+            print_http(&listeners, &settings, "  ");
             let quiet = output.quiet;
-            let total = produce.count.map(|n| n * 3);
+            let per_round: u64 = settings
+                .systems
+                .0
+                .iter()
+                .map(|s| s.events_per_round())
+                .sum();
+            let total = produce.count.map(|n| n * per_round);
             let mut bar = None;
             let report = app::up(
                 bus,
                 stores,
                 &settings,
-                s1,
-                listener,
+                generate,
+                listeners,
                 stop_signal(),
                 |counters| {
                     if quiet {
@@ -476,13 +557,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(bar) = bar {
                 bar.abort();
             }
-            let s = &report.sent;
             println!(
-                "Done in {:.1?}: sent {} customers, {} books, {} orders; S2 stored {} and dead-lettered {}; S3 logged {} to {}",
+                "Done in {:.1?}: sent {}; S2 stored {} and dead-lettered {}; S3 logged {} to {}",
                 report.elapsed,
-                s.customers,
-                s.books,
-                s.orders,
+                sent_line(&report.sent),
                 report.stored,
                 report.dead_lettered,
                 report.logged,
@@ -495,7 +573,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => {
             let settings = g.settings(None);
-            let s1 = s1_config(produce, output, &settings)?;
+            let generate = gen_config(produce, output)?;
+            let s1 = S1Config {
+                count: generate.count,
+                rate: generate.rate,
+                seed: generate.seed,
+                print_events: generate.print_events,
+                topics: settings.topics.clone(),
+            };
             let bus = match via.via {
                 Via::Bus => {
                     let bus = app::open_bus(&settings).await?;
@@ -511,7 +596,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None
                 }
             };
-            let (books, source) = livros::catalog::load(
+            let (books, source) = livros::systems::bookstore::catalog::load(
                 settings.google_books_key.as_deref(),
                 &settings.google_books_url,
             )
@@ -527,7 +612,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
             };
             let report = match bus {
-                Some(bus) => livros::services::s1::run(bus, books, s1, counters, shutdown).await?,
+                Some(bus) => {
+                    livros::systems::bookstore::generator::run(bus, books, s1, counters, shutdown)
+                        .await?
+                }
                 None => {
                     let target = HttpTarget {
                         base: via.target.clone(),
@@ -536,7 +624,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         concurrency: via.concurrency,
                         timeout: Duration::from_secs(30),
                     };
-                    livros::services::s1_http::run(target, books, s1, counters, shutdown).await?
+                    livros::systems::bookstore::client::run(target, books, s1, counters, shutdown)
+                        .await?
                 }
             };
             stopper.abort();
@@ -565,18 +654,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             settings.api.print_requests = !output.quiet;
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
-            let listener = bind_http(http).await?;
+            let listeners = bind_http(http, &settings).await?;
             for line in app::describe(&*bus, Some(&stores), &settings)
                 .iter()
                 .filter(|l| !l.starts_with("audit"))
             {
                 println!("[S2] {line}");
             }
-            print_http(&listener, &settings, "[S2] ");
+            print_http(&listeners, &settings, "[S2] ");
             let mut pipeline =
-                app::Pipeline::start(bus, Some(stores), false, &settings, !output.quiet);
-            if let Some(listener) = listener {
-                pipeline.serve_http(listener, settings.api.clone());
+                app::Pipeline::start(bus.clone(), Some(stores), false, &settings, !output.quiet);
+            for (system, listener) in listeners {
+                pipeline.serve_http(&*system, bus.clone(), listener, &settings);
             }
             pipeline.run_until(stop_signal()).await?;
         }
@@ -591,36 +680,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pipeline = app::Pipeline::start(bus, None, true, &settings, !output.quiet);
             pipeline.run_until(stop_signal()).await?;
         }
-        Command::Get { entity, id } => {
+        Command::Get { kind, id } => {
             let settings = g.settings(None);
             let stores = app::open_stores(&settings).await?;
-            let found = match entity {
-                EntityArg::Customer => stores
-                    .relational
-                    .customer(id)
-                    .await?
-                    .map(|c| serde_json::to_value(c).expect("serializes")),
-                EntityArg::Book => stores.document.get(BOOKS_COLLECTION, id).await?,
-                EntityArg::Order => routing::order_from_hash(
-                    id,
-                    &stores.key_value.hgetall(&routing::order_key(id)).await?,
-                )
-                .map(|o| serde_json::to_value(o).expect("serializes")),
-            };
-            let entity = match entity {
-                EntityArg::Customer => Entity::Customer,
-                EntityArg::Book => Entity::Book,
-                EntityArg::Order => Entity::Order,
-            };
-            match found {
-                Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
-                None => anyhow::bail!(
-                    "no {} with id `{id}` in the {} store (data dir {}); `livros stats` shows what is stored",
-                    entity.name(),
-                    routing::route_of(entity).store.name(),
-                    settings.data_dir.display()
-                ),
+            for system in &settings.systems.0 {
+                match system.get(&stores, kind, id).await {
+                    Ok(v) => {
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                        return Ok(());
+                    }
+                    Err(GetError::UnknownKind { .. }) => {}
+                    Err(GetError::NotFound(why)) => anyhow::bail!(
+                        "{why} (data dir {}); `livros stats` shows what is stored",
+                        settings.data_dir.display()
+                    ),
+                    Err(GetError::Store(e)) => return Err(e.into()),
+                }
             }
+            anyhow::bail!(
+                "no system here keeps a `{kind}` (systems: {:?}); the bookstore keeps `customer`, `book` and `order`",
+                settings.systems
+            );
         }
         Command::Books {
             author,
@@ -660,41 +740,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = g.settings(Some(consume));
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
-            let s2_groups: Vec<String> = routing::ROUTES
-                .iter()
-                .map(|r| s2::group_of(&settings.s2.group, *r))
-                .collect();
-            let mut groups = s2_groups.clone();
+            let consumers = settings.consumers(&stores);
+            let mut groups: Vec<String> = consumers.iter().map(|c| c.group.clone()).collect();
             groups.push(settings.s3_group.clone());
-            let topics = bus.stats(&settings.topics.all(), &groups).await?;
-            let records = [
-                (
-                    "relational",
-                    "customers",
-                    stores.relational.describe(),
-                    stores.relational.count_customers().await?,
-                ),
-                (
-                    "document",
-                    "books",
-                    stores.document.describe(),
-                    stores.document.count(BOOKS_COLLECTION).await?,
-                ),
-                (
-                    "key-value",
-                    "orders",
-                    stores.key_value.describe(),
-                    stores.key_value.count_prefix("order:").await?,
-                ),
-            ];
+            let topics = bus.stats(&settings.all_topics(), &groups).await?;
+            let mut records = Vec::new();
+            for system in &settings.systems.0 {
+                for (kind, what, n) in system.records(&stores).await? {
+                    let engine = stores.describe(kind);
+                    records.push((system.name(), kind.name(), what, engine, n));
+                }
+            }
             if *json {
-                let stores: serde_json::Map<String, serde_json::Value> = records
+                let stores: Vec<serde_json::Value> = records
                     .iter()
-                    .map(|(kind, what, engine, n)| {
-                        (
-                            kind.to_string(),
-                            serde_json::json!({"engine": engine, "entity": what, "records": n}),
-                        )
+                    .map(|(system, kind, what, engine, n)| {
+                        serde_json::json!({"system": system, "store": kind, "engine": engine,
+                                           "records": what, "count": n})
                     })
                     .collect();
                 println!(
@@ -704,23 +766,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     )?
                 );
             } else {
-                // S2 reads each entity topic in its own group; S3 reads every topic.
+                // S2 reads each topic in its own group; S3 reads every topic.
                 let width = topics.keys().map(String::len).max().unwrap_or(5).max(5) + 2;
                 println!(
                     "{:<width$}{:>12}{:>12}{:>12}",
                     "topic", "published", "S2 done", "S3 done"
                 );
                 for (topic, t) in &topics {
-                    let s2 = settings
-                        .topics
-                        .route(topic)
-                        .map(|r| {
-                            t.consumed
-                                .get(&s2::group_of(&settings.s2.group, r))
-                                .copied()
-                                .unwrap_or(0)
-                                .to_string()
-                        })
+                    let s2 = consumers
+                        .iter()
+                        .find(|c| &c.topic == topic)
+                        .map(|c| t.consumed.get(&c.group).copied().unwrap_or(0).to_string())
                         .unwrap_or_else(|| "-".into());
                     let s3 = t.consumed.get(&settings.s3_group).copied().unwrap_or(0);
                     println!("{topic:<width$}{:>12}{s2:>12}{s3:>12}", t.published);
@@ -728,8 +784,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!();
                 println!("(done: consumed and committed by the service's consumer group)");
                 println!();
-                for (kind, what, engine, n) in &records {
-                    println!("{kind:<11} {n:>10} {what:<10} {engine}");
+                for (system, kind, what, engine, n) in &records {
+                    println!("{system:<10} {kind:<11} {n:>10} {what:<10} {engine}");
                 }
             }
         }
@@ -774,14 +830,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "HTTP API: {requests} requests per phase from {concurrency} concurrent clients in this process"
                 );
-                let (engine, reports) =
-                    livros::bench::http(&settings, *requests, (*concurrency).max(1)).await?;
+                let (engine, reports) = livros::systems::bookstore::bench::http(
+                    &settings,
+                    *requests,
+                    (*concurrency).max(1),
+                )
+                .await?;
                 println!("customers in: {engine}");
                 for report in reports {
                     print!("{report}");
                 }
             } else {
-                let report = livros::bench::run(&settings, *events).await?;
+                let report = livros::systems::bookstore::bench::run(&settings, *events).await?;
                 print!("{report}");
             }
         }

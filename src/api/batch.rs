@@ -1,14 +1,16 @@
-//! Group commit for the API's writes: concurrent POSTs of one entity share one store round
-//! trip. Each entity has a writer task; a request queues its body and waits for its own
+//! Group commit for the APIs' writes: concurrent POSTs of one kind share one store round
+//! trip. Each kind has a writer task; a request queues its body and waits for its own
 //! outcome. The writer takes whatever is queued (at least one, at most [`MAX_BATCH`]) and
-//! hands it to [`Router::apply`] as one batch — the same path, per-record isolation
+//! hands it to the system's [`Handler`] as one batch — the same path, per-record isolation
 //! included, as a batch S2 consumes from the bus. Under no load a batch is one request
 //! and nothing waits; under load one fsync or one round trip serves many requests.
 
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::routing::{Entity, Outcome, Router};
+use std::sync::Arc;
+
+use crate::services::{Handler, Outcome};
 use crate::store::{StoreError, StoreResult};
 
 /// Most requests written in one batch.
@@ -21,22 +23,19 @@ struct Job {
 
 /// The queue of one entity's writes.
 #[derive(Clone)]
-pub(crate) struct Writer {
+pub struct Writer {
     queue: mpsc::Sender<Job>,
 }
 
 impl Writer {
-    /// Starts the writer task for `entity`; it ends when every clone of the writer is gone.
-    pub(crate) fn spawn(router: Router, entity: Entity) -> Self {
+    /// Starts a writer task over `handler`; it ends when every clone of the writer is gone.
+    pub fn spawn(handler: Arc<dyn Handler>) -> Self {
         let (queue, mut jobs) = mpsc::channel::<Job>(4 * MAX_BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 let payloads: Vec<&[u8]> = batch.iter().map(|j| &j.payload[..]).collect();
-                // No reference grace: an API caller gets its answer now, and can retry.
-                let result = router
-                    .apply(entity, &payloads, std::time::Duration::ZERO)
-                    .await;
+                let result = handler.handle(&payloads).await;
                 match result {
                     Ok(outcomes) => {
                         for (job, outcome) in batch.drain(..).zip(outcomes) {
@@ -55,7 +54,7 @@ impl Writer {
     }
 
     /// Stores one body; resolves once its batch is durable (or refused).
-    pub(crate) async fn write(&self, payload: Bytes) -> StoreResult<Outcome> {
+    pub async fn write(&self, payload: Bytes) -> StoreResult<Outcome> {
         let stopped = || StoreError::Unavailable {
             store: "api",
             reason: "the writer stopped; the server is shutting down".into(),

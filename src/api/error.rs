@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::Invalid;
-use crate::routing::{Entity, Rejection};
+use crate::services::Rejection;
 use crate::store::StoreError;
+use crate::wire::Invalid;
 
 /// Seconds a client is asked to wait when a store is unavailable.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -67,12 +67,9 @@ impl ApiError {
         e
     }
 
-    /// 404 for a record that is not stored.
-    pub fn not_found(entity: Entity, id: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            format!("no {} with id `{id}`", entity.name()),
-        )
+    /// 404 for a record (`what`: `customer`, …) that is not stored.
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("no {what} with id `{id}`"))
     }
 
     /// 503: a store is down or too slow; the client should retry.
@@ -104,9 +101,9 @@ impl ApiError {
         &self.body
     }
 
-    /// The same error, its message saying which entity it is about.
-    pub(crate) fn about(mut self, entity: Entity) -> Self {
-        self.body.message = format!("invalid {}: {}", entity.name(), self.body.message);
+    /// The same error, its message saying what it is about (`customer`, …).
+    pub fn about(mut self, what: &str) -> Self {
+        self.body.message = format!("invalid {what}: {}", self.body.message);
         self
     }
 }
@@ -185,7 +182,7 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// A request body that claims to be JSON and fits the size limit. Parsing it is the
-/// domain's job ([`crate::domain`]), so the API and the bus accept exactly the same input.
+/// domain's job ([`crate::systems::bookstore::entities`]), so the API and the bus accept exactly the same input.
 pub struct JsonBody(pub axum::body::Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {

@@ -153,6 +153,43 @@ pub trait Consumer: Send {
     async fn close(&mut self) -> BusResult<()>;
 }
 
+/// The topic names of one deployment: each system's names behind an optional prefix, so
+/// several deployments (or test runs) can share one Kafka cluster. The default, no
+/// prefix, is the seeds' wire contract.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// Names with `prefix` in front (`staging.` gives `staging.customers`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix in front of every name.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The deployment's name for `topic`.
+    pub fn name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    /// The system's name for the deployment's `name`, if it carries the prefix.
+    pub fn strip<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(&self.prefix)
+    }
+}
+
+/// The dead-letter topic of `topic`.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
 /// The offsets to commit after processing `messages`: per partition, one past the last offset.
 pub fn next_offsets(messages: &[Message]) -> BTreeMap<TopicPartition, i64> {
     let mut out = BTreeMap::new();

@@ -1,13 +1,13 @@
-//! The three services of the bookstore pipeline. Each runs as a task until its shutdown
-//! token is cancelled; `livros up` runs them together, `livros s1|s2|s3` one per process.
+//! The consumer runtime every system runs on, and the audit log. Each service runs as a
+//! task until its shutdown token is cancelled; `livros up` runs them together, `livros
+//! s1|s2|s3` one per process.
 //!
-//! - [`s1`]: generates customers, books and orders and publishes them;
-//!   [`s1_http`] posts them to S2's HTTP API instead (seed 2).
-//! - [`s2`]: consumes the entity topics and stores each entity where [`crate::routing`] says.
-//! - [`s3`]: consumes every topic and appends each message to the audit log.
+//! - [`s2`]: the processor: for each consumer a system declares, poll a batch → its
+//!   [`Handler`] → dead letters → commit, with the guarantees in `ARCHITECTURE.md`.
+//! - [`s3`]: consumes every topic of every system and appends each message to the audit log.
+//!
+//! What a system's S1 (generator) does lives in the system's folder.
 
-pub mod s1;
-pub mod s1_http;
 pub mod s2;
 pub mod s3;
 
@@ -19,7 +19,8 @@ pub const S3_GROUP: &str = "livros-s3";
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bus::BusError;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreResult};
+use crate::wire::Invalid;
 
 /// Why a service stopped with an error (transient failures are retried, not returned).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,50 @@ pub enum ServiceError {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored (or already there): the entity's id and a label for output lines.
+    Stored {
+        /// Entity id.
+        id: String,
+        /// A human label (a name, a title).
+        label: String,
+    },
+    /// Cannot be stored: S2 dead-letters it, the HTTP API answers 4xx.
+    Rejected(Rejection),
+}
+
+/// Why a message was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// It is not a valid record (see [`Invalid`]).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The store refused it (a constraint, a value it cannot hold); the driver's words.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// The first 8 characters of an id and an ellipsis, for output lines.
+pub fn short(id: &str) -> String {
+    match id.char_indices().nth(8) {
+        Some((i, _)) => format!("{}…", &id[..i]),
+        None => id.to_string(),
+    }
+}
+
+/// What a system does with a batch of messages from one topic: the same code serves its
+/// consumers and its HTTP writes.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync {
+    /// Applies `payloads`, returning one outcome per payload, in order. A payload that is
+    /// wrong is `Rejected` without affecting the others. `Err` means a store is unavailable
+    /// or at fault: nothing was lost and the caller retries the batch, which must be safe
+    /// (every write idempotent).
+    async fn handle(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Outcome>>;
 }
 
 /// Running totals the services keep, for progress bars and summaries.

@@ -1,40 +1,53 @@
-//! S2, the polyglot router: consumes the entity topics and stores each entity in the store
-//! the routing table names, in batches.
+//! S2, the processor: runs every consumer the running systems declare. Each consumer
+//! reads one topic in its own group and hands each batch to its system's [`Handler`].
 //!
-//! Per batch: parse and validate every message, write the valid ones in one round trip per
-//! store, publish the invalid ones to `<topic>.dlq` with the reason, and only then commit
-//! the offsets. A crash anywhere before the commit redelivers the batch, and the idempotent
-//! upserts make the second pass a no-op. Store outages are retried with backoff, never
-//! skipped. Each entity topic has its own task, so an order waiting for its customer never
-//! holds up the customers topic.
+//! Per batch: the handler parses, validates and writes the valid messages (one round trip
+//! per store), then the invalid ones are published to `<topic>.dlq` with the reason, and
+//! only then are the offsets committed. A crash anywhere before the commit redelivers the
+//! batch, and the idempotent writes make the second pass a no-op. Store outages (and
+//! stores set up wrong) are retried with backoff, never skipped. Each consumer has its own
+//! task, so one waiting (an order for its customer) never holds up another.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Counters, ServiceError, bus_transient};
-use crate::bus::{Bus, Message, Record, StartFrom, next_offsets};
+use super::{Counters, Handler, Outcome, ServiceError, bus_transient, short};
+use crate::bus::{Bus, Message, Record, StartFrom, dlq_topic, next_offsets};
 use crate::retry;
-use crate::routing::{self, Outcome, ROUTES, Route, Router, StoreKind, Topics, short};
 use crate::store::StoreError;
 
-/// The consumer group of S2's consumer of `route`'s topic: `<group>.<topic>`.
+/// The consumer group of S2's consumer of `topic` (the system's name, unprefixed):
+/// `<group>.<topic>`.
 ///
-/// One group per entity topic, not one for all: an orders batch may wait for its customers
-/// (the reference grace), and a group member that is not polling holds up every rebalance
-/// of its group. With a group per topic, the customers consumer is never stuck behind it.
-pub fn group_of(group: &str, route: Route) -> String {
-    format!("{group}.{}", route.topic)
+/// One group per topic, not one for all: a batch may wait (an order for its customer, up
+/// to the reference grace), and a group member that is not polling holds up every
+/// rebalance of its group. With a group per topic, no consumer is stuck behind another.
+pub fn group_of(group: &str, topic: &str) -> String {
+    format!("{group}.{topic}")
 }
 
-/// Messages on the entity topics that S2 has not committed yet.
-pub async fn lag(bus: &dyn Bus, group: &str, topics: &Topics) -> Result<i64, crate::bus::BusError> {
+/// One consumer a system runs in S2.
+#[derive(Clone)]
+pub struct ConsumerSpec {
+    /// The topic's name in this deployment (prefixed).
+    pub topic: String,
+    /// The consumer group.
+    pub group: String,
+    /// What one message is, for output lines (`customer`).
+    pub noun: &'static str,
+    /// Where it is stored, for output lines (`relational store (sqlite)`).
+    pub place: String,
+    /// What to do with each batch.
+    pub handler: Arc<dyn Handler>,
+}
+
+/// Messages on the consumers' topics that their groups have not committed yet.
+pub async fn lag(bus: &dyn Bus, consumers: &[ConsumerSpec]) -> Result<i64, crate::bus::BusError> {
     let mut total = 0;
-    for route in ROUTES {
-        total += bus
-            .lag(&group_of(group, route), &[topics.entity(route)])
-            .await?;
+    for c in consumers {
+        total += bus.lag(&c.group, std::slice::from_ref(&c.topic)).await?;
     }
     Ok(total)
 }
@@ -50,8 +63,6 @@ pub struct S2Config {
     pub reference_grace: Duration,
     /// Print one line per event.
     pub print_events: bool,
-    /// Topic names.
-    pub topics: Topics,
 }
 
 impl Default for S2Config {
@@ -61,25 +72,23 @@ impl Default for S2Config {
             batch_size: 1000,
             reference_grace: Duration::from_secs(10),
             print_events: true,
-            topics: Topics::default(),
         }
     }
 }
 
-/// Runs S2 until `shutdown` is cancelled: one task per route.
+/// Runs S2 until `shutdown` is cancelled: one task per consumer.
 pub async fn run(
     bus: Arc<dyn Bus>,
-    router: Router,
+    consumers: Vec<ConsumerSpec>,
     config: S2Config,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let mut tasks = tokio::task::JoinSet::new();
-    for route in ROUTES {
+    for spec in consumers {
         tasks.spawn(consume(
             bus.clone(),
-            router.clone(),
-            route,
+            spec,
             config.clone(),
             counters.clone(),
             shutdown.clone(),
@@ -89,7 +98,7 @@ pub async fn run(
     while let Some(joined) = tasks.join_next().await {
         let outcome = joined.unwrap_or_else(|e| panic!("S2 task panicked: {e}"));
         if let Err(e) = outcome {
-            // One route failing for good stops the service: a partial router would
+            // One consumer failing for good stops the service: a partial processor would
             // silently let one kind of data pile up.
             shutdown.cancel();
             result = result.and(Err(e));
@@ -98,32 +107,19 @@ pub async fn run(
     result
 }
 
-/// The store engine's short name for output lines (`sqlite`, `postgres`, `redis`…).
-fn engine(router: &Router, kind: StoreKind) -> String {
-    let stores = router.stores();
-    let described = match kind {
-        StoreKind::Relational => stores.relational.describe(),
-        StoreKind::Document => stores.document.describe(),
-        StoreKind::KeyValue => stores.key_value.describe(),
-    };
-    described.split(' ').next().unwrap_or_default().to_string()
-}
-
 async fn consume(
     bus: Arc<dyn Bus>,
-    router: Router,
-    route: Route,
+    spec: ConsumerSpec,
     config: S2Config,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let topic = config.topics.entity(route);
-    let dlq = routing::dlq_topic(&topic);
-    let engine = engine(&router, route.store);
+    let topic = &spec.topic;
+    let dlq = dlq_topic(topic);
     let mut consumer = bus
         .subscribe(
-            &group_of(&config.group, route),
-            std::slice::from_ref(&topic),
+            &spec.group,
+            std::slice::from_ref(topic),
             StartFrom::Earliest,
         )
         .await?;
@@ -135,7 +131,7 @@ async fn consume(
             &format!("storing a batch from `{topic}`"),
             &shutdown,
             StoreError::is_retryable,
-            || router.apply(route.entity, &payloads, config.reference_grace),
+            || spec.handler.handle(&payloads),
         )
         .await?;
         let Some(outcomes) = stored else { break };
@@ -174,10 +170,10 @@ async fn consume(
             for (m, o) in messages.iter().zip(&outcomes) {
                 match o {
                     Outcome::Stored { id, label } => println!(
-                        "[S2] Stored {} {} ({label}) in {} store ({engine})",
-                        route.entity.name(),
+                        "[S2] Stored {} {} ({label}) in {}",
+                        spec.noun,
                         short(id),
-                        route.store.name()
+                        spec.place
                     ),
                     Outcome::Rejected(reason) => println!(
                         "[S2] Dead-lettered {}[{}]@{} to {dlq}: {reason}",

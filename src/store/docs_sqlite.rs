@@ -53,7 +53,7 @@ pub struct SqliteDocumentStore {
 impl SqliteDocumentStore {
     /// Opens (creating if needed) the store at `path`.
     pub async fn open(path: &Path) -> Result<Self, OpenError> {
-        let pool = super::open_embedded("document", path, SCHEMA, None).await?;
+        let pool = super::open_embedded("document", path, SCHEMA, &[]).await?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),

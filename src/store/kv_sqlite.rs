@@ -38,7 +38,7 @@ pub struct SqliteKvStore {
 impl SqliteKvStore {
     /// Opens (creating if needed) the store at `path`.
     pub async fn open(path: &Path) -> Result<Self, OpenError> {
-        let pool = super::open_embedded("key-value", path, SCHEMA, None).await?;
+        let pool = super::open_embedded("key-value", path, SCHEMA, &[]).await?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),

@@ -6,8 +6,9 @@
 //! | document | [`DocumentStore`] | [`docs_sqlite`] | [`mongodb`] |
 //! | key-value | [`KeyValueStore`] | [`kv_sqlite`] | [`redis`] |
 //!
-//! Which entity goes to which kind is decided in [`crate::routing`], nowhere else.
-//! Every write is an idempotent upsert keyed by the entity's id.
+//! The stores know no system and no entity: each system's routing table
+//! (`crate::systems::<name>::routing`) decides what it keeps in which kind, and brings its
+//! own SQL, collections and keys. Every write a system makes is idempotent.
 
 pub mod docs_sqlite;
 pub mod kv_sqlite;
@@ -16,14 +17,36 @@ pub mod postgres;
 pub mod redis;
 pub mod sqlite;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::Customer;
+/// The kinds of store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// SQLite or PostgreSQL.
+    Relational,
+    /// Embedded documents, later MongoDB.
+    Document,
+    /// Embedded hashes and sets, or Redis.
+    KeyValue,
+}
+
+impl StoreKind {
+    /// Name for output lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Relational => "relational",
+            StoreKind::Document => "document",
+            StoreKind::KeyValue => "key-value",
+        }
+    }
+}
 
 /// Errors of a store, by whose fault they are: that decides what happens next.
 ///
@@ -162,24 +185,238 @@ fn sqlite_blame(code: &str) -> Blame {
 /// Result of store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The relational store: customers (and, in later systems, other structured records).
+/// A value bound to, or read from, a SQL statement. Typed even when absent: PostgreSQL
+/// wants to know what a NULL parameter is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    /// `BIGINT` / `INTEGER`.
+    Int(Option<i64>),
+    /// `DOUBLE PRECISION` / `REAL` (bind a `NUMERIC` column's value as text, `CAST($n AS NUMERIC)`).
+    Real(Option<f64>),
+    /// `TEXT`; also how times (RFC 3339) and decimals travel.
+    Text(Option<String>),
+    /// `BOOLEAN` (SQLite stores 0 or 1).
+    Bool(Option<bool>),
+}
+
+impl From<&str> for SqlValue {
+    fn from(s: &str) -> Self {
+        SqlValue::Text(Some(s.to_string()))
+    }
+}
+
+impl From<String> for SqlValue {
+    fn from(s: String) -> Self {
+        SqlValue::Text(Some(s))
+    }
+}
+
+impl From<i64> for SqlValue {
+    fn from(n: i64) -> Self {
+        SqlValue::Int(Some(n))
+    }
+}
+
+impl From<bool> for SqlValue {
+    fn from(b: bool) -> Self {
+        SqlValue::Bool(Some(b))
+    }
+}
+
+/// One SQL statement and its arguments. The text is the same on every engine: parameters
+/// are `$1`, `$2`… (PostgreSQL's form, which SQLite takes too), upserts are
+/// `INSERT … ON CONFLICT (…) DO UPDATE`, rows come back with `RETURNING`. Times and
+/// decimals are read as text (`CAST(x AS TEXT)`), so one statement reads alike everywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// The SQL text.
+    pub sql: String,
+    /// The values of `$1`, `$2`…
+    pub args: Vec<SqlValue>,
+}
+
+impl Statement {
+    /// A statement with these arguments.
+    pub fn new(sql: impl Into<String>, args: Vec<SqlValue>) -> Self {
+        Self {
+            sql: sql.into(),
+            args,
+        }
+    }
+}
+
+/// A row read back: column names and values, in the order the query named them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SqlRow {
+    /// `(column, value)` pairs.
+    pub columns: Vec<(String, SqlValue)>,
+}
+
+impl SqlRow {
+    /// The value of `column`, if the row has it.
+    pub fn get(&self, column: &str) -> Option<&SqlValue> {
+        self.columns
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|(_, v)| v)
+    }
+
+    /// `column` as text (numbers are written out); `None` when NULL or absent.
+    pub fn text(&self, column: &str) -> Option<String> {
+        match self.get(column)? {
+            SqlValue::Text(t) => t.clone(),
+            SqlValue::Int(n) => n.map(|n| n.to_string()),
+            SqlValue::Real(f) => f.map(|f| f.to_string()),
+            SqlValue::Bool(b) => b.map(|b| b.to_string()),
+        }
+    }
+
+    /// `column` as a whole number (SQLite's booleans are 0 and 1); `None` when NULL,
+    /// absent or not a number.
+    pub fn int(&self, column: &str) -> Option<i64> {
+        match self.get(column)? {
+            SqlValue::Int(n) => *n,
+            SqlValue::Bool(b) => b.map(i64::from),
+            SqlValue::Text(t) => t.as_deref()?.parse().ok(),
+            SqlValue::Real(_) => None,
+        }
+    }
+}
+
+/// The relational store: SQL statements run on SQLite or PostgreSQL, the same text on
+/// both. It knows no table: each system brings its migrations and its statements.
 #[async_trait]
 pub trait RelationalStore: Send + Sync {
-    /// Inserts or updates customers by id, all in one round trip and one transaction.
-    async fn upsert_customers(&self, customers: &[Customer]) -> StoreResult<()>;
-    /// One customer by id.
-    async fn customer(&self, id: &str) -> StoreResult<Option<Customer>>;
-    /// Which of `ids` exist.
-    async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>>;
-    /// Customers ordered by id, one page of them; only those with this e-mail address
-    /// when `email` is given (e-mail is not unique).
-    async fn customers(&self, email: Option<&str>, page: Page) -> StoreResult<Vec<Customer>>;
-    /// How many customers are stored.
-    async fn count_customers(&self) -> StoreResult<i64>;
+    /// Runs `statements` in order in one transaction, returning the rows each produced
+    /// (`SELECT`, or `RETURNING`); all of them or none take effect.
+    async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>>;
+    /// The rows of one query.
+    async fn query(&self, statement: &Statement) -> StoreResult<Vec<SqlRow>> {
+        let mut results = self.transaction(std::slice::from_ref(statement)).await?;
+        Ok(results.pop().unwrap_or_default())
+    }
     /// Answers when the store is reachable (for readiness checks).
     async fn ping(&self) -> StoreResult<()>;
     /// `sqlite (path)` or `postgres (redacted url)`.
     fn describe(&self) -> String;
+}
+
+/// A table for [`upsert`]: its name, the columns of its conflict key, and every column
+/// written.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    /// The table's name.
+    pub name: &'static str,
+    /// The columns of the unique key rows are upserted on.
+    pub key: &'static [&'static str],
+    /// Every column written, the key's included, in the order of each row's values.
+    pub columns: &'static [&'static str],
+    /// A column set to `CURRENT_TIMESTAMP` whenever a row really changes, if any.
+    pub touched: Option<&'static str>,
+}
+
+/// Most bound values in one statement: under SQLite's limit (32,766) and PostgreSQL's (65,535).
+const MAX_BOUND_VALUES: usize = 30_000;
+
+/// The statements that upsert `rows` into `table`: multi-row `INSERT … ON CONFLICT DO
+/// UPDATE`, updating only rows whose values changed (so a redelivery writes nothing), in
+/// as few statements as the engines' parameter limits allow. When a batch holds a key
+/// twice the last row wins (a statement may touch a row only once).
+pub fn upsert(table: &Table, rows: &[Vec<SqlValue>]) -> Vec<Statement> {
+    let rows = last_by_key(table, rows);
+    let width = table.columns.len().max(1);
+    let per_statement = (MAX_BOUND_VALUES / width).max(1);
+    let columns = table.columns.join(", ");
+    let changing: Vec<&str> = table
+        .columns
+        .iter()
+        .copied()
+        .filter(|c| !table.key.contains(c))
+        .collect();
+    let conflict = if changing.is_empty() {
+        " DO NOTHING".to_string()
+    } else {
+        let mut set: Vec<String> = changing
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        if let Some(touched) = table.touched {
+            set.push(format!("{touched} = CURRENT_TIMESTAMP"));
+        }
+        let current: Vec<String> = changing
+            .iter()
+            .map(|c| format!("{}.{c}", table.name))
+            .collect();
+        let incoming: Vec<String> = changing.iter().map(|c| format!("excluded.{c}")).collect();
+        format!(
+            " DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})",
+            set.join(", "),
+            current.join(", "),
+            incoming.join(", ")
+        )
+    };
+    rows.chunks(per_statement)
+        .map(|chunk| {
+            let mut sql = format!("INSERT INTO {} ({columns}) VALUES ", table.name);
+            let mut args = Vec::with_capacity(chunk.len() * width);
+            for (i, row) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                for (j, value) in row.iter().enumerate() {
+                    if j > 0 {
+                        sql.push_str(", ");
+                    }
+                    args.push(value.clone());
+                    sql.push_str(&format!("${}", args.len()));
+                }
+                sql.push(')');
+            }
+            sql.push_str(&format!(" ON CONFLICT ({})", table.key.join(", ")));
+            sql.push_str(&conflict);
+            Statement { sql, args }
+        })
+        .collect()
+}
+
+/// Keeps the last row of each key, in first-seen order.
+fn last_by_key<'a>(table: &Table, rows: &'a [Vec<SqlValue>]) -> Vec<&'a Vec<SqlValue>> {
+    let key_at: Vec<usize> = table
+        .key
+        .iter()
+        .filter_map(|k| table.columns.iter().position(|c| c == k))
+        .collect();
+    let key_of = |row: &Vec<SqlValue>| -> String {
+        key_at
+            .iter()
+            .map(|i| format!("{:?}", row.get(*i)))
+            .collect::<Vec<_>>()
+            .join("\u{1f}")
+    };
+    let mut last = std::collections::HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        last.insert(key_of(row), i);
+    }
+    rows.iter()
+        .enumerate()
+        .filter(|(i, row)| last[&key_of(row)] == *i)
+        .map(|(_, row)| row)
+        .collect()
+}
+
+/// `SELECT <columns> FROM <table> WHERE <key> IN ($1, …)` for each slice of `keys` that
+/// fits one statement.
+pub fn select_in(select: &str, column: &str, keys: &[String]) -> Vec<Statement> {
+    keys.chunks(MAX_BOUND_VALUES)
+        .map(|chunk| {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            Statement {
+                sql: format!("{select} WHERE {column} IN ({})", placeholders.join(", ")),
+                args: chunk.iter().map(|k| SqlValue::from(k.as_str())).collect(),
+            }
+        })
+        .collect()
 }
 
 /// A condition on documents, for [`DocumentStore::find`].
@@ -200,31 +437,6 @@ pub enum Filter {
         /// The words.
         words: Vec<String>,
     },
-}
-
-/// The filters of a book search, as `livros books` and `GET /books` take them: an author
-/// (exact, as stored), an ISBN (hyphens and spaces ignored), words of the title.
-pub fn book_filters(author: Option<&str>, isbn: Option<&str>, title: Option<&str>) -> Vec<Filter> {
-    let mut filters = Vec::new();
-    if let Some(a) = author {
-        filters.push(Filter::Eq {
-            field: "authors".into(),
-            value: a.trim().to_string(),
-        });
-    }
-    if let Some(i) = isbn {
-        filters.push(Filter::Eq {
-            field: "isbn".into(),
-            value: i.chars().filter(|c| c.is_ascii_alphanumeric()).collect(),
-        });
-    }
-    if let Some(t) = title {
-        filters.push(Filter::Words {
-            field: "title".into(),
-            words: t.split_whitespace().map(str::to_string).collect(),
-        });
-    }
-    filters
 }
 
 /// Which slice of the results, ordered by id.
@@ -323,20 +535,25 @@ pub struct StoreConfig {
     pub redis_prefix: String,
     /// MongoDB URL for the document store.
     pub mongodb_url: Option<String>,
-    /// MongoDB database; `books_db` when unset.
+    /// MongoDB database; [`DEFAULT_MONGODB_DATABASE`] when unset.
     pub mongodb_database: Option<String>,
-    /// MongoDB collection holding books; `books` when unset.
-    pub mongodb_books_collection: Option<String>,
+    /// MongoDB collection names by the name a system uses, where they differ
+    /// (`books` → `livros`); a collection not listed keeps its own name.
+    pub mongodb_collections: HashMap<String, String>,
 }
 
-/// The stores S2 writes to, one of each kind.
+/// The MongoDB database used when none is configured: the bookstore seed's.
+pub const DEFAULT_MONGODB_DATABASE: &str = "books_db";
+
+/// One store of each kind, shared by every system; each system's routing table says
+/// what it keeps in which.
 #[derive(Clone)]
 pub struct Stores {
-    /// Customers.
+    /// SQL: SQLite or PostgreSQL.
     pub relational: Arc<dyn RelationalStore>,
-    /// Books.
+    /// JSON documents: embedded or MongoDB.
     pub document: Arc<dyn DocumentStore>,
-    /// Orders.
+    /// Hashes and sets: embedded or Redis.
     pub key_value: Arc<dyn KeyValueStore>,
 }
 
@@ -354,10 +571,41 @@ pub struct OpenError {
     pub hint: String,
 }
 
+/// What a system keeps in the stores, for them to prepare at start.
+///
+/// Relational: its migrations, one directory per engine (`sqlx::migrate!`). Every system's
+/// versions share one `_sqlx_migrations` table, so they must be unique across systems (a
+/// timestamp prefix makes them so); each migrator ignores the others' rows. Documents: its
+/// collections and the fields it looks them up by (every collection is also indexed on
+/// `id`, unique).
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    /// For PostgreSQL.
+    pub postgres: &'static sqlx::migrate::Migrator,
+    /// For the embedded SQLite.
+    pub sqlite: &'static sqlx::migrate::Migrator,
+    /// Its document collections: `(name, fields to index)`.
+    pub collections: &'static [(&'static str, &'static [&'static str])],
+}
+
 impl Stores {
-    /// Opens every store: embedded files under `data_dir`, or the servers `config` names.
-    /// Migrations run here. Fails fast, naming the store, when one cannot be opened.
-    pub async fn open(data_dir: &Path, config: &StoreConfig) -> Result<Self, OpenError> {
+    /// The store of `kind`, described for logs (`sqlite (…)`, `redis (…)`).
+    pub fn describe(&self, kind: StoreKind) -> String {
+        match kind {
+            StoreKind::Relational => self.relational.describe(),
+            StoreKind::Document => self.document.describe(),
+            StoreKind::KeyValue => self.key_value.describe(),
+        }
+    }
+
+    /// Opens every store: embedded files under `data_dir`, or the servers `config` names,
+    /// and prepares them for `schemas` (migrations, indexes). Fails fast, naming the store,
+    /// when one cannot be opened.
+    pub async fn open(
+        data_dir: &Path,
+        config: &StoreConfig,
+        schemas: &[Schema],
+    ) -> Result<Self, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|e| OpenError {
             kind: "embedded",
             location: data_dir.display().to_string(),
@@ -365,8 +613,16 @@ impl Stores {
             hint: "Check that the data directory (--data-dir) is writable.".into(),
         })?;
         let relational: Arc<dyn RelationalStore> = match &config.postgres_url {
-            Some(url) => Arc::new(postgres::PostgresStore::connect(url).await?),
-            None => Arc::new(sqlite::SqliteStore::open(&data_dir.join("relational.db")).await?),
+            Some(url) => {
+                let migrators: Vec<_> = schemas.iter().map(|m| m.postgres).collect();
+                Arc::new(postgres::PostgresStore::connect(url, &migrators).await?)
+            }
+            None => {
+                let migrators: Vec<_> = schemas.iter().map(|m| m.sqlite).collect();
+                Arc::new(
+                    sqlite::SqliteStore::open(&data_dir.join("relational.db"), &migrators).await?,
+                )
+            }
         };
         let document: Arc<dyn DocumentStore> = match &config.mongodb_url {
             Some(url) => Arc::new(
@@ -375,15 +631,22 @@ impl Stores {
                     database: config
                         .mongodb_database
                         .clone()
-                        .unwrap_or_else(|| "books_db".into()),
-                    collections: [(
-                        crate::routing::BOOKS_COLLECTION.to_string(),
-                        config
-                            .mongodb_books_collection
-                            .clone()
-                            .unwrap_or_else(|| crate::routing::BOOKS_COLLECTION.into()),
-                    )]
-                    .into(),
+                        .unwrap_or_else(|| DEFAULT_MONGODB_DATABASE.into()),
+                    collections: schemas
+                        .iter()
+                        .flat_map(|s| s.collections.iter())
+                        .map(|(name, indexed)| {
+                            let physical = config
+                                .mongodb_collections
+                                .get(*name)
+                                .cloned()
+                                .unwrap_or_else(|| name.to_string());
+                            (
+                                name.to_string(),
+                                (physical, indexed.iter().map(|f| f.to_string()).collect()),
+                            )
+                        })
+                        .collect(),
                 })
                 .await?,
             ),
@@ -401,26 +664,6 @@ impl Stores {
             key_value,
         })
     }
-}
-
-/// A customer row of either SQL store. The original bookstore's table allows NULL names
-/// and e-mails; they are read as empty text, not as an error.
-pub(crate) fn customer_row<R>(store: &'static str, row: &R) -> StoreResult<Customer>
-where
-    R: sqlx::Row,
-    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-{
-    let text = |column: &str| -> StoreResult<String> {
-        row.try_get::<Option<String>, _>(column)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| StoreError::from_sqlx(store, e))
-    };
-    Ok(Customer {
-        id: text("id")?,
-        name: text("name")?,
-        email: text("email")?,
-    })
 }
 
 /// Checks that a sqlx pool's database answers (`ping` of the SQL stores).
@@ -444,7 +687,7 @@ pub(crate) async fn open_embedded(
     kind: &'static str,
     path: &Path,
     schema: &[&'static str],
-    migrator: Option<&sqlx::migrate::Migrator>,
+    migrations: &[&sqlx::migrate::Migrator],
 ) -> Result<sqlx::SqlitePool, OpenError> {
     let open_error = |reason: String| OpenError {
         kind,
@@ -458,14 +701,16 @@ pub(crate) async fn open_embedded(
     crate::sqlite::apply_schema(&pool, schema)
         .await
         .map_err(|e| open_error(e.to_string()))?;
-    if let Some(migrator) = migrator {
+    if !migrations.is_empty() {
         // Processes sharing the data dir may start together; sqlx's SQLite migrator does
         // not lock, so a file lock serializes them.
         let _guard = migration_lock(path).map_err(|e| open_error(e.to_string()))?;
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| open_error(format!("migration failed: {e}")))?;
+        for migrator in migrations {
+            migrator
+                .run(&pool)
+                .await
+                .map_err(|e| open_error(format!("migration failed: {e}")))?;
+        }
     }
     Ok(pool)
 }

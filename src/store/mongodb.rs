@@ -62,8 +62,9 @@ pub struct MongoConfig {
     pub url: String,
     /// Database name (`books_db` by default).
     pub database: String,
-    /// Collection names by logical name (`books` → the configured books collection).
-    pub collections: HashMap<String, String>,
+    /// The collections the systems use, by their name: the name in this database, and
+    /// the fields to index besides the unique `id`.
+    pub collections: HashMap<String, (String, Vec<String>)>,
 }
 
 /// Documents in MongoDB.
@@ -183,15 +184,17 @@ impl MongoStore {
             .await
             .map_err(|e| open_error(e.to_string()))?;
         let store = Self { db, config };
-        for name in store.config.collections.values() {
+        for (name, indexed) in store.config.collections.values() {
             let coll: Collection<Document> = store.db.collection(name);
-            let indexes = [
-                IndexModel::builder().keys(doc! {"isbn": 1}).build(),
-                IndexModel::builder().keys(doc! {"authors": 1}).build(),
-            ];
-            coll.create_indexes(indexes)
-                .await
-                .map_err(|e| open_error(format!("creating indexes on `{name}`: {e}")))?;
+            let indexes: Vec<IndexModel> = indexed
+                .iter()
+                .map(|field| IndexModel::builder().keys(doc! {field.as_str(): 1}).build())
+                .collect();
+            if !indexes.is_empty() {
+                coll.create_indexes(indexes)
+                    .await
+                    .map_err(|e| open_error(format!("creating indexes on `{name}`: {e}")))?;
+            }
             ensure_id_index(&coll)
                 .await
                 .map_err(|e| open_error(format!("creating the `id` index on `{name}`: {e}")))?;
@@ -228,7 +231,7 @@ impl MongoStore {
             .config
             .collections
             .get(logical)
-            .map_or(logical, String::as_str);
+            .map_or(logical, |(name, _)| name.as_str());
         self.db.collection(name)
     }
 }

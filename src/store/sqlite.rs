@@ -1,34 +1,33 @@
 //! The embedded relational store: SQLite in `<data dir>/relational.db`, migrated by sqlx.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqlitePool;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::{Column, Row, Sqlite, TypeInfo, ValueRef};
 
-use super::{OpenError, Page, RelationalStore, StoreError, StoreResult, last_by_id};
-use crate::domain::Customer;
+use super::{OpenError, RelationalStore, SqlRow, SqlValue, Statement, StoreError, StoreResult};
 
 const STORE: &str = "sqlite";
-/// Rows per statement: 3 bound values each keeps us far below SQLite's variable limit.
-const CHUNK: usize = 500;
 
 fn err(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(STORE, e)
 }
 
-/// Customers in SQLite.
+/// SQL on SQLite.
 pub struct SqliteStore {
     pool: SqlitePool,
     path: PathBuf,
 }
 
 impl SqliteStore {
-    /// Opens (creating and migrating) the database at `path`.
-    pub async fn open(path: &Path) -> Result<Self, OpenError> {
-        let migrator = sqlx::migrate!("migrations/sqlite");
-        let pool = super::open_embedded("relational", path, &[], Some(&migrator)).await?;
+    /// Opens (creating) the database at `path` and runs every system's migrations.
+    pub async fn open(
+        path: &Path,
+        migrations: &[&sqlx::migrate::Migrator],
+    ) -> Result<Self, OpenError> {
+        let pool = super::open_embedded("relational", path, &[], migrations).await?;
         Ok(Self {
             pool,
             path: path.to_path_buf(),
@@ -36,75 +35,62 @@ impl SqliteStore {
     }
 }
 
+fn bind<'q>(
+    mut query: Query<'q, Sqlite, SqliteArguments>,
+    args: &'q [SqlValue],
+) -> Query<'q, Sqlite, SqliteArguments> {
+    for arg in args {
+        query = match arg {
+            SqlValue::Int(v) => query.bind(*v),
+            SqlValue::Real(v) => query.bind(*v),
+            SqlValue::Text(v) => query.bind(v.as_deref()),
+            SqlValue::Bool(v) => query.bind(*v),
+        };
+    }
+    query
+}
+
+/// A row as [`SqlValue`]s, by each value's storage class (SQLite types values, not columns).
+fn decode(row: &SqliteRow) -> StoreResult<SqlRow> {
+    let mut columns = Vec::with_capacity(row.columns().len());
+    for column in row.columns() {
+        let i = column.ordinal();
+        let raw = row.try_get_raw(i).map_err(err)?;
+        let class = if raw.is_null() {
+            "NULL".to_string()
+        } else {
+            raw.type_info().name().to_string()
+        };
+        let value = match class.as_str() {
+            "NULL" => SqlValue::Text(None),
+            "INTEGER" | "BOOLEAN" => SqlValue::Int(row.try_get::<Option<i64>, _>(i).map_err(err)?),
+            "REAL" => SqlValue::Real(row.try_get::<Option<f64>, _>(i).map_err(err)?),
+            _ => SqlValue::Text(row.try_get::<Option<String>, _>(i).map_err(err)?),
+        };
+        columns.push((column.name().to_string(), value));
+    }
+    Ok(SqlRow { columns })
+}
+
 #[async_trait]
 impl RelationalStore for SqliteStore {
-    async fn upsert_customers(&self, customers: &[Customer]) -> StoreResult<()> {
-        let customers = last_by_id(customers, |c| &c.id);
+    async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
+        // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
+        // fails half-way on a lock another writer took meanwhile.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-        for chunk in customers.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO customers (id, name, email) ");
-            q.push_values(chunk, |mut row, c| {
-                row.push_bind(c.id.clone())
-                    .push_bind(c.name.clone())
-                    .push_bind(c.email.clone());
-            });
-            q.push(
-                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email,
-                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                  WHERE customers.name IS NOT excluded.name OR customers.email IS NOT excluded.email",
-            );
-            q.build().execute(&mut *tx).await.map_err(err)?;
-        }
-        tx.commit().await.map_err(err)
-    }
-
-    async fn customer(&self, id: &str) -> StoreResult<Option<Customer>> {
-        let row = sqlx::query("SELECT id, name, email FROM customers WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
+        let mut results = Vec::with_capacity(statements.len());
+        for statement in statements {
+            let rows = bind(
+                sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
+                &statement.args,
+            )
+            .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
-        row.as_ref()
-            .map(|r| super::customer_row(STORE, r))
-            .transpose()
-    }
-
-    async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>> {
-        let mut found = HashSet::new();
-        for chunk in ids.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT id FROM customers WHERE id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(id.clone());
-            }
-            q.push(")");
-            let rows = q.build().fetch_all(&self.pool).await.map_err(err)?;
-            found.extend(rows.iter().map(|r| r.get::<String, _>("id")));
+            results.push(rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?);
         }
-        Ok(found)
-    }
-
-    async fn customers(&self, email: Option<&str>, page: Page) -> StoreResult<Vec<Customer>> {
-        let rows = sqlx::query(
-            "SELECT id, name, email FROM customers WHERE (?1 IS NULL OR email = ?1)
-             ORDER BY id LIMIT ?2 OFFSET ?3",
-        )
-        .bind(email)
-        .bind(i64::try_from(page.limit).unwrap_or(i64::MAX))
-        .bind(i64::try_from(page.skip).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(err)?;
-        rows.iter().map(|r| super::customer_row(STORE, r)).collect()
-    }
-
-    async fn count_customers(&self) -> StoreResult<i64> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM customers")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(err)
+        tx.commit().await.map_err(err)?;
+        Ok(results)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -124,7 +124,7 @@ impl RealStores {
                 redis_prefix: redis_prefix(),
                 mongodb_url: Some(mongodb),
                 mongodb_database: Some(format!("livros_test_{}", uuid::Uuid::new_v4().simple())),
-                mongodb_books_collection: None,
+                mongodb_collections: Default::default(),
             },
             db,
             redis_url: redis,

@@ -234,7 +234,14 @@ async fn mongo_store(url: &str) -> (MongoStore, String) {
     let config = MongoConfig {
         url: url.to_string(),
         database: database.clone(),
-        collections: [("books".to_string(), "books".to_string())].into(),
+        collections: [(
+            "books".to_string(),
+            (
+                "books".to_string(),
+                vec!["isbn".to_string(), "authors".to_string()],
+            ),
+        )]
+        .into(),
     };
     (MongoStore::connect(config).await.unwrap(), database)
 }

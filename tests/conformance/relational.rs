@@ -1,11 +1,26 @@
 //! The relational store suite: SQLite (embedded) and PostgreSQL.
 
-use livros::domain::Customer;
 use livros::store::postgres::PostgresStore;
 use livros::store::sqlite::SqliteStore;
 use livros::store::{Page, RelationalStore};
+use livros::systems::bookstore::customers::Customers;
+use livros::systems::bookstore::entities::Customer;
 
 use crate::common::{TestDb, service_url};
+
+fn sqlite_migrations() -> Vec<&'static sqlx::migrate::Migrator> {
+    livros::systems::schemas()
+        .iter()
+        .map(|m| m.sqlite)
+        .collect()
+}
+
+fn postgres_migrations() -> Vec<&'static sqlx::migrate::Migrator> {
+    livros::systems::schemas()
+        .iter()
+        .map(|m| m.postgres)
+        .collect()
+}
 
 fn customer(id: &str, name: &str, email: &str) -> Customer {
     Customer {
@@ -109,13 +124,13 @@ async fn suite(store: &dyn RelationalStore) {
 #[tokio::test]
 async fn sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("relational.db"))
+    let store = SqliteStore::open(&dir.path().join("relational.db"), &sqlite_migrations())
         .await
         .unwrap();
     suite(&store).await;
     // Reopening runs the migrations again harmlessly and keeps the data.
     drop(store);
-    let store = SqliteStore::open(&dir.path().join("relational.db"))
+    let store = SqliteStore::open(&dir.path().join("relational.db"), &sqlite_migrations())
         .await
         .unwrap();
     assert_eq!(store.count_customers().await.unwrap(), 2_503);
@@ -127,7 +142,9 @@ async fn postgres() {
         return;
     };
     let db = TestDb::create(&url).await;
-    let store = PostgresStore::connect(&db.url).await.unwrap();
+    let store = PostgresStore::connect(&db.url, &postgres_migrations())
+        .await
+        .unwrap();
     suite(&store).await;
     drop(store);
     db.drop_db().await;
@@ -135,7 +152,7 @@ async fn postgres() {
 
 #[tokio::test]
 async fn postgres_unreachable_is_a_clear_error() {
-    let error = PostgresStore::connect("postgres://livros:secret@127.0.0.1:1/livros")
+    let error = PostgresStore::connect("postgres://livros:secret@127.0.0.1:1/livros", &[])
         .await
         .err()
         .expect("nothing listens on port 1");

@@ -12,8 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use livros::api::{ApiConfig, RETRY_AFTER_SECS};
-use livros::routing::{BOOKS_COLLECTION, Router};
 use livros::store::{StoreConfig, Stores};
+use livros::systems::bookstore::customers::Customers;
+use livros::systems::bookstore::routing::{BOOKS_COLLECTION, Router};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,12 @@ macro_rules! on_every_engine {
                 return;
             };
             let dir = tempfile::tempdir().unwrap();
-            $scenario(Stores::open(dir.path(), &real.config).await.unwrap()).await;
+            $scenario(
+                livros::systems::open_stores(dir.path(), &real.config)
+                    .await
+                    .unwrap(),
+            )
+            .await;
             real.cleanup().await;
         }
     };
@@ -49,7 +55,7 @@ async fn serve(stores: Stores, config: ApiConfig) -> (String, CancellationToken)
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let app = livros::api::app(Router::new(stores), config);
+    let app = livros::systems::bookstore::http::app(Router::new(stores), config);
     tokio::spawn(livros::api::serve(listener, app, shutdown.clone()));
     (base, shutdown)
 }
@@ -496,7 +502,9 @@ async fn an_originals_databases_are_read_and_written_in_place() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let stores = Stores::open(dir.path(), config).await.unwrap();
+    let stores = livros::systems::open_stores(dir.path(), config)
+        .await
+        .unwrap();
     let (base, shutdown) = serve(stores, ApiConfig::default()).await;
     // `b-twice` is there twice, so `id` could not be made unique: a plain index instead.
     let indexes: Vec<mongodb::IndexModel> =
@@ -600,7 +608,9 @@ async fn a_store_set_up_wrong_is_a_server_error_not_a_client_error() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let stores = Stores::open(dir.path(), &real.config).await.unwrap();
+    let stores = livros::systems::open_stores(dir.path(), &real.config)
+        .await
+        .unwrap();
     let (base, shutdown) = serve(stores, ApiConfig::default()).await;
     let pg = sqlx::PgPool::connect(real.config.postgres_url.as_deref().unwrap())
         .await
@@ -638,7 +648,9 @@ async fn a_store_set_up_wrong_is_a_server_error_not_a_client_error() {
 }
 
 async fn embedded_stores(dir: &Path) -> Stores {
-    Stores::open(dir, &StoreConfig::default()).await.unwrap()
+    livros::systems::open_stores(dir, &StoreConfig::default())
+        .await
+        .unwrap()
 }
 
 on_every_engine!(round_trip, round_trip_embedded, round_trip_real_stores);
@@ -702,7 +714,7 @@ async fn a_store_that_goes_away_gives_503_with_retry_after_then_recovers() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let stores = Stores::open(
+    let stores = livros::systems::open_stores(
         dir.path(),
         &StoreConfig {
             redis_url: Some(format!("redis://127.0.0.1:{port}")),

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use livros::app::Settings;
 use livros::bus::kafka::KafkaConfig;
 use livros::bus::{Bus, Record, StartFrom};
-use livros::routing::{self, BOOKS_COLLECTION, Entity, Topics};
+use livros::bus::{Topics, dlq_topic};
 use livros::services::s2;
-use livros::store::{StoreConfig, Stores};
+use livros::store::StoreConfig;
+use livros::systems::bookstore::customers::Customers;
+use livros::systems::bookstore::routing::{self, BOOKS_COLLECTION, BookstoreTopics, Entity};
 use serde_json::Value;
 
 use common::{RealStores, eventually, free_port, service_url, spawn_redis};
@@ -124,6 +126,17 @@ impl Backends {
     }
 }
 
+/// Messages on the bookstore's entity topics that S2's groups (`group`) have not committed.
+async fn s2_lag(bus: &dyn Bus, group: &str, topics: &Topics) -> Result<i64, livros::bus::BusError> {
+    let mut total = 0;
+    for route in routing::ROUTES {
+        total += bus
+            .lag(&s2::group_of(group, route.topic), &[topics.entity(route)])
+            .await?;
+    }
+    Ok(total)
+}
+
 /// `livros` with a data dir and backends, quiet unless a test asks for output.
 fn livros(data_dir: &Path, backends: &Backends) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_livros"));
@@ -197,7 +210,7 @@ async fn verify(
             ids.entry(route.topic).or_default().insert(id);
         }
     }
-    let stores = Stores::open(data_dir, &backends.config)
+    let stores = livros::systems::open_stores(data_dir, &backends.config)
         .await
         .expect("stores open");
     let customers: Vec<String> = ids
@@ -375,11 +388,11 @@ async fn crash_and_restart(backends: Backends) {
     .await;
     kill9(&mut s2);
     kill9(&mut s3);
-    let s2_lag = s2::lag(&*bus, g2, &backends.topics).await.unwrap();
-    let s3_lag = bus.lag(g3, &all_topics).await.unwrap();
+    let s2_left = s2_lag(&*bus, g2, &backends.topics).await.unwrap();
+    let s3_left = bus.lag(g3, &all_topics).await.unwrap();
     assert!(
-        s2_lag > 0 && s3_lag > 0,
-        "the kill must land mid-run (lags {s2_lag}, {s3_lag})"
+        s2_left > 0 && s3_left > 0,
+        "the kill must land mid-run (lags {s2_left}, {s3_left})"
     );
 
     let (mut s2, mut s3) = (spawn("s2", "s2.second"), spawn("s3", "s3.second"));
@@ -387,7 +400,7 @@ async fn crash_and_restart(backends: Backends) {
         "S2 and S3 to finish after restart",
         Duration::from_secs(120),
         || async {
-            s2::lag(&*bus, g2, &backends.topics).await.unwrap() == 0
+            s2_lag(&*bus, g2, &backends.topics).await.unwrap() == 0
                 && bus.lag(g3, &all_topics).await.unwrap() == 0
         },
     )
@@ -530,7 +543,7 @@ async fn two_s2_processes_share_the_work_and_survive_losing_one() {
     )
     .await;
     kill9(&mut a);
-    let lag = s2::lag(&*bus, &backends.s2_group, &backends.topics)
+    let lag = s2_lag(&*bus, &backends.s2_group, &backends.topics)
         .await
         .unwrap();
     assert!(lag > 0, "the kill must land mid-run");
@@ -538,7 +551,7 @@ async fn two_s2_processes_share_the_work_and_survive_losing_one() {
         "the surviving S2 to finish",
         Duration::from_secs(120),
         || async {
-            s2::lag(&*bus, &backends.s2_group, &backends.topics)
+            s2_lag(&*bus, &backends.s2_group, &backends.topics)
                 .await
                 .unwrap()
                 == 0
@@ -546,7 +559,9 @@ async fn two_s2_processes_share_the_work_and_survive_losing_one() {
     )
     .await;
     terminate(&mut b);
-    let stores = Stores::open(dir.path(), &backends.config).await.unwrap();
+    let stores = livros::systems::open_stores(dir.path(), &backends.config)
+        .await
+        .unwrap();
     assert_eq!(
         stores.relational.count_customers().await.unwrap(),
         rounds as i64
@@ -646,7 +661,7 @@ async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
                     String::from_utf8_lossy(&record.payload)
                 )
             });
-        assert_eq!(letter.topic, routing::dlq_topic(&record.topic));
+        assert_eq!(letter.topic, dlq_topic(&record.topic));
         assert!(!letter.header("dlq.reason").unwrap_or_default().is_empty());
     }
     let reason_of = |payload: &[u8]| {
@@ -662,7 +677,7 @@ async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
     assert!(reason_of(bad[6].payload.as_slice()).contains("quantity"));
 
     // The valid messages, ours and the seed-style ones, are stored; nothing else is.
-    let stores = Stores::open(dir.path(), &StoreConfig::default())
+    let stores = livros::systems::open_stores(dir.path(), &StoreConfig::default())
         .await
         .unwrap();
     assert_eq!(
@@ -770,7 +785,9 @@ async fn the_originals_messages_are_stored(backends: Backends) {
         "300",
     ]));
 
-    let stores = Stores::open(dir.path(), &backends.config).await.unwrap();
+    let stores = livros::systems::open_stores(dir.path(), &backends.config)
+        .await
+        .unwrap();
     let read = |id: &str| {
         let stores = stores.clone();
         let id = id.to_string();
@@ -806,7 +823,7 @@ async fn the_originals_messages_are_stored(backends: Backends) {
             .is_some()
     );
 
-    let dlq = routing::dlq_topic(&topic(Entity::Order));
+    let dlq = dlq_topic(&topic(Entity::Order));
     let mut inspector = bus
         .subscribe("inspector", std::slice::from_ref(&dlq), StartFrom::Earliest)
         .await

@@ -6,52 +6,16 @@
 //!
 //! What is invalid (and therefore dead-lettered) is listed in [`Invalid`].
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::envelope;
-use crate::wire::{self, json_type};
+use crate::wire::{
+    self, Invalid, email, id, id_schema, json_type, object, optional_text, text,
+    text_or_number_schema, timestamp_schema,
+};
 
-/// Longest id we accept, in bytes: enough for UUIDs, Google Books ids and ISBNs, small
-/// enough to keep a hostile id out of Redis keys and index pages.
-pub const MAX_ID_LEN: usize = 128;
-/// Longest free-text field (name, title) in characters.
-pub const MAX_TEXT_LEN: usize = 1_000;
 /// Largest quantity in one order line; the generator uses 1–5, a real shop caps it too.
 pub const MAX_QUANTITY: i64 = 1_000;
-
-/// The OpenAPI schema of an id: a non-empty string, or an integer (the seeds send both;
-/// it is stored as text).
-fn id_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-    OneOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(MAX_ID_LEN))
-                .pattern(Some(r"\S")),
-        )
-        .item(ObjectBuilder::new().schema_type(Type::Integer))
-        .description(Some("A non-empty string, or an integer (stored as text)"))
-        .build()
-        .into()
-}
-
-/// The OpenAPI schema of an optional text field that may also come as a number (stored
-/// as its text).
-fn text_or_number_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-    OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(Type::String))
-        .item(ObjectBuilder::new().schema_type(Type::Number))
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .description(Some("Text, or a number (stored as its text), or null"))
-        .build()
-        .into()
-}
 
 /// The OpenAPI schema of a quantity: a whole number, or the text of one.
 fn quantity_schema() -> utoipa::openapi::schema::Schema {
@@ -70,34 +34,6 @@ fn quantity_schema() -> utoipa::openapi::schema::Schema {
         )
         .description(Some(
             "Copies, 1 to 1000: a whole number, or its text (answered as a number)",
-        ))
-        .build()
-        .into()
-}
-
-/// The OpenAPI schema of a timestamp: ISO 8601 text or Unix seconds.
-fn timestamp_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-    OneOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .min_length(Some(1))
-                .max_length(Some(wire::MAX_TIME_TEXT))
-                .examples(["2024-05-01T10:00:00.000000Z"]),
-        )
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Number)
-                .minimum(Some(wire::MIN_UNIX_SECONDS as f64))
-                .exclusive_maximum(Some(wire::MAX_UNIX_SECONDS as f64))
-                .examples([1795449989.1135995]),
-        )
-        .description(Some(
-            "When: RFC 3339 / ISO 8601 text (naive means UTC), or Unix seconds as a number \
-             (integer or fraction, as Python's time.time() gives) or as its text. Accepted from \
-             1970-01-01 to 2200-01-01; values that look like milliseconds are refused. Stored \
-             and answered as RFC 3339 UTC with microseconds, e.g. 2024-05-01T10:00:00.000000Z.",
         ))
         .build()
         .into()
@@ -174,155 +110,6 @@ pub struct Order {
     /// (RFC 3339, UTC, microseconds), whatever form it was sent in.
     #[schema(schema_with = timestamp_schema)]
     pub timestamp: String,
-}
-
-/// Why a message cannot become an entity. The text is what goes into the dead-letter record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Invalid {
-    /// The bytes are not JSON, or not a JSON object.
-    #[error("not a JSON object: {0}")]
-    NotJson(String),
-    /// A required field is absent or null.
-    #[error("missing field `{0}`")]
-    Missing(&'static str),
-    /// A field has the wrong JSON type or an unacceptable value.
-    #[error("field `{field}`: {problem}")]
-    Field {
-        /// The field's name.
-        field: &'static str,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// An order references a customer or book that no store holds.
-    #[error("unknown {kind} `{id}` referenced by order")]
-    UnknownReference {
-        /// `customer` or `book`.
-        kind: &'static str,
-        /// The id that was not found.
-        id: String,
-    },
-}
-
-impl Invalid {
-    fn field(field: &'static str, problem: impl fmt::Display) -> Self {
-        Invalid::Field {
-            field,
-            problem: problem.to_string(),
-        }
-    }
-}
-
-/// Reads the entity object out of a payload: the envelope's `data`, or the bare object.
-fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Invalid> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| Invalid::NotJson(e.to_string()))?;
-    match envelope::data_of(value) {
-        Value::Object(map) => Ok(map),
-        other => Err(Invalid::NotJson(format!(
-            "expected an object, found {}",
-            json_type(&other)
-        ))),
-    }
-}
-
-/// An id may be a non-empty string or an integer (the seeds use both); it is kept as text.
-fn id(map: &serde_json::Map<String, Value>, field: &'static str) -> Result<String, Invalid> {
-    let id = match map.get(field) {
-        None | Some(Value::Null) => return Err(Invalid::Missing(field)),
-        Some(Value::String(s)) => s.trim().to_string(),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
-        Some(other) => {
-            return Err(Invalid::field(
-                field,
-                format!("expected a string id, found {}", json_type(other)),
-            ));
-        }
-    };
-    match id_problem(&id) {
-        Some(problem) => Err(Invalid::field(field, problem)),
-        None => Ok(id),
-    }
-}
-
-/// What makes `id` unacceptable as an entity id, if anything. The HTTP API uses it too: a
-/// path id with a problem cannot name a stored record.
-pub fn id_problem(id: &str) -> Option<String> {
-    if id.is_empty() {
-        Some("must not be empty".into())
-    } else if id.len() > MAX_ID_LEN {
-        Some(format!("longer than {MAX_ID_LEN} bytes"))
-    } else if id.chars().any(char::is_control) {
-        Some("contains control characters".into())
-    } else {
-        None
-    }
-}
-
-fn text(map: &serde_json::Map<String, Value>, field: &'static str) -> Result<String, Invalid> {
-    match map.get(field) {
-        None | Some(Value::Null) => Err(Invalid::Missing(field)),
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            if s.is_empty() {
-                Err(Invalid::field(field, "must not be empty"))
-            } else if s.chars().count() > MAX_TEXT_LEN {
-                Err(Invalid::field(
-                    field,
-                    format!("longer than {MAX_TEXT_LEN} characters"),
-                ))
-            } else if s.contains('\0') {
-                Err(Invalid::field(field, "contains a NUL character"))
-            } else {
-                Ok(s.to_string())
-            }
-        }
-        Some(other) => Err(Invalid::field(
-            field,
-            format!("expected a string, found {}", json_type(other)),
-        )),
-    }
-}
-
-/// An optional field that is text, where a number stands for its own text (an ISBN or a
-/// year sent as a JSON number); absent or null is `None`.
-fn optional_text(
-    map: &serde_json::Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, Invalid> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(Invalid::field(
-            field,
-            format!("expected a string or null, found {}", json_type(other)),
-        )),
-    }
-}
-
-/// A pragmatic e-mail check: one `@`, a non-empty local part, a dotted domain, no spaces.
-/// Deliverability is not our business; obvious garbage is.
-fn email(map: &serde_json::Map<String, Value>) -> Result<String, Invalid> {
-    let email = text(map, "email")?;
-    let ok = match email.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && !domain.contains('@')
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-                && !email.chars().any(char::is_whitespace)
-        }
-        None => false,
-    };
-    if ok {
-        Ok(email)
-    } else {
-        Err(Invalid::field(
-            "email",
-            format!("`{email}` is not an e-mail address"),
-        ))
-    }
 }
 
 /// Parses a customer from a message payload.
@@ -442,6 +229,7 @@ pub fn isbn13_is_valid(isbn: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope;
 
     #[test]
     fn bare_and_enveloped_customers_parse_alike() {

@@ -6,10 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use super::generator::S1Config;
+use super::routing::{BookstoreTopics, Router};
 use crate::app::{self, AppError, Settings};
 use crate::bus::{Bus, StartFrom};
-use crate::routing::StoreKind;
-use crate::services::s1::S1Config;
+use crate::store::StoreKind;
 
 /// What a benchmark run measured.
 #[derive(Debug, Clone)]
@@ -85,7 +86,15 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
         (StoreKind::KeyValue, stores.key_value.describe()),
     ];
     let rounds = events.div_ceil(3);
-    let mut pipeline = app::Pipeline::start(bus.clone(), Some(stores), true, settings, false);
+    let router = Router::new(stores.clone());
+    let consumers = super::Bookstore::consumers_with(&router, settings);
+    // The bookstore's topics only: this bench measures one system.
+    let settings = &Settings {
+        systems: app::Systems(vec![std::sync::Arc::new(super::Bookstore)]),
+        ..settings.clone()
+    };
+    let mut pipeline =
+        app::Pipeline::start_with(bus.clone(), Some(stores), consumers, true, settings, false);
     let s1 = S1Config {
         count: Some(rounds),
         rate: 0.0,
@@ -94,27 +103,24 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
         topics: settings.topics.clone(),
     };
     let started = Instant::now();
-    crate::services::s1::run(
+    super::generator::run(
         bus.clone(),
-        crate::catalog::offline(),
+        super::catalog::offline(),
         s1,
         pipeline.counters.clone(),
         pipeline.shutdown.clone(),
     )
     .await?;
     let publish = started.elapsed();
+    let consumers = pipeline.consumers.clone();
     pipeline
-        .drain(|| crate::services::s2::lag(&*bus, &settings.s2.group, &settings.topics))
+        .drain(|| crate::services::s2::lag(&*bus, &consumers))
         .await?;
     let stored = started.elapsed();
-    let all = settings.topics.all();
+    let all = settings.all_topics();
     pipeline.drain(|| bus.lag(&settings.s3_group, &all)).await?;
     let end_to_end = started.elapsed();
-    let timings = pipeline
-        .router
-        .as_ref()
-        .expect("S2 runs in the bench")
-        .timings();
+    let timings = router.timings();
     pipeline.stop().await?;
     let ceiling = consume_ceiling(&*bus, settings, rounds * 3).await?;
     Ok(BenchReport {
@@ -273,8 +279,8 @@ pub async fn http(
             .map_err(crate::services::ServiceError::Http)?
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let api = crate::api::app(
-        crate::routing::Router::new(stores),
+    let api = super::http::app(
+        Router::new(stores),
         crate::api::ApiConfig {
             token: settings.api.token.clone(),
             ..crate::api::ApiConfig::default()
@@ -282,12 +288,12 @@ pub async fn http(
     );
     let server = tokio::spawn(crate::api::serve(listener, api, shutdown.clone()));
 
-    let mut generator = crate::services::s1::Generator::new(
-        crate::catalog::offline(),
+    let mut generator = super::generator::Generator::new(
+        super::catalog::offline(),
         Some(1),
         settings.topics.clone(),
     );
-    let customers: Vec<crate::domain::Customer> =
+    let customers: Vec<super::entities::Customer> =
         (0..requests).map(|_| generator.customer()).collect();
     let ids: std::sync::Arc<Vec<String>> =
         std::sync::Arc::new(customers.iter().map(|c| c.id.clone()).collect());

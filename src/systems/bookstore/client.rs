@@ -18,10 +18,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::s1::{Generator, S1Config, S1Report};
-use super::{Counters, ServiceError};
-use crate::domain::Book;
-use crate::routing::{Entity, short};
+use super::entities::Book;
+use super::generator::{Generator, S1Config, S1Report};
+use super::routing::Entity;
+use crate::services::{Counters, ServiceError, short};
 
 /// Where and how S1 posts.
 #[derive(Debug, Clone)]

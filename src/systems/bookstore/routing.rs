@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::{self, Book, Customer, Invalid, Order};
-use crate::store::{KvWrite, StoreResult, Stores};
+use super::customers::Customers;
+use super::entities::{self as domain, Book, Customer, Order};
+use crate::bus::{Topics, dlq_topic};
+use crate::services::{Outcome, Rejection, short};
+use crate::store::{KvWrite, StoreKind, StoreResult, Stores};
+use crate::wire::Invalid;
 
 /// The kinds of data the bookstore handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -48,29 +52,6 @@ impl Entity {
             Entity::Customer => "customers",
             Entity::Book => "books",
             Entity::Order => "orders",
-        }
-    }
-}
-
-/// The kinds of store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StoreKind {
-    /// SQLite or PostgreSQL.
-    Relational,
-    /// Embedded documents, later MongoDB.
-    Document,
-    /// Embedded hashes and sets, or Redis.
-    KeyValue,
-}
-
-impl StoreKind {
-    /// Name for output lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            StoreKind::Relational => "relational",
-            StoreKind::Document => "document",
-            StoreKind::KeyValue => "key-value",
         }
     }
 }
@@ -116,53 +97,36 @@ pub fn route_of(entity: Entity) -> Route {
         .expect("every entity has a route")
 }
 
-/// The dead-letter topic of `topic`.
-pub fn dlq_topic(topic: &str) -> String {
-    format!("{topic}.dlq")
-}
-
-/// The topic names of one deployment: the table's names behind an optional prefix, so
-/// several deployments (or test runs) can share one Kafka cluster. The default, no
-/// prefix, is the seeds' wire contract.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Topics {
-    prefix: String,
-}
-
-impl Topics {
-    /// Names with `prefix` in front (`staging.` gives `staging.customers`).
-    pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
-    }
-
-    /// The prefix in front of every name.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
+/// The bookstore's topic names in a deployment (behind its [`Topics`] prefix).
+pub trait BookstoreTopics {
     /// The topic carrying `route`'s entity.
-    pub fn entity(&self, route: Route) -> String {
-        format!("{}{}", self.prefix, route.topic)
+    fn entity(&self, route: Route) -> String;
+    /// The entity topics.
+    fn entities(&self) -> Vec<String>;
+    /// Every topic the bookstore uses: the entity topics and their dead-letter topics.
+    fn all(&self) -> Vec<String>;
+    /// The route whose entity topic is `topic` (not its dead-letter topic).
+    fn route(&self, topic: &str) -> Option<Route>;
+}
+
+impl BookstoreTopics for Topics {
+    fn entity(&self, route: Route) -> String {
+        self.name(route.topic)
     }
 
-    /// The entity topics.
-    pub fn entities(&self) -> Vec<String> {
+    fn entities(&self) -> Vec<String> {
         ROUTES.iter().map(|r| self.entity(*r)).collect()
     }
 
-    /// Every topic the system uses: the entity topics and their dead-letter topics.
-    pub fn all(&self) -> Vec<String> {
+    fn all(&self) -> Vec<String> {
         ROUTES
             .iter()
             .flat_map(|r| [self.entity(*r), dlq_topic(&self.entity(*r))])
             .collect()
     }
 
-    /// The route whose entity topic is `topic` (not its dead-letter topic).
-    pub fn route(&self, topic: &str) -> Option<Route> {
-        let name = topic.strip_prefix(&self.prefix)?;
+    fn route(&self, topic: &str) -> Option<Route> {
+        let name = self.strip(topic)?;
         ROUTES.iter().find(|r| r.topic == name).copied()
     }
 }
@@ -220,31 +184,6 @@ pub fn order_from_hash(
         quantity,
         timestamp,
     })
-}
-
-/// What became of one message.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Stored (or already there): the entity's id and a label for output lines.
-    Stored {
-        /// Entity id.
-        id: String,
-        /// A human label (a name, a title).
-        label: String,
-    },
-    /// Cannot be stored: S2 dead-letters it, the HTTP API answers 4xx.
-    Rejected(Rejection),
-}
-
-/// Why a message was not stored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    /// It is not a valid entity (see [`Invalid`]).
-    #[error(transparent)]
-    Invalid(#[from] Invalid),
-    /// The store refused it (a constraint, a value it cannot hold); the driver's words.
-    #[error("{0}")]
-    Store(String),
 }
 
 /// Time and volume spent in each store, for `livros bench`.
@@ -557,14 +496,6 @@ fn outcomes<T>(
             },
         })
         .collect()
-}
-
-/// The first 8 characters of an id and an ellipsis, for output lines.
-pub fn short(id: &str) -> String {
-    match id.char_indices().nth(8) {
-        Some((i, _)) => format!("{}…", &id[..i]),
-        None => id.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::domain::Book;
+use crate::store::Filter;
+use crate::systems::bookstore::entities::Book;
 
 /// The offline catalogue, compiled in so the binary works with no network.
-const OFFLINE: &str = include_str!("../data/books.json");
+const OFFLINE: &str = include_str!("../../../data/books.json");
 /// Google Books API root; `GOOGLE_BOOKS_API_URL` overrides it (tests, proxies).
 pub const GOOGLE_BOOKS_URL: &str = "https://www.googleapis.com/books/v1";
 /// A slow API must not hold up S1's start for long: the offline catalogue is always there.
@@ -224,10 +225,35 @@ pub async fn load(api_key: Option<&str>, api_url: &str) -> (Vec<Book>, String) {
     )
 }
 
+/// The filters of a book search, as `livros books` and `GET /books` take them: an author
+/// (exact, as stored), an ISBN (hyphens and spaces ignored), words of the title.
+pub fn book_filters(author: Option<&str>, isbn: Option<&str>, title: Option<&str>) -> Vec<Filter> {
+    let mut filters = Vec::new();
+    if let Some(a) = author {
+        filters.push(Filter::Eq {
+            field: "authors".into(),
+            value: a.trim().to_string(),
+        });
+    }
+    if let Some(i) = isbn {
+        filters.push(Filter::Eq {
+            field: "isbn".into(),
+            value: i.chars().filter(|c| c.is_ascii_alphanumeric()).collect(),
+        });
+    }
+    if let Some(t) = title {
+        filters.push(Filter::Words {
+            field: "title".into(),
+            words: t.split_whitespace().map(str::to_string).collect(),
+        });
+    }
+    filters
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{isbn13_is_valid, parse_book};
+    use crate::systems::bookstore::entities::{isbn13_is_valid, parse_book};
 
     #[test]
     fn offline_catalogue_is_large_unique_and_valid() {

@@ -1,4 +1,4 @@
-//! S1, the producer: generates customers (pt_BR names), books (from [`crate::catalog`]) and
+//! S1, the producer: generates customers (pt_BR names), books (from [`crate::systems::bookstore::catalog`]) and
 //! orders referencing them, and publishes each to its topic, keyed by entity id, wrapped
 //! in the CloudEvents envelope.
 //!
@@ -17,12 +17,12 @@ use fake::rand::seq::{IndexedRandom, SliceRandom};
 use fake::rand::{RngExt, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use super::{Counters, ServiceError, bus_transient};
-use crate::bus::{Bus, Record};
-use crate::domain::{Book, Customer, Order};
+use super::entities::{Book, Customer, Order};
+use super::routing::{BookstoreTopics, Entity, route_of};
+use crate::bus::{Bus, Record, Topics};
 use crate::envelope::Envelope;
 use crate::retry;
-use crate::routing::{Entity, Topics, route_of, short};
+use crate::services::{Counters, ServiceError, bus_transient, short};
 
 /// Rounds per publish when running flat out: big enough to amortize a durable commit.
 const ROUNDS_PER_BATCH: u64 = 500;
@@ -270,15 +270,21 @@ mod tests {
 
     #[test]
     fn generated_data_is_valid_and_consistent() {
-        let mut g = Generator::new(crate::catalog::offline(), Some(7), Topics::default());
+        let mut g = Generator::new(
+            crate::systems::bookstore::catalog::offline(),
+            Some(7),
+            Topics::default(),
+        );
         for _ in 0..50 {
             let records = g.round();
-            let c = crate::domain::parse_customer(&records[0].0.payload).unwrap();
+            let c =
+                crate::systems::bookstore::entities::parse_customer(&records[0].0.payload).unwrap();
             assert!(c.email.is_ascii(), "{}", c.email);
             let domain = c.email.split('@').nth(1).unwrap();
             assert!(["example.com", "example.org", "example.net"].contains(&domain));
-            crate::domain::parse_book(&records[1].0.payload).unwrap();
-            let o = crate::domain::parse_order(&records[2].0.payload).unwrap();
+            crate::systems::bookstore::entities::parse_book(&records[1].0.payload).unwrap();
+            let o =
+                crate::systems::bookstore::entities::parse_order(&records[2].0.payload).unwrap();
             assert!((1..=5).contains(&o.quantity));
             assert_eq!(records[0].0.key.as_deref(), Some(c.id.as_str()));
         }
