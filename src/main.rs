@@ -266,7 +266,8 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Run S1 alone: generate and publish on the bus, or post to S2's HTTP API.
+    /// Run S1 alone: every system's generator publishing on the bus, or (`--via http`) the
+    /// bookstore's client posting to its HTTP API.
     S1 {
         #[command(flatten)]
         produce: ProduceArgs,
@@ -581,27 +582,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_events: generate.print_events,
                 topics: settings.topics.clone(),
             };
-            let bus = match via.via {
-                Via::Bus => {
-                    let bus = app::open_bus(&settings).await?;
-                    println!("[S1] publishing to {}", bus.describe());
-                    Some(bus)
-                }
-                Via::Http => {
-                    println!(
-                        "[S1] posting to {}, logging each exchange to {}",
-                        via.target,
-                        via.http_log.display()
-                    );
-                    None
-                }
-            };
-            let (books, source) = livros::systems::bookstore::catalog::load(
-                settings.google_books_key.as_deref(),
-                &settings.google_books_url,
-            )
-            .await;
-            println!("[S1] {source}");
             let counters = Arc::new(Counters::default());
             let shutdown = tokio_util::sync::CancellationToken::new();
             let stopper = {
@@ -611,12 +591,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     shutdown.cancel();
                 })
             };
-            let report = match bus {
-                Some(bus) => {
-                    livros::systems::bookstore::generator::run(bus, books, s1, counters, shutdown)
-                        .await?
+            match via.via {
+                Via::Bus => {
+                    // Every system's generator, on the bus.
+                    let bus = app::open_bus(&settings).await?;
+                    println!("[S1] publishing to {}", bus.describe());
+                    let runs = settings.systems.0.iter().map(|system| {
+                        system.generate(
+                            bus.clone(),
+                            &settings,
+                            generate.clone(),
+                            counters.clone(),
+                            shutdown.clone(),
+                        )
+                    });
+                    let mut sent = Vec::new();
+                    for (system, result) in settings
+                        .systems
+                        .0
+                        .iter()
+                        .zip(futures::future::join_all(runs).await)
+                    {
+                        sent.push((system.name(), result?));
+                    }
+                    stopper.abort();
+                    println!("[S1] sent {}", sent_line(&sent));
                 }
-                None => {
+                Via::Http => {
+                    // The client-server seed is the bookstore's.
+                    println!(
+                        "[S1] posting to {}, logging each exchange to {}",
+                        via.target,
+                        via.http_log.display()
+                    );
+                    let (books, source) = livros::systems::bookstore::catalog::load(
+                        settings.google_books_key.as_deref(),
+                        &settings.google_books_url,
+                    )
+                    .await;
+                    println!("[S1] {source}");
                     let target = HttpTarget {
                         base: via.target.clone(),
                         token: settings.api.token.clone(),
@@ -624,26 +637,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         concurrency: via.concurrency,
                         timeout: Duration::from_secs(30),
                     };
-                    livros::systems::bookstore::client::run(target, books, s1, counters, shutdown)
-                        .await?
-                }
-            };
-            stopper.abort();
-            println!(
-                "[S1] sent {} customers, {} books, {} orders{}",
-                report.customers,
-                report.books,
-                report.orders,
-                if report.rejected > 0 {
-                    format!(
-                        "; {} refused by the server (see {})",
-                        report.rejected,
-                        via.http_log.display()
+                    let report = livros::systems::bookstore::client::run(
+                        target, books, s1, counters, shutdown,
                     )
-                } else {
-                    String::new()
+                    .await?;
+                    stopper.abort();
+                    println!(
+                        "[S1] sent {} customers, {} books, {} orders{}",
+                        report.customers,
+                        report.books,
+                        report.orders,
+                        if report.rejected > 0 {
+                            format!(
+                                "; {} refused by the server (see {})",
+                                report.rejected,
+                                via.http_log.display()
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
-            );
+            }
         }
         Command::S2 {
             consume,

@@ -53,6 +53,10 @@ pub enum Outcome {
         id: String,
         /// A human label (a name, a title).
         label: String,
+        /// Records to publish because of it (a reply), before the offset is committed. A
+        /// redelivered message may publish them again: consumers of replies must take a
+        /// second copy in stride.
+        out: Vec<crate::bus::Record>,
     },
     /// Cannot be stored: S2 dead-letters it, the HTTP API answers 4xx.
     Rejected(Rejection),

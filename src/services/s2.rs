@@ -144,12 +144,20 @@ async fn consume(
                 Outcome::Stored { .. } => None,
             })
             .collect();
-        if !dead.is_empty() {
+        // Replies and dead letters are durable on the bus before the offset moves on.
+        let rejected = dead.len();
+        let mut outgoing = dead;
+        for o in &outcomes {
+            if let Outcome::Stored { out, .. } = o {
+                outgoing.extend(out.iter().cloned());
+            }
+        }
+        if !outgoing.is_empty() {
             let published = retry::until_ok(
-                &format!("publishing to `{dlq}`"),
+                &format!("publishing replies and dead letters of `{topic}`"),
                 &shutdown,
                 bus_transient,
-                || bus.publish(&dead),
+                || bus.publish(&outgoing),
             )
             .await?;
             if published.is_none() {
@@ -163,13 +171,12 @@ async fn consume(
             break;
         }
 
-        let rejected = dead.len();
         Counters::add(&counters.stored, messages.len() - rejected);
         Counters::add(&counters.dead_lettered, rejected);
         if config.print_events {
             for (m, o) in messages.iter().zip(&outcomes) {
                 match o {
-                    Outcome::Stored { id, label } => println!(
+                    Outcome::Stored { id, label, .. } => println!(
                         "[S2] Stored {} {} ({label}) in {}",
                         spec.noun,
                         short(id),

@@ -494,9 +494,19 @@ pub enum KvWrite {
         /// Members to add.
         members: Vec<String>,
     },
+    /// `SET key value [PX ttl]`: a string, gone after `ttl` when one is given.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// How long it lives; `None`: until overwritten.
+        ttl: Option<std::time::Duration>,
+    },
 }
 
-/// The key-value store: Redis' hashes and sets, the subset our data needs.
+/// The key-value store: Redis' hashes, sets and strings with expiry, the subset our data
+/// needs.
 #[async_trait]
 pub trait KeyValueStore: Send + Sync {
     /// Applies the writes in one round trip (a pipeline, a transaction).
@@ -518,6 +528,8 @@ pub trait KeyValueStore: Send + Sync {
     async fn smembers(&self, key: &str) -> StoreResult<BTreeSet<String>>;
     /// How many keys start with `prefix`.
     async fn count_prefix(&self, prefix: &str) -> StoreResult<i64>;
+    /// A string's value; `None` when absent or expired.
+    async fn get(&self, key: &str) -> StoreResult<Option<String>>;
     /// Answers when the store is reachable (for readiness checks).
     async fn ping(&self) -> StoreResult<()>;
     /// A name for logs.

@@ -103,6 +103,16 @@ impl KeyValueStore for RedisStore {
                 KvWrite::SAdd { key, members } if !members.is_empty() => {
                     pipe.sadd(self.key(key), members).ignore();
                 }
+                KvWrite::Set { key, value, ttl } => match ttl {
+                    // Redis counts expiry in whole milliseconds; never 0, which it refuses.
+                    Some(ttl) => {
+                        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                        pipe.pset_ex(self.key(key), value, ms).ignore();
+                    }
+                    None => {
+                        pipe.set(self.key(key), value).ignore();
+                    }
+                },
                 _ => {}
             }
         }
@@ -187,6 +197,14 @@ impl KeyValueStore for RedisStore {
             }
             cursor = next;
         }
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<String>> {
+        redis::cmd("GET")
+            .arg(self.key(key))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)
     }
 
     async fn ping(&self) -> StoreResult<()> {

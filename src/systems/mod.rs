@@ -3,6 +3,7 @@
 //! | system | seeds | topics | HTTP |
 //! |---|---|---|---|
 //! | [`bookstore`] | 1 (pub/sub) and 2 (client-server) | `customers`, `books`, `orders` | S2's REST API, :5000 |
+//! | [`streaming`] | 3 (streaming platform) | `user_events`, `response_events` | the gateway (S1), :8000 |
 //!
 //! A system folder holds its entities and their validation (`entities.rs`), its routing
 //! table — which data goes to which store, which topics it reads and writes
@@ -12,6 +13,7 @@
 //! The core (bus, stores, consumer runtime, audit log, HTTP plumbing) names no entity.
 
 pub mod bookstore;
+pub mod streaming;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -134,7 +136,10 @@ pub enum GetError {
 
 /// Every system this binary runs, in `livros up`'s order.
 pub fn all() -> Vec<Arc<dyn System>> {
-    vec![Arc::new(bookstore::Bookstore)]
+    vec![
+        Arc::new(bookstore::Bookstore),
+        Arc::new(streaming::Streaming),
+    ]
 }
 
 /// The systems named in `names` (comma-separated, as `--systems` takes them), in the

@@ -25,7 +25,64 @@ fn sadd(key: &str, members: &[&str]) -> KvWrite {
     }
 }
 
+fn set(key: &str, value: &str, ttl: Option<std::time::Duration>) -> KvWrite {
+    KvWrite::Set {
+        key: key.into(),
+        value: value.into(),
+        ttl,
+    }
+}
+
+/// Strings, overwritten, and gone after their time to live.
+async fn strings(store: &dyn KeyValueStore) {
+    use std::time::Duration;
+    assert_eq!(store.get("status:none").await.unwrap(), None);
+    store
+        .write(&[
+            set("status:a", "pending", Some(Duration::from_secs(60))),
+            set("status:forever", "kept", None),
+            set(
+                "status:short",
+                "soon gone",
+                Some(Duration::from_millis(300)),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("status:a").await.unwrap().as_deref(),
+        Some("pending")
+    );
+    store
+        .write(&[set(
+            "status:a",
+            "{\"status\":\"success\"}",
+            Some(Duration::from_secs(60)),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("status:a").await.unwrap().as_deref(),
+        Some("{\"status\":\"success\"}")
+    );
+    assert_eq!(
+        store.get("status:short").await.unwrap().as_deref(),
+        Some("soon gone")
+    );
+    assert_eq!(store.count_prefix("status:").await.unwrap(), 3);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(store.get("status:short").await.unwrap(), None, "expired");
+    assert_eq!(
+        store.get("status:forever").await.unwrap().as_deref(),
+        Some("kept")
+    );
+    assert_eq!(store.count_prefix("status:").await.unwrap(), 2);
+    let keys = vec!["status:a".to_string(), "status:short".to_string()];
+    assert_eq!(store.existing(&keys).await.unwrap().len(), 1);
+}
+
 async fn suite(store: &dyn KeyValueStore) {
+    strings(store).await;
     store.ping().await.unwrap();
     assert!(store.hgetall("order:none").await.unwrap().is_empty());
     assert!(

@@ -803,6 +803,8 @@ fn spawn_serving(data_dir: &Path, args: &[&str]) -> (Child, String) {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
+        // These tests are about the bookstore's API.
+        .env("LIVROS_SYSTEMS", "bookstore")
         .env("LIVROS_DATA_DIR", data_dir)
         .args(args)
         .stdin(Stdio::null())
@@ -882,6 +884,7 @@ fn s1_http(dir: &Path, target: &str, count: u64) -> Child {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "warn")
+        .env("LIVROS_SYSTEMS", "bookstore")
         .env("LIVROS_DATA_DIR", dir.join("s1-data"))
         .current_dir(dir)
         .args([

@@ -491,7 +491,11 @@ fn outcomes<T>(
                 Some(reason) => Outcome::Rejected(Rejection::Store(reason.clone())),
                 None => {
                     let (id, label) = label(&item);
-                    Outcome::Stored { id, label }
+                    Outcome::Stored {
+                        id,
+                        label,
+                        out: Vec::new(),
+                    }
                 }
             },
         })

@@ -1,0 +1,442 @@
+//! The streaming platform's events and records, and the one place that decides whether an
+//! event is valid.
+//!
+//! An event on `user_events` is the seed's flat JSON: `event_type`, `correlation_id`,
+//! `timestamp`, `source`, `target`, and the payload's fields at the top level. Something
+//! that is not an event at all (not JSON, no `event_type` or `correlation_id`) is
+//! dead-lettered ([`parse_event`]); an event whose fields are wrong is answered with an
+//! error reply ([`command`]), since its sender waits on its correlation id.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::wire::{self, Invalid};
+
+/// The plans the seed offers.
+pub const PLANOS: [&str; 3] = ["Básico", "Padrão", "Premium"];
+/// The payment methods the seed offers.
+pub const FORMAS_PAGAMENTO: [&str; 3] = ["Cartão", "Pix", "Boleto"];
+/// Largest payment: NUMERIC(10, 2) holds less than 10^8.
+pub const MAX_VALOR: f64 = 99_999_999.99;
+
+/// What an event asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// A new user.
+    CriarUsuario,
+    /// A user's plan.
+    AtualizarAssinatura,
+    /// A payment by a user.
+    PagamentoRealizado,
+    /// A user's preferences.
+    AtualizarConfig,
+}
+
+impl EventType {
+    /// Every event type, in the order a generator round sends them.
+    pub const ALL: [EventType; 4] = [
+        EventType::CriarUsuario,
+        EventType::AtualizarAssinatura,
+        EventType::PagamentoRealizado,
+        EventType::AtualizarConfig,
+    ];
+
+    /// The name on the wire (`criar_usuario`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::CriarUsuario => "criar_usuario",
+            EventType::AtualizarAssinatura => "atualizar_assinatura",
+            EventType::PagamentoRealizado => "pagamento_realizado",
+            EventType::AtualizarConfig => "atualizar_config",
+        }
+    }
+
+    /// The event type named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// An event read off `user_events`: its envelope fields and its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `event_type`, as sent (it may name no known type: that is answered, not dropped).
+    pub event_type: String,
+    /// The request's correlation id.
+    pub correlation_id: String,
+    /// When it was sent, canonical RFC 3339 (now, if it did not say).
+    pub timestamp: String,
+    /// The whole object, payload fields included.
+    pub fields: Map<String, Value>,
+}
+
+/// Reads an event; `Err` only for what is not an event at all (dead-lettered).
+pub fn parse_event(payload: &[u8]) -> Result<Event, Invalid> {
+    let fields = wire::object(payload)?;
+    let event_type = wire::text(&fields, "event_type")?;
+    let correlation_id = wire::id(&fields, "correlation_id")?;
+    let timestamp = match fields.get("timestamp") {
+        None | Some(Value::Null) => wire::format_timestamp(&chrono::Utc::now()),
+        Some(v) => wire::timestamp(v)
+            .map(|t| wire::format_timestamp(&t))
+            .unwrap_or_else(|_| wire::format_timestamp(&chrono::Utc::now())),
+    };
+    Ok(Event {
+        event_type,
+        correlation_id,
+        timestamp,
+        fields,
+    })
+}
+
+/// A user (table `usuarios`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usuario {
+    /// The user's number.
+    pub user_id: i64,
+    /// Full name.
+    pub nome: String,
+    /// E-mail address, unique.
+    pub email: String,
+    /// CPF, 11 digits with valid check digits, unique.
+    pub cpf: String,
+    /// When the user was created (RFC 3339).
+    pub data_criacao: String,
+}
+
+/// A user's subscription (table `assinaturas`, one per user).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Assinatura {
+    /// Whose.
+    pub user_id: i64,
+    /// `Básico`, `Padrão` or `Premium`.
+    pub plano: String,
+    /// Start (RFC 3339).
+    pub inicio: String,
+    /// End (RFC 3339).
+    pub fim: String,
+    /// `ativa`, …
+    pub status: String,
+}
+
+/// A payment (table `pagamentos`, insert-only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Pagamento {
+    /// Whose.
+    pub user_id: i64,
+    /// Amount with two decimals, as text (`19.90`).
+    pub valor: String,
+    /// `Cartão`, `Pix` or `Boleto`.
+    pub forma_pagamento: String,
+    /// `aprovado`, …
+    pub status: String,
+    /// When (RFC 3339).
+    pub data_pagamento: String,
+}
+
+/// A user's preferences (table `preferencias`, one per user).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Preferencias {
+    /// Whose.
+    pub user_id: i64,
+    /// Language (`pt-BR`, …).
+    pub idioma: String,
+    /// Whether to send notifications.
+    pub notificacoes: bool,
+    /// `claro` or `escuro`, …
+    pub tema: String,
+    /// When they last changed (RFC 3339).
+    pub data_atualizacao: String,
+}
+
+/// What a valid event asks the processor to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Create a user.
+    Criar(Usuario),
+    /// Set a user's subscription.
+    Assinar(Assinatura),
+    /// Record a payment.
+    Pagar(Pagamento),
+    /// Set a user's preferences.
+    Configurar(Preferencias),
+}
+
+impl Command {
+    /// The user it is about.
+    pub fn user_id(&self) -> i64 {
+        match self {
+            Command::Criar(u) => u.user_id,
+            Command::Assinar(a) => a.user_id,
+            Command::Pagar(p) => p.user_id,
+            Command::Configurar(c) => c.user_id,
+        }
+    }
+}
+
+/// A user id: a whole number from 1 (the seed's are integers; text of one is accepted).
+pub fn user_id(fields: &Map<String, Value>) -> Result<i64, Invalid> {
+    match fields.get("user_id") {
+        None | Some(Value::Null) => Err(Invalid::Missing("user_id")),
+        Some(v) => match wire::whole_number(v) {
+            Ok(n) if n >= 1 => Ok(n),
+            Ok(n) => Err(Invalid::field(
+                "user_id",
+                format!("{n} is not a user id (1 or more)"),
+            )),
+            Err(problem) => Err(Invalid::field("user_id", problem)),
+        },
+    }
+}
+
+/// One of `allowed`, or the first when absent.
+fn one_of(
+    fields: &Map<String, Value>,
+    field: &'static str,
+    allowed: &[&str],
+) -> Result<String, Invalid> {
+    let value = wire::text(fields, field)?;
+    if allowed.contains(&value.as_str()) {
+        Ok(value)
+    } else {
+        Err(Invalid::field(
+            field,
+            format!("`{value}` is not one of {}", allowed.join(", ")),
+        ))
+    }
+}
+
+/// Optional text with a default.
+fn text_or(
+    fields: &Map<String, Value>,
+    field: &'static str,
+    default: &str,
+) -> Result<String, Invalid> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Ok(default.to_string()),
+        Some(_) => wire::text(fields, field),
+    }
+}
+
+/// An optional time, canonical, with a default.
+fn time_or(
+    fields: &Map<String, Value>,
+    field: &'static str,
+    default: &str,
+) -> Result<String, Invalid> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Ok(default.to_string()),
+        Some(v) => wire::timestamp(v)
+            .map(|t| wire::format_timestamp(&t))
+            .map_err(|problem| Invalid::field(field, problem)),
+    }
+}
+
+/// An amount of money: a number or its text, at least 0, at most two decimals.
+pub fn valor(fields: &Map<String, Value>) -> Result<String, Invalid> {
+    let text = match fields.get("valor") {
+        None | Some(Value::Null) => return Err(Invalid::Missing("valor")),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.trim().replace(',', "."),
+        Some(other) => {
+            return Err(Invalid::field(
+                "valor",
+                format!("expected a number, found {}", wire::json_type(other)),
+            ));
+        }
+    };
+    let amount: f64 = text
+        .parse()
+        .map_err(|_| Invalid::field("valor", format!("`{text}` is not an amount")))?;
+    let decimals = text
+        .split_once('.')
+        .map_or(0, |(_, d)| d.trim_end_matches('0').len());
+    if !amount.is_finite() || !(0.0..=MAX_VALOR).contains(&amount) {
+        return Err(Invalid::field(
+            "valor",
+            format!("{text} is outside 0 to {MAX_VALOR}"),
+        ));
+    }
+    if decimals > 2 || text.contains(['e', 'E']) {
+        return Err(Invalid::field(
+            "valor",
+            format!("{text} has more than two decimals"),
+        ));
+    }
+    Ok(format!("{amount:.2}"))
+}
+
+/// Whether `cpf` (11 digits, punctuation ignored) has valid check digits and is not one
+/// digit repeated.
+pub fn cpf_is_valid(cpf: &str) -> bool {
+    let digits: Vec<u32> = cpf.chars().filter_map(|c| c.to_digit(10)).collect();
+    if digits.len() != 11
+        || cpf
+            .chars()
+            .any(|c| !c.is_ascii_digit() && c != '.' && c != '-')
+        || digits.iter().all(|d| *d == digits[0])
+    {
+        return false;
+    }
+    let check = |n: usize| {
+        let sum: u32 = digits[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d * (n as u32 + 1 - i as u32))
+            .sum();
+        (sum * 10 % 11) % 10
+    };
+    check(9) == digits[9] && check(10) == digits[10]
+}
+
+/// A CPF's check digits for its first nine digits (the generator's).
+pub fn cpf_with_check_digits(nine: [u32; 9]) -> String {
+    let mut digits = nine.to_vec();
+    for n in [9, 10] {
+        let sum: u32 = digits
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d * (n as u32 + 1 - i as u32))
+            .sum();
+        digits.push((sum * 10 % 11) % 10);
+    }
+    digits
+        .iter()
+        .map(|d| char::from_digit(*d, 10).unwrap_or('0'))
+        .collect()
+}
+
+/// The command a known event asks for; `Err` says why it cannot be done (an error reply).
+pub fn command(event: &Event) -> Result<Command, Invalid> {
+    let f = &event.fields;
+    let now = &event.timestamp;
+    let kind = EventType::from_name(&event.event_type).ok_or_else(|| {
+        Invalid::field(
+            "event_type",
+            format!(
+                "`{}` is not an event type: {}",
+                event.event_type,
+                EventType::ALL.map(EventType::name).join(", ")
+            ),
+        )
+    })?;
+    Ok(match kind {
+        EventType::CriarUsuario => {
+            let cpf: String = wire::text(f, "cpf")?
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            if !cpf_is_valid(&cpf) {
+                return Err(Invalid::field("cpf", format!("`{cpf}` is not a valid CPF")));
+            }
+            Command::Criar(Usuario {
+                user_id: user_id(f)?,
+                nome: wire::text(f, "nome")?,
+                email: wire::email(f)?,
+                cpf,
+                data_criacao: time_or(f, "data_criacao", now)?,
+            })
+        }
+        EventType::AtualizarAssinatura => {
+            let inicio = time_or(f, "inicio", now)?;
+            let default_end = chrono::DateTime::parse_from_rfc3339(&inicio)
+                .map(|t| wire::format_timestamp(&(t.to_utc() + chrono::Duration::days(30))))
+                .unwrap_or_else(|_| inicio.clone());
+            Command::Assinar(Assinatura {
+                user_id: user_id(f)?,
+                plano: one_of(f, "plano", &PLANOS)?,
+                fim: time_or(f, "fim", &default_end)?,
+                inicio,
+                status: text_or(f, "status", "ativa")?,
+            })
+        }
+        EventType::PagamentoRealizado => Command::Pagar(Pagamento {
+            user_id: user_id(f)?,
+            valor: valor(f)?,
+            forma_pagamento: one_of(f, "forma_pagamento", &FORMAS_PAGAMENTO)?,
+            status: text_or(f, "status", "aprovado")?,
+            data_pagamento: time_or(f, "data_pagamento", now)?,
+        }),
+        EventType::AtualizarConfig => Command::Configurar(Preferencias {
+            user_id: user_id(f)?,
+            idioma: text_or(f, "idioma", "pt-BR")?,
+            notificacoes: match f.get("notificacoes") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+                Some(other) => {
+                    return Err(Invalid::field(
+                        "notificacoes",
+                        format!("expected true or false, found {}", wire::json_type(other)),
+                    ));
+                }
+            },
+            tema: text_or(f, "tema", "escuro")?,
+            data_atualizacao: now.clone(),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> Event {
+        parse_event(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn cpfs_are_checked_by_their_digits() {
+        assert!(cpf_is_valid("529.982.247-25"));
+        assert!(cpf_is_valid("52998224725"));
+        assert!(!cpf_is_valid("52998224724"));
+        assert!(!cpf_is_valid("11111111111"));
+        assert!(!cpf_is_valid("1234"));
+        assert_eq!(
+            cpf_with_check_digits([5, 2, 9, 9, 8, 2, 2, 4, 7]),
+            "52998224725"
+        );
+    }
+
+    #[test]
+    fn not_an_event_is_a_dead_letter_a_bad_event_an_error_reply() {
+        assert!(parse_event(b"nope").is_err());
+        assert!(parse_event(br#"{"event_type":"criar_usuario"}"#).is_err());
+        let unknown = event(r#"{"event_type":"voar","correlation_id":"c1"}"#);
+        assert!(command(&unknown).unwrap_err().to_string().contains("voar"));
+        let bad_cpf = event(
+            r#"{"event_type":"criar_usuario","correlation_id":"c1","user_id":7,"nome":"Ana","email":"ana@example.com","cpf":"12345678900"}"#,
+        );
+        assert!(command(&bad_cpf).unwrap_err().to_string().contains("CPF"));
+    }
+
+    #[test]
+    fn the_seeds_events_become_commands() {
+        let criar = event(
+            r#"{"event_type":"criar_usuario","correlation_id":"c1","timestamp":"2026-11-23T10:00:00","source":"s1","target":"s2","user_id":7,"nome":"Ana Souza","email":"ana@example.com","cpf":"529.982.247-25"}"#,
+        );
+        let Command::Criar(u) = command(&criar).unwrap() else {
+            panic!("a user")
+        };
+        assert_eq!((u.user_id, u.cpf.as_str()), (7, "52998224725"));
+        assert_eq!(u.data_criacao, "2026-11-23T10:00:00.000000Z");
+        let pagar = event(
+            r#"{"event_type":"pagamento_realizado","correlation_id":"c2","user_id":"7","valor":19.9,"forma_pagamento":"Pix"}"#,
+        );
+        let Command::Pagar(p) = command(&pagar).unwrap() else {
+            panic!("a payment")
+        };
+        assert_eq!(p.valor, "19.90");
+        for bad in ["19.999", "-1", "abc"] {
+            let e = event(&format!(
+                r#"{{"event_type":"pagamento_realizado","correlation_id":"c3","user_id":7,"valor":"{bad}","forma_pagamento":"Pix"}}"#
+            ));
+            assert!(command(&e).is_err(), "{bad}");
+        }
+        let plano = event(
+            r#"{"event_type":"atualizar_assinatura","correlation_id":"c4","user_id":7,"plano":"Ouro"}"#,
+        );
+        assert!(command(&plano).unwrap_err().to_string().contains("Premium"));
+    }
+}

@@ -1,0 +1,184 @@
+//! The streaming platform (seed 3): a gateway publishes user events with a correlation id
+//! on `user_events`; the processor stores users, subscriptions, payments and preferences
+//! in the relational store, each event exactly once, and answers on `response_events`;
+//! the gateway keeps each answer in the key-value store for `GET /status/{id}`.
+//!
+//! - [`entities`]: events, records, and their validation (CPF check digits included).
+//! - [`routing`]: **the routing table**, the processor and the status writer.
+//! - [`users`]: its SQL, one text for both engines.
+//! - [`http`]: the gateway, :8000. [`generator`]: the seed's fake data, and S1.
+
+pub mod entities;
+pub mod generator;
+pub mod http;
+pub mod routing;
+pub mod users;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use self::entities::EventType;
+use self::routing::{Processor, RESPONSE_EVENTS, StatusWriter, USER_EVENTS};
+use self::users::Users;
+use super::{GenConfig, GetError, Sent, System};
+use crate::api::ApiConfig;
+use crate::app::Settings;
+use crate::bus::{Bus, Topics, dlq_topic};
+use crate::services::s2::{ConsumerSpec, group_of};
+use crate::services::{Counters, ServiceError};
+use crate::store::{Schema, StoreKind, StoreResult, Stores};
+
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("migrations/streaming/postgres")
+};
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("migrations/streaming/sqlite")
+};
+
+/// The streaming platform, as the core runs it.
+pub struct Streaming;
+
+#[async_trait]
+impl System for Streaming {
+    fn name(&self) -> &'static str {
+        "streaming"
+    }
+
+    fn schema(&self) -> Schema {
+        Schema {
+            postgres: &POSTGRES,
+            sqlite: &SQLITE,
+            collections: &[],
+        }
+    }
+
+    fn topics(&self, topics: &Topics) -> Vec<String> {
+        [USER_EVENTS, RESPONSE_EVENTS]
+            .iter()
+            .flat_map(|t| [topics.name(t), dlq_topic(&topics.name(t))])
+            .collect()
+    }
+
+    fn consumers(&self, stores: &Stores, settings: &Settings) -> Vec<ConsumerSpec> {
+        vec![
+            ConsumerSpec {
+                topic: settings.topics.name(USER_EVENTS),
+                group: group_of(&settings.s2.group, USER_EVENTS),
+                noun: "event",
+                place: format!(
+                    "relational store ({})",
+                    engine(stores, StoreKind::Relational)
+                ),
+                handler: Arc::new(Processor {
+                    stores: stores.clone(),
+                    topics: settings.topics.clone(),
+                }),
+            },
+            ConsumerSpec {
+                topic: settings.topics.name(RESPONSE_EVENTS),
+                group: group_of(&settings.s2.group, RESPONSE_EVENTS),
+                noun: "reply",
+                place: format!("key-value store ({})", engine(stores, StoreKind::KeyValue)),
+                handler: Arc::new(StatusWriter {
+                    stores: stores.clone(),
+                }),
+            },
+        ]
+    }
+
+    fn describe(&self, stores: &Stores, topics: &Topics) -> Vec<String> {
+        vec![
+            format!(
+                "{:<9} → relational store: {}",
+                topics.name(USER_EVENTS),
+                stores.describe(StoreKind::Relational)
+            ),
+            format!(
+                "{:<9} → key-value store: {}",
+                topics.name(RESPONSE_EVENTS),
+                stores.describe(StoreKind::KeyValue)
+            ),
+        ]
+    }
+
+    fn http(
+        &self,
+        stores: &Stores,
+        bus: Arc<dyn Bus>,
+        settings: &Settings,
+        config: ApiConfig,
+    ) -> axum::Router {
+        http::app(stores.clone(), bus, settings.topics.clone(), config)
+    }
+
+    fn default_http(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, 8000).into()
+    }
+
+    async fn records(&self, stores: &Stores) -> StoreResult<Vec<(StoreKind, &'static str, i64)>> {
+        let (users, payments, events) = stores.relational.counts().await?;
+        Ok(vec![
+            (StoreKind::Relational, "usuarios", users),
+            (StoreKind::Relational, "pagamentos", payments),
+            (StoreKind::Relational, "respostas", events),
+        ])
+    }
+
+    async fn get(
+        &self,
+        stores: &Stores,
+        kind: &str,
+        id: &str,
+    ) -> Result<serde_json::Value, GetError> {
+        if kind != "usuario" {
+            return Err(GetError::UnknownKind {
+                system: self.name(),
+                kind: kind.to_string(),
+            });
+        }
+        let user_id: i64 = id
+            .parse()
+            .map_err(|_| GetError::NotFound(format!("`{id}` is not a user id")))?;
+        stores.relational.user_view(user_id).await?.ok_or_else(|| {
+            GetError::NotFound(format!("no usuario with id `{id}` in the relational store"))
+        })
+    }
+
+    fn events_per_round(&self) -> u64 {
+        EventType::ALL.len() as u64
+    }
+
+    async fn generate(
+        &self,
+        bus: Arc<dyn Bus>,
+        settings: &Settings,
+        config: GenConfig,
+        counters: Arc<Counters>,
+        shutdown: CancellationToken,
+    ) -> Result<Sent, ServiceError> {
+        let sent = generator::run(bus, settings.topics.clone(), config, counters, shutdown).await?;
+        Ok(Sent {
+            counts: EventType::ALL
+                .iter()
+                .zip(sent)
+                .map(|(kind, n)| (kind.name(), n))
+                .collect(),
+            rejected: 0,
+        })
+    }
+}
+
+/// The engine's short name, for output lines.
+fn engine(stores: &Stores, kind: StoreKind) -> String {
+    stores
+        .describe(kind)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
