@@ -20,12 +20,14 @@
 //! - [`app`]: wiring — opens what the settings name and runs the systems.
 //! - [`wire`]: reading records the way the seeds' programs write them (ids, texts, times).
 //! - [`envelope`]: the CloudEvents-style envelope generators wrap events in.
+//! - [`loadgen`]: requests from concurrent workers and their latencies, for the benchmarks.
 //! - [`retry`], [`sqlite`]: backoff, and SQLite plumbing shared by the embedded parts.
 
 pub mod api;
 pub mod app;
 pub mod bus;
 pub mod envelope;
+pub mod loadgen;
 pub mod retry;
 pub mod services;
 pub mod sqlite;

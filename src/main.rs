@@ -325,9 +325,13 @@ enum Command {
         #[command(flatten)]
         consume: ConsumeArgs,
     },
-    /// Run the pipeline on N events as fast as possible and print the throughput; with
-    /// --http, load S2's HTTP API instead and print requests/s and latencies.
+    /// Run a system's pipeline on N events as fast as possible and print the throughput;
+    /// with --http, load its HTTP API instead and print requests/s and latencies.
     Bench {
+        /// Which system: `bookstore` (pipeline; POST and GET /customers) or `streaming`
+        /// (processor; `POST /usuarios?wait=5` round trips).
+        #[arg(long, default_value = "bookstore")]
+        system: String,
         /// Events (split evenly between customers, books and orders).
         #[arg(long, default_value_t = 100_000)]
         events: u64,
@@ -805,6 +809,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench {
+            system,
             events,
             http,
             requests,
@@ -841,23 +846,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     global.redis_prefix, global.topic_prefix
                 );
             }
-            if *http {
-                println!(
-                    "HTTP API: {requests} requests per phase from {concurrency} concurrent clients in this process"
-                );
-                let (engine, reports) = livros::systems::bookstore::bench::http(
-                    &settings,
-                    *requests,
-                    (*concurrency).max(1),
-                )
-                .await?;
-                println!("customers in: {engine}");
-                for report in reports {
+            match (system.as_str(), *http) {
+                ("bookstore", true) => {
+                    println!(
+                        "HTTP API: {requests} requests per phase from {concurrency} concurrent clients in this process"
+                    );
+                    let (engine, reports) = livros::systems::bookstore::bench::http(
+                        &settings,
+                        *requests,
+                        (*concurrency).max(1),
+                    )
+                    .await?;
+                    println!("customers in: {engine}");
+                    for report in reports {
+                        print!("{report}");
+                    }
+                }
+                ("bookstore", false) => {
+                    let report = livros::systems::bookstore::bench::run(&settings, *events).await?;
                     print!("{report}");
                 }
-            } else {
-                let report = livros::systems::bookstore::bench::run(&settings, *events).await?;
-                print!("{report}");
+                ("streaming", true) => {
+                    println!(
+                        "gateway: {requests} round trips from {concurrency} concurrent clients in this process"
+                    );
+                    let (setup, reports) = livros::systems::streaming::bench::http(
+                        &settings,
+                        *requests,
+                        (*concurrency).max(1),
+                    )
+                    .await?;
+                    println!("setup: {setup}");
+                    for report in reports {
+                        print!("{report}");
+                    }
+                }
+                ("streaming", false) => {
+                    let report = livros::systems::streaming::bench::run(&settings, *events).await?;
+                    print!("{report}");
+                }
+                (other, _) => anyhow::bail!(
+                    "no benchmark for system `{other}`: use --system bookstore or --system streaming"
+                ),
             }
         }
     }

@@ -221,3 +221,38 @@ impl TcpProxy {
         }
     }
 }
+
+/// Runs schemathesis (`LIVROS_TEST_SCHEMATHESIS`) against the API at `base`: no 5xx, every
+/// answer as its `/openapi.json` documents, bad data refused. Skipped when unset outside CI.
+pub async fn schemathesis(base: &str) {
+    let Some(st) = service_url("LIVROS_TEST_SCHEMATHESIS") else {
+        return;
+    };
+    let report = tempfile::tempdir().unwrap();
+    // schemathesis keeps a cache in its working directory: keep it out of the checkout.
+    let out = tokio::process::Command::new(&st)
+        .current_dir(report.path())
+        .args(["run", &format!("{base}/openapi.json")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+             response_headers_conformance,response_schema_conformance,negative_data_rejection,\
+             missing_required_header,unsupported_method",
+            "--max-examples",
+            "60",
+            "--seed",
+            "1",
+            "--report-dir",
+        ])
+        .arg(report.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run `{st}` (pip install schemathesis): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -993,37 +993,8 @@ async fn s1_via_http_retries_until_the_server_is_up() {
 
 /// schemathesis (PyPI) against `/openapi.json`: no 5xx, and every answer as documented.
 async fn schemathesis(stores: Stores) {
-    let Some(st) = service_url("LIVROS_TEST_SCHEMATHESIS") else {
-        return;
-    };
     let (base, shutdown) = serve(stores, ApiConfig::default()).await;
-    let report = tempfile::tempdir().unwrap();
-    // schemathesis keeps a cache in its working directory: keep it out of the checkout.
-    let out = tokio::process::Command::new(&st)
-        .current_dir(report.path())
-        .args(["run", &format!("{base}/openapi.json")])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,\
-             response_headers_conformance,response_schema_conformance,negative_data_rejection,\
-             missing_required_header,unsupported_method",
-            "--max-examples",
-            "60",
-            "--seed",
-            "1",
-            "--report-dir",
-        ])
-        .arg(report.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run `{st}` (pip install schemathesis): {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "schemathesis found problems:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::schemathesis(&base).await;
     shutdown.cancel();
 }
 

@@ -413,3 +413,87 @@ async fn processor_killed_mid_run_postgres_and_redis() {
     processor_killed_mid_run(real.config.clone()).await;
     real.cleanup().await;
 }
+
+async fn schemathesis(p: Platform) {
+    common::schemathesis(&p.base).await;
+    p.pipeline.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_embedded() {
+    schemathesis(start(StoreConfig::default(), None).await).await;
+}
+
+#[tokio::test]
+async fn schemathesis_finds_nothing_postgres_and_redis() {
+    let Some(real) = RealStores::create().await else {
+        return;
+    };
+    schemathesis(start(real.config.clone(), None).await).await;
+    real.cleanup().await;
+}
+
+/// `livros up` runs every system by default, and `--count N` waits for all of them.
+#[tokio::test]
+async fn up_runs_every_system_and_count_waits_for_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = livros(dir.path(), &StoreConfig::default())
+        .env_remove("LIVROS_SYSTEMS")
+        .env("LIVROS_HTTP", "127.0.0.1:0")
+        .args(["up", "--count", "5", "--rate", "0", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("(bookstore;") && stdout.contains("(streaming;"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sent 5 customers, 5 books, 5 orders; 5 criar_usuario"),
+        "{stdout}"
+    );
+    // S3 logged both systems: 15 bookstore events, 20 requests and their 20 replies.
+    let log = std::fs::read_to_string(dir.path().join("messages.log")).unwrap();
+    assert_eq!(log.lines().count(), 15 + 20 + 20);
+    let mut settings = Settings::embedded(dir.path());
+    settings.stores = StoreConfig::default();
+    let stores = livros::app::open_stores(&settings).await.unwrap();
+    assert_eq!(stores.relational.counts().await.unwrap(), (5, 5, 20));
+}
+
+/// Writes need the bearer token when one is set; reads do not.
+#[tokio::test]
+async fn gateway_writes_need_the_token_when_one_is_set() {
+    let p = start(StoreConfig::default(), None).await;
+    let config = livros::api::ApiConfig {
+        token: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let listener = livros::api::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = Streaming.http(&p.stores, p.bus.clone(), &p.settings, config);
+    tokio::spawn(livros::api::serve(
+        listener,
+        app,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    let (status, body) = post(&format!("{base}/usuarios"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let response = reqwest::Client::new()
+        .post(format!("{base}/usuarios?wait=10"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(get(&format!("{base}/usuarios")).await.0, StatusCode::OK);
+    p.pipeline.stop().await.unwrap();
+}

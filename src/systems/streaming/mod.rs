@@ -7,7 +7,9 @@
 //! - [`routing`]: **the routing table**, the processor and the status writer.
 //! - [`users`]: its SQL, one text for both engines.
 //! - [`http`]: the gateway, :8000. [`generator`]: the seed's fake data, and S1.
+//! - [`bench`]: `livros bench --system streaming`.
 
+pub mod bench;
 pub mod entities;
 pub mod generator;
 pub mod http;
