@@ -215,10 +215,10 @@ pub enum Invalid {
         /// What is wrong with it.
         problem: String,
     },
-    /// An order references a customer or book that no store holds.
-    #[error("unknown {kind} `{id}` referenced by order")]
+    /// The record refers to another (an order to its customer) that no store holds.
+    #[error("unknown {kind} `{id}`, referred to but not stored")]
     UnknownReference {
-        /// `customer` or `book`.
+        /// What is referred to (`customer`, …).
         kind: &'static str,
         /// The id that was not found.
         id: String,

@@ -27,7 +27,7 @@ pub struct FieldError {
 
 /// The body of every error answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-#[schema(example = json!({"status": "error", "message": "invalid customer",
+#[schema(example = json!({"status": "error", "message": "invalid record: field `email`: `nope` is not an e-mail address",
     "errors": [{"field": "email", "problem": "`nope` is not an e-mail address"}]}))]
 pub struct ErrorBody {
     /// Always `error`.

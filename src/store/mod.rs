@@ -554,8 +554,9 @@ pub struct StoreConfig {
     pub mongodb_collections: HashMap<String, String>,
 }
 
-/// The MongoDB database used when none is configured: the bookstore seed's.
-pub const DEFAULT_MONGODB_DATABASE: &str = "books_db";
+/// The MongoDB database used when none is configured (the CLI's default is the bookstore
+/// seed's, `books_db`).
+pub const DEFAULT_MONGODB_DATABASE: &str = "livros";
 
 /// One store of each kind, shared by every system; each system's routing table says
 /// what it keeps in which.

@@ -126,8 +126,8 @@ fn to_json(mut document: Document) -> Value {
 const DUPLICATE_KEY: i32 = 11000;
 const INDEX_CONFLICT: [i32; 2] = [85, 86];
 
-/// A unique index on `id`. A collection the original servers filled may hold the same book
-/// twice (they inserted on every message); then the unique index cannot be built, and a
+/// A unique index on `id`. A collection a seed's server filled may hold the same document
+/// twice (it inserted on every message); then the unique index cannot be built, and a
 /// plain one is used instead, with a warning saying how to fix it. Nothing is deleted.
 async fn ensure_id_index(coll: &Collection<Document>) -> ::mongodb::error::Result<()> {
     let unique = IndexModel::builder()
@@ -146,7 +146,7 @@ async fn ensure_id_index(coll: &Collection<Document>) -> ::mongodb::error::Resul
     }
     tracing::warn!(
         collection = coll.name(),
-        "some documents share an `id` (the original servers inserted a book every time it was sent), so `id` cannot be made unique; reads and updates touch one of them. Remove the duplicates and restart to get the unique index. ({e})"
+        "some documents share an `id` (a seed's server inserted a document every time it was sent), so `id` cannot be made unique; reads and updates touch one of them. Remove the duplicates and restart to get the unique index. ({e})"
     );
     coll.create_index(IndexModel::builder().keys(doc! {"id": 1}).build())
         .await
