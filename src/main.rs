@@ -25,11 +25,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Livros & Dados: polyglot persistence over a message bus.
 ///
-/// Each system's S1 generates events and publishes them on a message bus; S2 stores each
-/// kind of data in the store that suits it (the bookstore: customers in a relational store,
-/// books in a document store, orders in a key-value store); S3 appends every message to an
-/// audit log. With no URLs given, everything runs embedded under --data-dir: no servers
-/// needed.
+/// Two systems on one core: the bookstore (seeds 1 and 2: customers in a relational store,
+/// books in a document store, orders in a key-value store; REST API on :5000) and the
+/// streaming platform (seed 3: a gateway on :8000 publishes user requests, the processor
+/// stores them in the relational store exactly once and answers). Each system's S1
+/// generates events; S2 stores each kind of data where its routing table says; S3 appends
+/// every message to an audit log. With no URLs given, everything runs embedded under
+/// --data-dir: no servers needed.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -50,12 +52,13 @@ struct Global {
     )]
     data_dir: PathBuf,
 
-    /// PostgreSQL URL for customers (e.g. postgres://user:pass@127.0.0.1:5432/livros).
+    /// PostgreSQL URL for the relational data (customers; users, subscriptions, payments…) (e.g. postgres://user:pass@127.0.0.1:5432/livros).
     /// Unset: embedded SQLite in the data dir.
     #[arg(long, env = "LIVROS_POSTGRES_URL", global = true)]
     postgres_url: Option<String>,
 
-    /// Redis URL for orders (e.g. redis://127.0.0.1:6379). Unset: embedded key-value store.
+    /// Redis URL for the key-value data (orders; request statuses) (e.g. redis://127.0.0.1:6379).
+    /// Unset: embedded key-value store.
     #[arg(long, env = "LIVROS_REDIS_URL", global = true)]
     redis_url: Option<String>,
 
@@ -116,7 +119,7 @@ struct Global {
     #[arg(long, env = "LIVROS_API_TOKEN", global = true, hide_env_values = true)]
     api_token: Option<String>,
 
-    /// The systems to run, comma-separated (e.g. `bookstore`). Default: every system.
+    /// The systems to run, comma-separated: `bookstore`, `streaming`. Default: every system.
     #[arg(long, env = "LIVROS_SYSTEMS", global = true, value_parser = parse_systems)]
     systems: Option<SystemsArg>,
 
@@ -214,7 +217,8 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
 struct HttpArgs {
     /// Where the HTTP APIs listen (OpenAPI at /openapi.json, docs at /docs): `off`; one
     /// address for a single system, or port 0 for a free port each; or pairs
-    /// `bookstore=127.0.0.1:5000,…`. Default: each system's seed port (bookstore :5000).
+    /// `bookstore=127.0.0.1:5000,…`. Default: each system's seed port (bookstore :5000,
+    /// streaming :8000).
     #[arg(long, env = "LIVROS_HTTP", value_parser = parse_listen)]
     http: Option<Listen>,
 }
@@ -255,7 +259,7 @@ struct OutputArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run S1, S2 (with its HTTP API) and S3 in this process.
+    /// Run every system's S1, S2 (with its HTTP API) and S3 in this process.
     Up {
         #[command(flatten)]
         produce: ProduceArgs,
@@ -276,7 +280,8 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Run S2 alone: store what arrives on the bus or over HTTP, by the routing table.
+    /// Run S2 alone: store what arrives on the bus or over HTTP, by each system's routing
+    /// table (with the HTTP APIs).
     S2 {
         #[command(flatten)]
         consume: ConsumeArgs,
