@@ -169,6 +169,53 @@ pub(crate) async fn commit(
     }
 }
 
+/// Publishes a generator's `records` (each with its output line) the way every S1 does:
+/// one at a time every `interval` when paced, all in one publish otherwise (one durable
+/// commit for many); retrying while the bus is unavailable; printing `[S1] Sent <line>`
+/// once each is durable, when `print`. Returns how many were sent: fewer than all when
+/// `shutdown` stopped it, and nothing is reported sent that the bus has not acknowledged.
+pub async fn send(
+    bus: &dyn crate::bus::Bus,
+    records: &[(crate::bus::Record, String)],
+    interval: Option<std::time::Duration>,
+    print: bool,
+    counters: &Counters,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<usize, ServiceError> {
+    let step = if interval.is_some() {
+        1
+    } else {
+        records.len().max(1)
+    };
+    let mut sent = 0;
+    for group in records.chunks(step) {
+        if let Some(pause) = interval {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(sent),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        } else if shutdown.is_cancelled() {
+            return Ok(sent);
+        }
+        let batch: Vec<crate::bus::Record> = group.iter().map(|(r, _)| r.clone()).collect();
+        let published = crate::retry::until_ok("publishing", shutdown, bus_transient, || {
+            bus.publish(&batch)
+        })
+        .await?;
+        if published.is_none() {
+            return Ok(sent);
+        }
+        if print {
+            for (_, line) in group {
+                println!("[S1] Sent {line}");
+            }
+        }
+        Counters::add(&counters.sent, group.len());
+        sent += group.len();
+    }
+    Ok(sent)
+}
+
 /// Whether a bus error may clear up on its own.
 pub fn bus_transient(e: &BusError) -> bool {
     matches!(e, BusError::Unavailable(_))

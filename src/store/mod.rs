@@ -554,9 +554,10 @@ pub struct StoreConfig {
     pub mongodb_collections: HashMap<String, String>,
 }
 
-/// The MongoDB database used when none is configured (the CLI's default is the bookstore
-/// seed's, `books_db`).
-pub const DEFAULT_MONGODB_DATABASE: &str = "livros";
+/// The MongoDB database used when none is configured: the first seed's name, which the
+/// CLI's `--mongodb-database` defaults to as well, so a database the original filled is
+/// found without configuration.
+pub const DEFAULT_MONGODB_DATABASE: &str = "books_db";
 
 /// One store of each kind, shared by every system; each system's routing table says
 /// what it keeps in which.

@@ -21,8 +21,7 @@ use super::entities::{Book, Customer, Order};
 use super::routing::{BookstoreTopics, Entity, route_of};
 use crate::bus::{Bus, Record, Topics};
 use crate::envelope::Envelope;
-use crate::retry;
-use crate::services::{Counters, ServiceError, bus_transient, short};
+use crate::services::{Counters, ServiceError, send, short};
 
 /// Rounds per publish when running flat out: big enough to amortize a durable commit.
 const ROUNDS_PER_BATCH: u64 = 500;
@@ -219,46 +218,30 @@ pub async fn run(
     };
     let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
     let mut round = 0_u64;
-    'outer: while config.count.is_none_or(|n| round < n) {
+    while config.count.is_none_or(|n| round < n) {
         let rounds = config
             .count
             .map_or(rounds_per_publish, |n| (n - round).min(rounds_per_publish));
-        let (records, lines): (Vec<Record>, Vec<String>) =
-            (0..rounds).flat_map(|_| generator.round()).unzip();
+        let records: Vec<(Record, String)> = (0..rounds).flat_map(|_| generator.round()).collect();
         round += rounds;
-        // At a set rate, events go one at a time; flat out, a whole batch per publish.
-        let step = if interval.is_some() {
-            1
-        } else {
-            records.len().max(1)
-        };
-        for (group, group_lines) in records.chunks(step).zip(lines.chunks(step)) {
-            if let Some(pause) = interval {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            } else if shutdown.is_cancelled() {
-                break 'outer;
+        let sent = send(
+            &*bus,
+            &records,
+            interval,
+            config.print_events,
+            &counters,
+            &shutdown,
+        )
+        .await?;
+        for (record, _) in &records[..sent] {
+            match config.topics.route(&record.topic).map(|r| r.entity) {
+                Some(Entity::Customer) => report.customers += 1,
+                Some(Entity::Book) => report.books += 1,
+                _ => report.orders += 1,
             }
-            let published = retry::until_ok("publishing", &shutdown, bus_transient, || {
-                bus.publish(group)
-            })
-            .await?;
-            if published.is_none() {
-                break 'outer;
-            }
-            for (record, line) in group.iter().zip(group_lines) {
-                match config.topics.route(&record.topic).map(|r| r.entity) {
-                    Some(Entity::Customer) => report.customers += 1,
-                    Some(Entity::Book) => report.books += 1,
-                    _ => report.orders += 1,
-                }
-                if config.print_events {
-                    println!("[S1] Sent {line}");
-                }
-            }
-            Counters::add(&counters.sent, group.len());
+        }
+        if sent < records.len() {
+            break;
         }
     }
     Ok(report)

@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use super::entities::{EventType, FORMAS_PAGAMENTO, PLANOS, cpf_with_check_digits};
 use super::routing::USER_EVENTS;
 use crate::bus::{Bus, Record, Topics};
-use crate::retry;
-use crate::services::{Counters, ServiceError, bus_transient, short};
+use crate::services::{Counters, ServiceError, send, short};
 use crate::wire;
 
+/// Rounds per publish when running flat out: enough to amortize a durable commit.
+const ROUNDS_PER_PUBLISH: u64 = 250;
 /// Largest generated user id: within JavaScript's exact integers, so every client reads it.
 const MAX_USER_ID: i64 = (1 << 53) - 1;
 
@@ -151,16 +152,22 @@ pub async fn run(
     let mut sent = [0_u64; 4];
     let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
     let mut round = 0_u64;
-    'outer: while config.count.is_none_or(|n| round < n) {
-        round += 1;
-        let user = fakes.fields(EventType::CriarUsuario, None);
-        let user_id = user["user_id"].as_i64();
-        let records: Vec<(Record, String)> = EventType::ALL
-            .iter()
-            .map(|kind| {
+    while config.count.is_none_or(|n| round < n) {
+        // At a set rate, a round at a time; flat out, many rounds per (durable) publish.
+        let rounds = match (interval, config.count) {
+            (Some(_), _) => 1,
+            (None, Some(n)) => (n - round).min(ROUNDS_PER_PUBLISH),
+            (None, None) => ROUNDS_PER_PUBLISH,
+        };
+        round += rounds;
+        let mut records: Vec<(Record, String)> = Vec::with_capacity(rounds as usize * 4);
+        for _ in 0..rounds {
+            let user = fakes.fields(EventType::CriarUsuario, None);
+            let user_id = user["user_id"].as_i64();
+            for kind in EventType::ALL {
                 let fields = match kind {
                     EventType::CriarUsuario => user.clone(),
-                    other => fakes.fields(*other, user_id),
+                    other => fakes.fields(other, user_id),
                 };
                 let correlation_id = uuid::Uuid::new_v4().to_string();
                 let line = format!(
@@ -169,42 +176,31 @@ pub async fn run(
                     short(&correlation_id),
                     user_id.unwrap_or_default()
                 );
-                (
+                records.push((
                     event_record(&topics, kind.name(), &correlation_id, &fields),
                     line,
-                )
-            })
-            .collect();
-        let step = if interval.is_some() { 1 } else { records.len() };
-        for group in records.chunks(step) {
-            if let Some(pause) = interval {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            } else if shutdown.is_cancelled() {
-                break 'outer;
+                ));
             }
-            let batch: Vec<Record> = group.iter().map(|(r, _)| r.clone()).collect();
-            let published = retry::until_ok("publishing", &shutdown, bus_transient, || {
-                bus.publish(&batch)
-            })
-            .await?;
-            if published.is_none() {
-                break 'outer;
+        }
+        let done = send(
+            &*bus,
+            &records,
+            interval,
+            config.print_events,
+            &counters,
+            &shutdown,
+        )
+        .await?;
+        for (record, _) in &records[..done] {
+            let kind = serde_json::from_slice::<Value>(&record.payload)
+                .ok()
+                .and_then(|e| e["event_type"].as_str().and_then(EventType::from_name));
+            if let Some(i) = kind.and_then(|k| EventType::ALL.iter().position(|t| *t == k)) {
+                sent[i] += 1;
             }
-            for (record, line) in group {
-                let kind = serde_json::from_slice::<Value>(&record.payload)
-                    .ok()
-                    .and_then(|e| e["event_type"].as_str().and_then(EventType::from_name));
-                if let Some(i) = kind.and_then(|k| EventType::ALL.iter().position(|t| *t == k)) {
-                    sent[i] += 1;
-                }
-                if config.print_events {
-                    println!("[S1] Sent {line}");
-                }
-            }
-            Counters::add(&counters.sent, group.len());
+        }
+        if done < records.len() {
+            break;
         }
     }
     Ok(sent)
