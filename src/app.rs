@@ -52,10 +52,9 @@ pub struct Settings {
     pub s2: S2Config,
     /// S3's consumer group.
     pub s3_group: String,
-    /// Google Books API key, if any.
-    pub google_books_key: Option<String>,
-    /// Google Books API root.
-    pub google_books_url: String,
+    /// What a system needs beyond the shared settings, by name (the bookstore's
+    /// `google_books_api_key`, `google_books_url`); each system documents its own.
+    pub options: std::collections::BTreeMap<String, String>,
     /// Kafka instead of the embedded bus, when set.
     pub kafka: Option<KafkaConfig>,
     /// Topic names (a prefix lets deployments share a Kafka cluster).
@@ -77,8 +76,7 @@ impl Settings {
             partitions: 3,
             s2: S2Config::default(),
             s3_group: crate::services::S3_GROUP.into(),
-            google_books_key: None,
-            google_books_url: crate::systems::bookstore::catalog::GOOGLE_BOOKS_URL.into(),
+            options: Default::default(),
             kafka: None,
             topics: Topics::default(),
             api: ApiConfig::default(),

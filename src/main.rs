@@ -12,7 +12,7 @@ use livros::app::{self, Settings, Systems};
 use livros::bus::Topics;
 use livros::services::Counters;
 use livros::store::{Page, StoreConfig};
-use livros::systems::bookstore::catalog::book_filters;
+use livros::systems::bookstore::catalog::{self, book_filters};
 use livros::systems::bookstore::client::HttpTarget;
 use livros::systems::bookstore::generator::S1Config;
 use livros::systems::bookstore::routing::BOOKS_COLLECTION;
@@ -377,7 +377,9 @@ impl Global {
         if let Some(log) = &self.audit_log {
             s.audit_log = log.clone();
         }
-        s.google_books_key = self.google_books_api_key.clone();
+        if let Some(key) = &self.google_books_api_key {
+            s.options.insert(catalog::KEY_OPTION.into(), key.clone());
+        }
         s.api.token = self.api_token.clone().filter(|t| !t.is_empty());
         s.topics = Topics::new(self.topic_prefix.clone());
         s.kafka = self
@@ -388,7 +390,7 @@ impl Global {
                 replication: self.kafka_replication,
             });
         if let Ok(url) = std::env::var("GOOGLE_BOOKS_API_URL") {
-            s.google_books_url = url;
+            s.options.insert(catalog::URL_OPTION.into(), url);
         }
         if let Some(c) = consume {
             s.s2.batch_size = c.batch_size.max(1);
@@ -633,11 +635,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         via.target,
                         via.http_log.display()
                     );
-                    let (books, source) = livros::systems::bookstore::catalog::load(
-                        settings.google_books_key.as_deref(),
-                        &settings.google_books_url,
-                    )
-                    .await;
+                    let (books, source) = catalog::load_for(&settings).await;
                     println!("[S1] {source}");
                     let target = HttpTarget {
                         base: via.target.clone(),

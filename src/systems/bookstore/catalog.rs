@@ -225,6 +225,20 @@ pub async fn load(api_key: Option<&str>, api_url: &str) -> (Vec<Book>, String) {
     )
 }
 
+/// The option (in [`crate::app::Settings::options`]) holding the Google Books API key.
+pub const KEY_OPTION: &str = "google_books_api_key";
+/// The option holding the Google Books API root (tests point it at a local server).
+pub const URL_OPTION: &str = "google_books_url";
+
+/// [`load`] with the key and root the settings' options give (the public API by default).
+pub async fn load_for(settings: &crate::app::Settings) -> (Vec<Book>, String) {
+    let url = settings
+        .options
+        .get(URL_OPTION)
+        .map_or(GOOGLE_BOOKS_URL, String::as_str);
+    load(settings.options.get(KEY_OPTION).map(String::as_str), url).await
+}
+
 /// The filters of a book search, as `livros books` and `GET /books` take them: an author
 /// (exact, as stored), an ISBN (hyphens and spaces ignored), words of the title.
 pub fn book_filters(author: Option<&str>, isbn: Option<&str>, title: Option<&str>) -> Vec<Filter> {

@@ -212,11 +212,7 @@ impl System for Bookstore {
         counters: Arc<Counters>,
         shutdown: CancellationToken,
     ) -> Result<Sent, ServiceError> {
-        let (books, source) = catalog::load(
-            settings.google_books_key.as_deref(),
-            &settings.google_books_url,
-        )
-        .await;
+        let (books, source) = catalog::load_for(settings).await;
         tracing::info!("{source}");
         let config = generator::S1Config {
             count: config.count,
