@@ -333,8 +333,19 @@ fn livros(dir: &std::path::Path, config: &StoreConfig) -> std::process::Command 
     cmd
 }
 
+/// A child process killed when dropped, so a failing test leaves no `livros` running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The processor killed (-9) mid-run and restarted: every event has exactly one effect,
-/// and every correlation id ends with a reply.
+/// and every correlation id ends with a reply. Small batches, so the kill lands between
+/// many transactions rather than after the only one.
 async fn processor_killed_mid_run(config: StoreConfig) {
     let dir = tempfile::tempdir().unwrap();
     const USERS: i64 = 300;
@@ -356,28 +367,32 @@ async fn processor_killed_mid_run(config: StoreConfig) {
     let stores = livros::app::open_stores(&settings).await.unwrap();
     let answered = || async { stores.relational.counts().await.unwrap().2 };
 
-    let mut s2 = livros(dir.path(), &config)
-        .args(["s2", "--quiet"])
-        .spawn()
-        .unwrap();
+    let mut s2 = Child(
+        livros(dir.path(), &config)
+            .args(["s2", "--quiet", "--batch-size", "20"])
+            .spawn()
+            .unwrap(),
+    );
     eventually(
         "the processor to be under way",
         Duration::from_secs(60),
         || async { answered().await >= 100 },
     )
     .await;
-    s2.kill().unwrap(); // SIGKILL
-    s2.wait().unwrap();
+    s2.0.kill().unwrap(); // SIGKILL
+    s2.0.wait().unwrap();
     let before = answered().await;
     assert!(
         before < events,
         "the kill must land mid-run ({before} of {events})"
     );
 
-    let mut s2 = livros(dir.path(), &config)
-        .args(["s2", "--quiet"])
-        .spawn()
-        .unwrap();
+    let mut s2 = Child(
+        livros(dir.path(), &config)
+            .args(["s2", "--quiet", "--batch-size", "20"])
+            .spawn()
+            .unwrap(),
+    );
     let statuses = || async {
         stores
             .key_value
@@ -394,10 +409,10 @@ async fn processor_killed_mid_run(config: StoreConfig) {
     let (users, payments, replies) = stores.relational.counts().await.unwrap();
     assert_eq!((users, payments, replies), (USERS, USERS, events));
     std::process::Command::new("kill")
-        .args(["-TERM", &s2.id().to_string()])
+        .args(["-TERM", &s2.0.id().to_string()])
         .status()
         .unwrap();
-    assert!(s2.wait().unwrap().success());
+    assert!(s2.0.wait().unwrap().success());
 }
 
 #[tokio::test]

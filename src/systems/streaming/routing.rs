@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::entities::{self, Event};
+use super::entities::{self, Command, Event};
 use super::users::{self, Users};
 use crate::bus::{Record, Topics};
 use crate::services::{Handler, Outcome, Rejection};
@@ -109,72 +109,122 @@ impl Processor {
         }
     }
 
-    /// Applies one event, exactly once, and returns its reply.
-    async fn process(&self, event: &Event) -> StoreResult<Value> {
+    /// Applies a batch of events, each exactly once, in one transaction, and returns each
+    /// event's reply (`None` for what is not an event). Already processed events (a
+    /// redelivery, or a copy earlier in the batch) get their recorded reply again and no
+    /// second effect. The checks (is the user there, is the e-mail free) are read once for
+    /// the batch and kept up to date in memory as the batch goes, so an event sees the user
+    /// an earlier event of the same batch creates. `Err` with a rejection means a
+    /// constraint caught a race with another processor: nothing was written.
+    async fn apply(&self, events: &[Result<Event, Invalid>]) -> StoreResult<Vec<Option<Value>>> {
         let db = &*self.stores.relational;
-        // Already processed (a redelivery): the same reply again, no second effect.
-        if let Some(stored) = db.reply_for(&event.correlation_id).await? {
-            return Ok(stored);
-        }
-        let command = match entities::command(event) {
-            Ok(command) => command,
-            Err(invalid) => {
-                let reply = reply(event, Err((ErrorKind::Invalid, invalid.to_string())));
-                return self.settle(event, reply).await;
+        let valid: Vec<&Event> = events.iter().filter_map(|e| e.as_ref().ok()).collect();
+        let ids: Vec<String> = valid.iter().map(|e| e.correlation_id.clone()).collect();
+        let mut replies = db.replies_for(&ids).await?;
+        let commands: Vec<_> = valid.iter().map(|e| entities::command(e)).collect();
+        let named: Vec<&Command> = commands.iter().filter_map(|c| c.as_ref().ok()).collect();
+        let mut taken = db.taken(&named).await?;
+        let mut statements = Vec::new();
+        for (event, command) in valid.iter().zip(&commands) {
+            if replies.contains_key(&event.correlation_id) {
+                continue;
             }
-        };
-        if let Some(refusal) = db.refusal(&command).await? {
-            return self.settle(event, reply(event, Err(refusal))).await;
+            let id = &event.correlation_id;
+            let answer = match command {
+                Err(invalid) => {
+                    let answer = reply(event, Err((ErrorKind::Invalid, invalid.to_string())));
+                    statements.push(users::refused(id, &answer));
+                    answer
+                }
+                Ok(command) => match taken.refusal(command) {
+                    Some(refusal) => {
+                        let answer = reply(event, Err(refusal));
+                        statements.push(users::refused(id, &answer));
+                        answer
+                    }
+                    None => {
+                        let answer = reply(event, Ok(users::success(command)));
+                        statements.extend(users::applied(id, command, &answer));
+                        taken.add(command);
+                        answer
+                    }
+                },
+            };
+            replies.insert(id.clone(), answer);
         }
-        let success = reply(event, Ok(users::success(&command)));
-        match db.apply(&event.correlation_id, &command, &success).await {
-            Ok(()) => Ok(success),
-            // A constraint: another processor got there first (the ledger has it), or a
-            // race on an e-mail or CPF since the check above.
-            Err(e) if e.is_rejection() => match db.reply_for(&event.correlation_id).await? {
-                Some(stored) => Ok(stored),
-                None => {
+        if !statements.is_empty() {
+            db.transaction(&statements).await?;
+        }
+        Ok(events
+            .iter()
+            .map(|e| {
+                e.as_ref()
+                    .ok()
+                    .and_then(|e| replies.get(&e.correlation_id).cloned())
+            })
+            .collect())
+    }
+
+    /// [`Processor::apply`] one event at a time, for a batch a race refused: an event that
+    /// still collides has either been processed by the other processor (its reply is
+    /// recorded) or lost the race for an e-mail or CPF (an error reply).
+    async fn apply_one_by_one(
+        &self,
+        events: Vec<Result<Event, Invalid>>,
+    ) -> StoreResult<Vec<Option<Value>>> {
+        let db = &*self.stores.relational;
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            let one = std::slice::from_ref(&event);
+            match self.apply(one).await {
+                Ok(mut answer) => answers.push(answer.pop().flatten()),
+                // Only an event's writes can collide, and they are refused whole.
+                Err(e) if e.is_rejection() && event.is_ok() => {
+                    let event = event.as_ref().expect("checked above");
                     let refusal = (
                         ErrorKind::Conflict,
                         format!("não foi possível aplicar: {e}"),
                     );
-                    self.settle(event, reply(event, Err(refusal))).await
+                    db.record_reply(&event.correlation_id, &reply(event, Err(refusal)))
+                        .await?;
+                    answers.push(self.apply(one).await?.pop().flatten());
                 }
-            },
-            Err(e) => Err(e),
+                Err(e) => return Err(e),
+            }
         }
-    }
-
-    /// Records an error reply as the event's one outcome (or the one recorded first).
-    async fn settle(&self, event: &Event, reply: Value) -> StoreResult<Value> {
-        let db = &*self.stores.relational;
-        db.record_reply(&event.correlation_id, &reply).await?;
-        Ok(db.reply_for(&event.correlation_id).await?.unwrap_or(reply))
+        Ok(answers)
     }
 }
 
 #[async_trait]
 impl Handler for Processor {
     async fn handle(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Outcome>> {
-        let mut outcomes = Vec::with_capacity(payloads.len());
-        for payload in payloads {
-            let event = match entities::parse_event(payload) {
-                Ok(event) => event,
-                Err(invalid) => {
-                    outcomes.push(Outcome::Rejected(Rejection::Invalid(invalid)));
-                    continue;
+        let events: Vec<Result<Event, Invalid>> =
+            payloads.iter().map(|p| entities::parse_event(p)).collect();
+        let answers = match self.apply(&events).await {
+            Ok(answers) => answers,
+            Err(e) if e.is_rejection() => self.apply_one_by_one(events.clone()).await?,
+            Err(e) => return Err(e),
+        };
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (event, answer) in events.into_iter().zip(answers) {
+            outcomes.push(match (event, answer) {
+                (Ok(event), Some(answer)) => Outcome::Stored {
+                    label: format!(
+                        "{} → {}",
+                        event.event_type,
+                        answer["status"].as_str().unwrap_or("?")
+                    ),
+                    out: vec![self.record(&event.correlation_id, &answer)],
+                    id: event.correlation_id,
+                },
+                (Err(invalid), _) => Outcome::Rejected(Rejection::Invalid(invalid)),
+                (Ok(event), None) => {
+                    return Err(crate::store::StoreError::Fault {
+                        store: "streaming processor",
+                        reason: format!("no reply recorded for {}", event.correlation_id),
+                    });
                 }
-            };
-            let reply = self.process(&event).await?;
-            let label = format!(
-                "{} → {}",
-                event.event_type,
-                reply["status"].as_str().unwrap_or("?")
-            );
-            outcomes.push(Outcome::Stored {
-                out: vec![self.record(&event.correlation_id, &reply)],
-                id: event.correlation_id,
-                label,
             });
         }
         Ok(outcomes)

@@ -1,12 +1,14 @@
 //! The streaming platform's SQL: users, subscriptions, payments, preferences and the
 //! ledger of processed events — one text per statement for SQLite and PostgreSQL.
 
+use std::collections::{HashMap, HashSet};
+
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::entities::{Command, Usuario};
 use super::routing::ErrorKind;
-use crate::store::{Page, RelationalStore, SqlRow, SqlValue, Statement, StoreResult};
+use crate::store::{self, Page, RelationalStore, SqlRow, SqlValue, Statement, StoreResult};
 
 /// What a successful command replies: a message and the stored record.
 pub fn success(command: &Command) -> (String, Value) {
@@ -106,22 +108,78 @@ fn usuario(row: &SqlRow) -> Usuario {
 
 const USUARIO: &str = "SELECT user_id, nome, email, cpf, data_criacao FROM usuarios";
 
+/// Which user ids, e-mails and CPFs are taken: read once for a batch, then kept up to date
+/// in memory as the batch creates users, so a later event in the same batch sees an
+/// earlier one's user.
+#[derive(Debug, Default)]
+pub struct Taken {
+    ids: HashSet<i64>,
+    emails: HashSet<String>,
+    cpfs: HashSet<String>,
+}
+
+impl Taken {
+    /// Why `command` cannot be applied (an unknown user, a taken e-mail…), if so.
+    pub fn refusal(&self, command: &Command) -> Option<(ErrorKind, String)> {
+        match command {
+            Command::Criar(u) => {
+                let what = if self.ids.contains(&u.user_id) {
+                    format!("o user_id {}", u.user_id)
+                } else if self.emails.contains(&u.email) {
+                    format!("o e-mail {}", u.email)
+                } else if self.cpfs.contains(&u.cpf) {
+                    "este CPF".to_string()
+                } else {
+                    return None;
+                };
+                Some((
+                    ErrorKind::Conflict,
+                    format!("Já existe um usuário com {what}"),
+                ))
+            }
+            other => (!self.ids.contains(&other.user_id())).then(|| {
+                (
+                    ErrorKind::NotFound,
+                    format!("Usuário {} não encontrado", other.user_id()),
+                )
+            }),
+        }
+    }
+
+    /// Records the user `command` creates, if any.
+    pub fn add(&mut self, command: &Command) {
+        if let Command::Criar(u) = command {
+            self.ids.insert(u.user_id);
+            self.emails.insert(u.email.clone());
+            self.cpfs.insert(u.cpf.clone());
+        }
+    }
+}
+
+/// The statements that apply `command` and record `reply` as the event's one outcome: the
+/// ledger row's primary key makes a second effect of the same event impossible (a
+/// concurrent duplicate fails its transaction).
+pub fn applied(correlation_id: &str, command: &Command, reply: &Value) -> [Statement; 2] {
+    [
+        ledger(correlation_id, reply),
+        effect(correlation_id, command),
+    ]
+}
+
+/// The statement that records an error reply as the event's one outcome.
+pub fn refused(correlation_id: &str, reply: &Value) -> Statement {
+    ledger(correlation_id, reply)
+}
+
 /// The platform's records, read and written through any [`RelationalStore`].
 #[async_trait]
 pub trait Users {
-    /// The reply recorded for an event already processed.
-    async fn reply_for(&self, correlation_id: &str) -> StoreResult<Option<Value>>;
+    /// The replies recorded for those of `correlation_ids` already processed.
+    async fn replies_for(&self, correlation_ids: &[String]) -> StoreResult<HashMap<String, Value>>;
     /// Records `reply` as an event's outcome, unless one is recorded already.
     async fn record_reply(&self, correlation_id: &str, reply: &Value) -> StoreResult<()>;
-    /// Why `command` cannot be applied now (an unknown user, a taken e-mail…), if so.
-    async fn refusal(&self, command: &Command) -> StoreResult<Option<(ErrorKind, String)>>;
-    /// Applies `command` and records `reply`, in one transaction.
-    async fn apply(
-        &self,
-        correlation_id: &str,
-        command: &Command,
-        reply: &Value,
-    ) -> StoreResult<()>;
+    /// Which of the users `commands` name or would create exist already.
+    async fn taken(&self, commands: &[&Command]) -> StoreResult<Taken>;
     /// A user with subscription, preferences and latest payments, as the gateway answers.
     async fn user_view(&self, user_id: i64) -> StoreResult<Option<Value>>;
     /// Users ordered by id, one page; only those with this e-mail when given.
@@ -132,17 +190,22 @@ pub trait Users {
 
 #[async_trait]
 impl<S: RelationalStore + ?Sized> Users for S {
-    async fn reply_for(&self, correlation_id: &str) -> StoreResult<Option<Value>> {
-        let rows = self
-            .query(&Statement::new(
-                "SELECT resposta FROM respostas WHERE correlation_id = $1",
-                vec![correlation_id.into()],
-            ))
-            .await?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.text("resposta"))
-            .and_then(|t| serde_json::from_str(&t).ok()))
+    async fn replies_for(&self, correlation_ids: &[String]) -> StoreResult<HashMap<String, Value>> {
+        let statements = store::select_in(
+            "SELECT correlation_id, resposta FROM respostas",
+            "correlation_id",
+            correlation_ids,
+        );
+        Ok(self
+            .transaction(&statements)
+            .await?
+            .iter()
+            .flatten()
+            .filter_map(|row| {
+                let reply = serde_json::from_str(&row.text("resposta")?).ok()?;
+                Some((row.text("correlation_id")?, reply))
+            })
+            .collect())
     }
 
     async fn record_reply(&self, correlation_id: &str, reply: &Value) -> StoreResult<()> {
@@ -153,61 +216,43 @@ impl<S: RelationalStore + ?Sized> Users for S {
         self.transaction(&[statement]).await.map(drop)
     }
 
-    async fn refusal(&self, command: &Command) -> StoreResult<Option<(ErrorKind, String)>> {
-        if let Command::Criar(u) = command {
-            let rows = self
-                .query(&Statement::new(
-                    format!("{USUARIO} WHERE user_id = $1 OR email = $2 OR cpf = $3"),
-                    vec![
-                        u.user_id.into(),
-                        u.email.as_str().into(),
-                        u.cpf.as_str().into(),
-                    ],
-                ))
-                .await?;
-            return Ok(rows.first().map(usuario).map(|taken| {
-                let what = if taken.user_id == u.user_id {
-                    format!("o user_id {}", u.user_id)
-                } else if taken.email == u.email {
-                    format!("o e-mail {}", u.email)
-                } else {
-                    "este CPF".to_string()
-                };
-                (
-                    ErrorKind::Conflict,
-                    format!("Já existe um usuário com {what}"),
-                )
-            }));
+    async fn taken(&self, commands: &[&Command]) -> StoreResult<Taken> {
+        // Three IN lists, not a chain of ORs: SQLite caps an expression's depth at 1,000.
+        let mut args: Vec<SqlValue> = Vec::new();
+        let mut lists: [Vec<String>; 3] = Default::default();
+        let mut push = |list: usize, value: SqlValue| {
+            args.push(value);
+            lists[list].push(format!("${}", args.len()));
+        };
+        for command in commands {
+            push(0, command.user_id().into());
+            if let Command::Criar(u) = command {
+                push(1, u.email.as_str().into());
+                push(2, u.cpf.as_str().into());
+            }
         }
-        let user_id = command.user_id();
+        let conditions: Vec<String> = ["user_id", "email", "cpf"]
+            .iter()
+            .zip(&lists)
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(column, list)| format!("{column} IN ({})", list.join(", ")))
+            .collect();
+        let mut taken = Taken::default();
+        if conditions.is_empty() {
+            return Ok(taken);
+        }
         let rows = self
             .query(&Statement::new(
-                "SELECT user_id FROM usuarios WHERE user_id = $1",
-                vec![user_id.into()],
+                format!("{USUARIO} WHERE {}", conditions.join(" OR ")),
+                args,
             ))
             .await?;
-        Ok(rows.is_empty().then(|| {
-            (
-                ErrorKind::NotFound,
-                format!("Usuário {user_id} não encontrado"),
-            )
-        }))
-    }
-
-    async fn apply(
-        &self,
-        correlation_id: &str,
-        command: &Command,
-        reply: &Value,
-    ) -> StoreResult<()> {
-        // The ledger row's primary key makes a second effect of the same event impossible:
-        // a concurrent duplicate fails here, and the whole transaction with it.
-        self.transaction(&[
-            ledger(correlation_id, reply),
-            effect(correlation_id, command),
-        ])
-        .await
-        .map(drop)
+        for user in rows.iter().map(usuario) {
+            taken.ids.insert(user.user_id);
+            taken.emails.insert(user.email);
+            taken.cpfs.insert(user.cpf);
+        }
+        Ok(taken)
     }
 
     async fn user_view(&self, user_id: i64) -> StoreResult<Option<Value>> {
