@@ -169,14 +169,15 @@ pub(crate) async fn commit(
     }
 }
 
-/// Publishes a generator's `records` (each with its output line) the way every S1 does:
+/// Publishes a generator's `records` (`lines[i]` saying what `records[i]` is) the way every S1 does:
 /// one at a time every `interval` when paced, all in one publish otherwise (one durable
 /// commit for many); retrying while the bus is unavailable; printing `[S1] Sent <line>`
 /// once each is durable, when `print`. Returns how many were sent: fewer than all when
 /// `shutdown` stopped it, and nothing is reported sent that the bus has not acknowledged.
 pub async fn send(
     bus: &dyn crate::bus::Bus,
-    records: &[(crate::bus::Record, String)],
+    records: &[crate::bus::Record],
+    lines: &[String],
     interval: Option<std::time::Duration>,
     print: bool,
     counters: &Counters,
@@ -188,7 +189,7 @@ pub async fn send(
         records.len().max(1)
     };
     let mut sent = 0;
-    for group in records.chunks(step) {
+    for (group, group_lines) in records.chunks(step).zip(lines.chunks(step)) {
         if let Some(pause) = interval {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(sent),
@@ -197,16 +198,14 @@ pub async fn send(
         } else if shutdown.is_cancelled() {
             return Ok(sent);
         }
-        let batch: Vec<crate::bus::Record> = group.iter().map(|(r, _)| r.clone()).collect();
-        let published = crate::retry::until_ok("publishing", shutdown, bus_transient, || {
-            bus.publish(&batch)
-        })
-        .await?;
+        let published =
+            crate::retry::until_ok("publishing", shutdown, bus_transient, || bus.publish(group))
+                .await?;
         if published.is_none() {
             return Ok(sent);
         }
         if print {
-            for (_, line) in group {
+            for line in group_lines {
                 println!("[S1] Sent {line}");
             }
         }

@@ -84,7 +84,7 @@ impl DocumentStore for SqliteDocumentStore {
         collection: &str,
         docs: &[(String, Value)],
     ) -> StoreResult<Vec<StoreResult<()>>> {
-        let unique = super::last_by_id(docs, |(id, _)| id);
+        let unique = super::last_by(docs, |(id, _)| id.clone());
         match self.upsert_rows(collection, &unique).await {
             Ok(()) => Ok(docs.iter().map(|_| Ok(())).collect()),
             Err(e) if !e.is_rejection() => Err(e),

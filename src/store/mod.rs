@@ -323,7 +323,7 @@ const MAX_BOUND_VALUES: usize = 30_000;
 /// as few statements as the engines' parameter limits allow. When a batch holds a key
 /// twice the last row wins (a statement may touch a row only once).
 pub fn upsert(table: &Table, rows: &[Vec<SqlValue>]) -> Vec<Statement> {
-    let rows = last_by_key(table, rows);
+    let rows = last_by(rows, |row| row_key(table, row));
     let width = table.columns.len().max(1);
     let per_statement = (MAX_BOUND_VALUES / width).max(1);
     let columns = table.columns.join(", ");
@@ -380,29 +380,15 @@ pub fn upsert(table: &Table, rows: &[Vec<SqlValue>]) -> Vec<Statement> {
         .collect()
 }
 
-/// Keeps the last row of each key, in first-seen order.
-fn last_by_key<'a>(table: &Table, rows: &'a [Vec<SqlValue>]) -> Vec<&'a Vec<SqlValue>> {
-    let key_at: Vec<usize> = table
+/// The key columns of `row`, as one comparable value.
+fn row_key(table: &Table, row: &[SqlValue]) -> String {
+    table
         .key
         .iter()
         .filter_map(|k| table.columns.iter().position(|c| c == k))
-        .collect();
-    let key_of = |row: &Vec<SqlValue>| -> String {
-        key_at
-            .iter()
-            .map(|i| format!("{:?}", row.get(*i)))
-            .collect::<Vec<_>>()
-            .join("\u{1f}")
-    };
-    let mut last = std::collections::HashMap::new();
-    for (i, row) in rows.iter().enumerate() {
-        last.insert(key_of(row), i);
-    }
-    rows.iter()
-        .enumerate()
-        .filter(|(i, row)| last[&key_of(row)] == *i)
-        .map(|(_, row)| row)
-        .collect()
+        .map(|i| format!("{:?}", row.get(i)))
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }
 
 /// `SELECT <columns> FROM <table> WHERE <key> IN ($1, …)` for each slice of `keys` that
@@ -729,17 +715,17 @@ pub(crate) async fn open_embedded(
     Ok(pool)
 }
 
-/// Keeps one item per id, the last one: a batch may carry an entity twice, and a single
-/// upsert statement may touch a row only once.
-pub(crate) fn last_by_id<T>(items: &[T], id: impl Fn(&T) -> &String) -> Vec<&T> {
-    let mut last: std::collections::HashMap<&String, usize> = std::collections::HashMap::new();
+/// Keeps one item per key, the last one, in the order items came: a batch may carry a
+/// record twice, and a single upsert statement may touch a row only once.
+pub(crate) fn last_by<T, K: std::hash::Hash + Eq>(items: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
+    let mut last: HashMap<K, usize> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
-        last.insert(id(item), i);
+        last.insert(key(item), i);
     }
     items
         .iter()
         .enumerate()
-        .filter(|(i, item)| last[id(item)] == *i)
+        .filter(|(i, item)| last[&key(item)] == *i)
         .map(|(_, item)| item)
         .collect()
 }

@@ -222,18 +222,20 @@ pub async fn run(
         let rounds = config
             .count
             .map_or(rounds_per_publish, |n| (n - round).min(rounds_per_publish));
-        let records: Vec<(Record, String)> = (0..rounds).flat_map(|_| generator.round()).collect();
+        let (records, lines): (Vec<Record>, Vec<String>) =
+            (0..rounds).flat_map(|_| generator.round()).unzip();
         round += rounds;
         let sent = send(
             &*bus,
             &records,
+            &lines,
             interval,
             config.print_events,
             &counters,
             &shutdown,
         )
         .await?;
-        for (record, _) in &records[..sent] {
+        for record in &records[..sent] {
             match config.topics.route(&record.topic).map(|r| r.entity) {
                 Some(Entity::Customer) => report.customers += 1,
                 Some(Entity::Book) => report.books += 1,

@@ -160,7 +160,8 @@ pub async fn run(
             (None, None) => ROUNDS_PER_PUBLISH,
         };
         round += rounds;
-        let mut records: Vec<(Record, String)> = Vec::with_capacity(rounds as usize * 4);
+        let mut records: Vec<Record> = Vec::with_capacity(rounds as usize * 4);
+        let mut lines: Vec<String> = Vec::with_capacity(rounds as usize * 4);
         for _ in 0..rounds {
             let user = fakes.fields(EventType::CriarUsuario, None);
             let user_id = user["user_id"].as_i64();
@@ -176,22 +177,21 @@ pub async fn run(
                     short(&correlation_id),
                     user_id.unwrap_or_default()
                 );
-                records.push((
-                    event_record(&topics, kind.name(), &correlation_id, &fields),
-                    line,
-                ));
+                records.push(event_record(&topics, kind.name(), &correlation_id, &fields));
+                lines.push(line);
             }
         }
         let done = send(
             &*bus,
             &records,
+            &lines,
             interval,
             config.print_events,
             &counters,
             &shutdown,
         )
         .await?;
-        for (record, _) in &records[..done] {
+        for record in &records[..done] {
             let kind = serde_json::from_slice::<Value>(&record.payload)
                 .ok()
                 .and_then(|e| e["event_type"].as_str().and_then(EventType::from_name));
