@@ -89,8 +89,9 @@ pub fn reply(event: &Event, result: Result<(String, Value), (ErrorKind, String)>
     reply
 }
 
-/// The processor (seed S2): applies each event in its own transaction, with its reply
-/// recorded in `respostas` in that same transaction, and answers on `response_events`.
+/// The processor (seed S2): applies a batch of events in one transaction, each event's
+/// reply recorded in `respostas` in that same transaction, and answers on
+/// `response_events`.
 pub struct Processor {
     /// The stores.
     pub stores: Stores,
