@@ -31,13 +31,13 @@ pub async fn open(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx:
 
 /// Runs `CREATE … IF NOT EXISTS` statements in one write transaction, so processes starting
 /// together cannot race.
-pub async fn apply_schema(
-    pool: &SqlitePool,
-    statements: &[&'static str],
-) -> Result<(), sqlx::Error> {
+pub async fn apply_schema(pool: &SqlitePool, statements: &[&str]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for statement in statements {
-        sqlx::query(*statement).execute(&mut *tx).await?;
+        // The project's own DDL, with field names it wrote itself.
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await
 }

@@ -1,19 +1,21 @@
-//! The embedded key-value store: Redis' hashes and sets kept in SQLite
-//! (`<data dir>/keyvalue.db`), so it is durable and readable by other processes.
+//! The embedded key-value store: Redis' hashes, sets, sorted sets and strings kept in
+//! SQLite (`<data dir>/keyvalue.db`), so it is durable and readable by other processes.
 //!
 //! A hash is one row holding its fields as a JSON object, merged on write with SQLite's
 //! `json_patch` (HSET semantics: given fields replaced, others kept). One row per hash
 //! rather than per field makes an order one row instead of five, which is what matters for
-//! write throughput. A set is one row per member. A string is one row with the time it
-//! expires (Unix milliseconds), if any; an expired row reads as absent and is deleted by
-//! the next write of any string, so expired keys do not pile up.
+//! write throughput. A set is one row per member, a sorted set one row per member and
+//! score. A string is one row with the time it expires (Unix milliseconds), if any; the
+//! expiry of a hash, set or sorted set (`EXPIRE`) is a row of `kv_expiry`. An expired key
+//! reads as absent, and every write first deletes the keys that have expired, so they do
+//! not pile up and a write never lands on an expired key's leftovers.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{KeyValueStore, KvWrite, OpenError, StoreError, StoreResult};
 
@@ -29,18 +31,35 @@ const SCHEMA: &[&str] = &[
         expires_at INTEGER)",
     "CREATE INDEX IF NOT EXISTS kv_string_expiry ON kv_string (expires_at)
         WHERE expires_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS kv_zset (key TEXT NOT NULL, member TEXT NOT NULL,
+        score REAL NOT NULL, PRIMARY KEY (key, member)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS kv_zset_score ON kv_zset (key, score)",
+    "CREATE TABLE IF NOT EXISTS kv_expiry (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS kv_expiry_at ON kv_expiry (expires_at)",
 ];
+
+/// True (in SQL) when the key `alias.key` has not expired; binds now (`?`) once.
+fn live(alias: &str) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM kv_expiry e WHERE e.key = {alias}.key AND e.expires_at <= ?)"
+    )
+}
 
 /// Now, in the Unix milliseconds `expires_at` holds.
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A JSON path for a hash field, quoted so any field name is taken literally.
+fn field_path(field: &str) -> String {
+    format!("$.\"{}\"", field.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 fn err(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(STORE, e)
 }
 
-/// Hashes and sets in SQLite.
+/// Hashes, sets, sorted sets and strings in SQLite.
 pub struct SqliteKvStore {
     pool: SqlitePool,
     path: PathBuf,
@@ -57,55 +76,36 @@ impl SqliteKvStore {
     }
 }
 
-#[async_trait]
-impl KeyValueStore for SqliteKvStore {
-    async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
-        let mut hashes = Vec::new();
-        let mut members = Vec::new();
-        let mut strings = Vec::new();
-        for write in writes {
-            match write {
-                KvWrite::Set { key, value, ttl } => {
-                    let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
-                    strings.push((key, value, expires));
-                }
-                KvWrite::HSet { key, fields } => {
-                    let object: serde_json::Map<String, serde_json::Value> = fields
-                        .iter()
-                        .map(|(f, v)| (f.clone(), v.clone().into()))
-                        .collect();
-                    hashes.push((key, serde_json::Value::Object(object).to_string()));
-                }
-                KvWrite::SAdd { key, members: m } => members.extend(m.iter().map(|m| (key, m))),
-            }
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-        for chunk in hashes.chunks(CHUNK) {
+/// Writes of one kind that commute, batched into multi-row statements; flushed before
+/// any write that must see the ones before it.
+#[derive(Default)]
+struct Pending<'a> {
+    hashes: Vec<(&'a String, String)>,
+    members: Vec<(&'a String, &'a String)>,
+    strings: Vec<(&'a String, &'a String, Option<i64>)>,
+}
+
+impl Pending<'_> {
+    async fn flush(&mut self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        for chunk in self.hashes.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO kv_hash (key, fields) ");
             q.push_values(chunk, |mut row, (key, fields)| {
                 row.push_bind((*key).clone()).push_bind(fields.clone());
             });
             q.push(" ON CONFLICT (key) DO UPDATE SET fields = json_patch(kv_hash.fields, excluded.fields)");
-            q.build().execute(&mut *tx).await.map_err(err)?;
+            q.build().execute(&mut *conn).await?;
         }
-        for chunk in members.chunks(CHUNK) {
+        for chunk in self.members.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO kv_set (key, member) ");
             q.push_values(chunk, |mut row, (key, member)| {
                 row.push_bind((*key).clone()).push_bind((*member).clone());
             });
             q.push(" ON CONFLICT DO NOTHING");
-            q.build().execute(&mut *tx).await.map_err(err)?;
+            q.build().execute(&mut *conn).await?;
         }
-        if !strings.is_empty() {
-            sqlx::query("DELETE FROM kv_string WHERE expires_at IS NOT NULL AND expires_at <= ?")
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-        }
-        for chunk in strings.chunks(CHUNK) {
+        for chunk in self.strings.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO kv_string (key, value, expires_at) ");
             q.push_values(chunk, |mut row, (key, value, expires)| {
@@ -116,17 +116,174 @@ impl KeyValueStore for SqliteKvStore {
             q.push(
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
             );
-            q.build().execute(&mut *tx).await.map_err(err)?;
+            q.build().execute(&mut *conn).await?;
         }
+        self.hashes.clear();
+        self.members.clear();
+        self.strings.clear();
+        Ok(())
+    }
+}
+
+/// Deletes every key that has expired.
+async fn purge_expired(conn: &mut SqliteConnection, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM kv_string WHERE expires_at IS NOT NULL AND expires_at <= ?")
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    let expired: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM kv_expiry WHERE expires_at <= ?")
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+    for key in &expired {
+        delete_key(conn, key).await?;
+    }
+    Ok(())
+}
+
+/// `DEL key`: whatever it holds, and its expiry.
+async fn delete_key(conn: &mut SqliteConnection, key: &str) -> Result<(), sqlx::Error> {
+    for table in ["kv_hash", "kv_set", "kv_zset", "kv_string", "kv_expiry"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE key = ?"
+        )))
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One write that must see the writes before it, applied on its own.
+async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), sqlx::Error> {
+    match write {
+        KvWrite::HIncrBy { key, field, by } => {
+            let path = field_path(field);
+            sqlx::query(
+                "INSERT INTO kv_hash (key, fields) VALUES (?1, json_object(?2, CAST(?4 AS TEXT)))
+                 ON CONFLICT (key) DO UPDATE SET fields = json_set(kv_hash.fields, ?3,
+                   CAST(CAST(COALESCE(json_extract(kv_hash.fields, ?3), '0') AS INTEGER) + ?4 AS TEXT))",
+            )
+            .bind(key)
+            .bind(field)
+            .bind(path)
+            .bind(by)
+            .execute(&mut *conn)
+            .await?;
+        }
+        KvWrite::ZAdd { key, members } => {
+            for chunk in members.chunks(CHUNK) {
+                let mut q: QueryBuilder<Sqlite> =
+                    QueryBuilder::new("INSERT INTO kv_zset (key, member, score) ");
+                q.push_values(chunk, |mut row, (member, score)| {
+                    row.push_bind(key.clone())
+                        .push_bind(member.clone())
+                        .push_bind(*score);
+                });
+                q.push(" ON CONFLICT (key, member) DO UPDATE SET score = excluded.score");
+                q.build().execute(&mut *conn).await?;
+            }
+        }
+        KvWrite::ZRaise { key, member, score } => {
+            sqlx::query(
+                "INSERT INTO kv_zset (key, member, score) VALUES (?, ?, ?)
+                 ON CONFLICT (key, member) DO UPDATE SET score = excluded.score
+                 WHERE excluded.score > kv_zset.score",
+            )
+            .bind(key)
+            .bind(member)
+            .bind(score)
+            .execute(&mut *conn)
+            .await?;
+        }
+        KvWrite::ZRem { key, members } => {
+            for member in members {
+                sqlx::query("DELETE FROM kv_zset WHERE key = ? AND member = ?")
+                    .bind(key)
+                    .bind(member)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        KvWrite::ZRemUpTo { key, max } => {
+            sqlx::query("DELETE FROM kv_zset WHERE key = ? AND score <= ?")
+                .bind(key)
+                .bind(max)
+                .execute(&mut *conn)
+                .await?;
+        }
+        KvWrite::Expire { key, ttl } => {
+            let at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            sqlx::query("UPDATE kv_string SET expires_at = ? WHERE key = ?")
+                .bind(at)
+                .bind(key)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO kv_expiry (key, expires_at) SELECT ?1, ?2
+                 WHERE EXISTS (SELECT 1 FROM kv_hash WHERE key = ?1)
+                    OR EXISTS (SELECT 1 FROM kv_set WHERE key = ?1)
+                    OR EXISTS (SELECT 1 FROM kv_zset WHERE key = ?1)
+                 ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+            )
+            .bind(key)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        KvWrite::Del { key } => delete_key(conn, key).await?,
+        KvWrite::HSet { .. } | KvWrite::SAdd { .. } | KvWrite::Set { .. } => {
+            unreachable!("batched by Pending")
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl KeyValueStore for SqliteKvStore {
+    async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        purge_expired(&mut tx, now_ms()).await.map_err(err)?;
+        let mut pending = Pending::default();
+        for write in writes {
+            match write {
+                KvWrite::Set { key, value, ttl } => {
+                    let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
+                    pending.strings.push((key, value, expires));
+                }
+                KvWrite::HSet { key, fields } => {
+                    let object: serde_json::Map<String, serde_json::Value> = fields
+                        .iter()
+                        .map(|(f, v)| (f.clone(), v.clone().into()))
+                        .collect();
+                    pending
+                        .hashes
+                        .push((key, serde_json::Value::Object(object).to_string()));
+                }
+                KvWrite::SAdd { key, members } => {
+                    pending.members.extend(members.iter().map(|m| (key, m)));
+                }
+                other => {
+                    pending.flush(&mut tx).await.map_err(err)?;
+                    apply_one(&mut tx, other).await.map_err(err)?;
+                }
+            }
+        }
+        pending.flush(&mut tx).await.map_err(err)?;
         tx.commit().await.map_err(err)
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>> {
-        let fields: Option<String> = sqlx::query_scalar("SELECT fields FROM kv_hash WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(err)?;
+        let fields: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT fields FROM kv_hash h WHERE key = ? AND {}",
+            live("h")
+        )))
+        .bind(key)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
         let Some(fields) = fields else {
             return Ok(BTreeMap::new());
         };
@@ -136,12 +293,35 @@ impl KeyValueStore for SqliteKvStore {
         })
     }
 
+    async fn hget_many(&self, fields: &[(String, String)]) -> StoreResult<Vec<Option<String>>> {
+        let mut values = Vec::with_capacity(fields.len());
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let sql = format!(
+            "SELECT json_extract(fields, ?) FROM kv_hash h WHERE key = ? AND {}",
+            live("h")
+        );
+        let now = now_ms();
+        for (key, field) in fields {
+            let value: Option<Option<String>> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(field_path(field))
+                    .bind(key)
+                    .bind(now)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(err)?;
+            values.push(value.flatten());
+        }
+        Ok(values)
+    }
+
     async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>> {
         let mut found = HashSet::new();
+        let now = now_ms();
         for chunk in keys.chunks(CHUNK) {
-            for table in ["kv_hash", "kv_set", "kv_string"] {
+            for table in ["kv_hash", "kv_set", "kv_zset", "kv_string"] {
                 let mut q: QueryBuilder<Sqlite> =
-                    QueryBuilder::new(format!("SELECT DISTINCT key FROM {table} WHERE key IN ("));
+                    QueryBuilder::new(format!("SELECT DISTINCT key FROM {table} t WHERE key IN ("));
                 let mut list = q.separated(", ");
                 for key in chunk {
                     list.push_bind(key.clone());
@@ -149,7 +329,11 @@ impl KeyValueStore for SqliteKvStore {
                 q.push(")");
                 if table == "kv_string" {
                     q.push(" AND (expires_at IS NULL OR expires_at > ")
-                        .push_bind(now_ms())
+                        .push_bind(now)
+                        .push(")");
+                } else {
+                    q.push(" AND NOT EXISTS (SELECT 1 FROM kv_expiry e WHERE e.key = t.key AND e.expires_at <= ")
+                        .push_bind(now)
                         .push(")");
                 }
                 let rows = q.build().fetch_all(&self.pool).await.map_err(err)?;
@@ -160,23 +344,70 @@ impl KeyValueStore for SqliteKvStore {
     }
 
     async fn smembers(&self, key: &str) -> StoreResult<BTreeSet<String>> {
-        let members: Vec<String> = sqlx::query_scalar("SELECT member FROM kv_set WHERE key = ?")
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
+        let members: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT member FROM kv_set s WHERE key = ? AND {}",
+            live("s")
+        )))
+        .bind(key)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
         Ok(members.into_iter().collect())
+    }
+
+    async fn scard_many(&self, keys: &[String]) -> StoreResult<Vec<i64>> {
+        let mut counts = Vec::with_capacity(keys.len());
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM kv_set s WHERE key = ? AND {}",
+            live("s")
+        );
+        let now = now_ms();
+        for key in keys {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(key)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(err)?;
+            counts.push(n);
+        }
+        Ok(counts)
+    }
+
+    async fn ztop(&self, key: &str, limit: usize) -> StoreResult<Vec<(String, f64)>> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT member, score FROM kv_zset z WHERE key = ? AND {}
+             ORDER BY score DESC, member DESC LIMIT ?",
+            live("z")
+        )))
+        .bind(key)
+        .bind(now_ms())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(rows)
     }
 
     async fn count_prefix(&self, prefix: &str) -> StoreResult<i64> {
         // A range on the primary key instead of LIKE, which would scan every row.
         let upper = format!("{prefix}\u{10FFFF}");
-        sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT key FROM kv_hash WHERE key >= ?1 AND key < ?2
-             UNION SELECT key FROM kv_set WHERE key >= ?1 AND key < ?2
+        let typed = |table: &str| {
+            format!(
+                "SELECT key FROM {table} t WHERE key >= ?1 AND key < ?2 AND NOT EXISTS
+                 (SELECT 1 FROM kv_expiry e WHERE e.key = t.key AND e.expires_at <= ?3)"
+            )
+        };
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM ({} UNION {} UNION {}
              UNION SELECT key FROM kv_string WHERE key >= ?1 AND key < ?2
                AND (expires_at IS NULL OR expires_at > ?3))",
-        )
+            typed("kv_hash"),
+            typed("kv_set"),
+            typed("kv_zset")
+        )))
         .bind(prefix)
         .bind(upper)
         .bind(now_ms())

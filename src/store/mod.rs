@@ -406,14 +406,14 @@ pub fn select_in(select: &str, column: &str, keys: &[String]) -> Vec<Statement> 
 }
 
 /// A condition on documents, for [`DocumentStore::find`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
     /// The top-level `field` equals `value`, or, when it is an array, contains it.
     Eq {
         /// Field name.
         field: String,
-        /// The value, compared as a string.
-        value: String,
+        /// The value: a string, a number or a boolean, compared as JSON (`5` is not `"5"`).
+        value: Value,
     },
     /// Every word occurs in the text of `field`, ignoring case (`Words{title, ["dom"]}`
     /// matches "Dom Casmurro").
@@ -423,6 +423,24 @@ pub enum Filter {
         /// The words.
         words: Vec<String>,
     },
+}
+
+/// A filter on a field equal to `value` (text, a number, a boolean).
+pub fn eq(field: &str, value: impl Into<Value>) -> Filter {
+    Filter::Eq {
+        field: field.to_string(),
+        value: value.into(),
+    }
+}
+
+/// The order of [`DocumentStore::find_sorted`]'s results: by a top-level field, then by
+/// id (so pages are stable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sort {
+    /// The field.
+    pub field: String,
+    /// Highest first.
+    pub descending: bool,
 }
 
 /// Which slice of the results, ordered by id.
@@ -458,13 +476,23 @@ pub trait DocumentStore: Send + Sync {
         collection: &str,
         filters: &[Filter],
         page: Page,
+    ) -> StoreResult<Vec<Value>> {
+        self.find_sorted(collection, filters, None, page).await
+    }
+    /// Documents matching every filter, in `sort`'s order (by id when `None`), one page.
+    async fn find_sorted(
+        &self,
+        collection: &str,
+        filters: &[Filter],
+        sort: Option<&Sort>,
+        page: Page,
     ) -> StoreResult<Vec<Value>>;
     /// A name for logs.
     fn describe(&self) -> String;
 }
 
 /// One write to the key-value store, with Redis' semantics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum KvWrite {
     /// `HSET key field value …`: set fields of a hash, leaving the others.
     HSet {
@@ -472,6 +500,15 @@ pub enum KvWrite {
         key: String,
         /// Field/value pairs.
         fields: Vec<(String, String)>,
+    },
+    /// `HINCRBY key field by`: add `by` to a whole-number field (absent counts as 0).
+    HIncrBy {
+        /// The hash's key.
+        key: String,
+        /// The field.
+        field: String,
+        /// What to add (negative to subtract).
+        by: i64,
     },
     /// `SADD key member …`: add members to a set.
     SAdd {
@@ -489,13 +526,59 @@ pub enum KvWrite {
         /// How long it lives; `None`: until overwritten.
         ttl: Option<std::time::Duration>,
     },
+    /// `ZADD key score member …`: set members' scores in a sorted set.
+    ZAdd {
+        /// The sorted set's key.
+        key: String,
+        /// Member/score pairs.
+        members: Vec<(String, f64)>,
+    },
+    /// `ZADD key GT score member`: raise a member's score to `score` unless it is higher
+    /// already (a member not there is added). For counts that only grow, written by
+    /// several writers: a late writer with an older count cannot lower it.
+    ZRaise {
+        /// The sorted set's key.
+        key: String,
+        /// The member.
+        member: String,
+        /// Its score, if higher than the current one.
+        score: f64,
+    },
+    /// `ZREM key member …`: remove members from a sorted set.
+    ZRem {
+        /// The sorted set's key.
+        key: String,
+        /// Members to remove.
+        members: Vec<String>,
+    },
+    /// `ZREMRANGEBYSCORE key -inf max`: remove the members scored `max` or less.
+    ZRemUpTo {
+        /// The sorted set's key.
+        key: String,
+        /// Highest score removed.
+        max: f64,
+    },
+    /// `PEXPIRE key ttl`: the key (of any type) is gone after `ttl`; no effect on a key
+    /// that does not exist. Writing to a hash, set or sorted set keeps its expiry.
+    Expire {
+        /// The key.
+        key: String,
+        /// How long it has left.
+        ttl: std::time::Duration,
+    },
+    /// `DEL key`: remove the key, whatever it holds.
+    Del {
+        /// The key.
+        key: String,
+    },
 }
 
-/// The key-value store: Redis' hashes, sets and strings with expiry, the subset our data
-/// needs.
+/// The key-value store: Redis' hashes, sets, sorted sets and strings with expiry, the
+/// subset our data needs. An expired key reads as absent, whatever its type.
 #[async_trait]
 pub trait KeyValueStore: Send + Sync {
-    /// Applies the writes in one round trip (a pipeline, a transaction).
+    /// Applies the writes in order, in one round trip, all of them or none (`MULTI`, a
+    /// transaction).
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()>;
     /// Every field of a hash; empty when the key does not exist.
     async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>>;
@@ -508,10 +591,17 @@ pub trait KeyValueStore: Send + Sync {
         }
         Ok(hashes)
     }
+    /// One field of each `(hash, field)`, in order (`HGET`, in one round trip).
+    async fn hget_many(&self, fields: &[(String, String)]) -> StoreResult<Vec<Option<String>>>;
     /// Which of `keys` exist.
     async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>>;
     /// Members of a set; empty when the key does not exist.
     async fn smembers(&self, key: &str) -> StoreResult<BTreeSet<String>>;
+    /// How many members each set has, in the order of `keys` (`SCARD`; 0 when absent).
+    async fn scard_many(&self, keys: &[String]) -> StoreResult<Vec<i64>>;
+    /// The `limit` highest-scored members of a sorted set, highest first (ties: the
+    /// greater member first), with their scores (`ZREVRANGE … WITHSCORES`).
+    async fn ztop(&self, key: &str, limit: usize) -> StoreResult<Vec<(String, f64)>>;
     /// How many keys start with `prefix`.
     async fn count_prefix(&self, prefix: &str) -> StoreResult<i64>;
     /// A string's value; `None` when absent or expired.
@@ -651,7 +741,15 @@ impl Stores {
                 .await?,
             ),
             None => Arc::new(
-                docs_sqlite::SqliteDocumentStore::open(&data_dir.join("documents.db")).await?,
+                docs_sqlite::SqliteDocumentStore::open(
+                    &data_dir.join("documents.db"),
+                    &schemas
+                        .iter()
+                        .flat_map(|s| s.collections.iter())
+                        .flat_map(|(_, fields)| fields.iter().copied())
+                        .collect::<Vec<_>>(),
+                )
+                .await?,
             ),
         };
         let key_value: Arc<dyn KeyValueStore> = match &config.redis_url {
@@ -686,7 +784,7 @@ pub(crate) async fn ping_pool<DB: sqlx::Database>(
 pub(crate) async fn open_embedded(
     kind: &'static str,
     path: &Path,
-    schema: &[&'static str],
+    schema: &[&str],
     migrations: &[&sqlx::migrate::Migrator],
 ) -> Result<sqlx::SqlitePool, OpenError> {
     let open_error = |reason: String| OpenError {

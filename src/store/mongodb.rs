@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use serde_json::Value;
 
-use super::{Blame, DocumentStore, Filter, OpenError, Page, StoreError, StoreResult, redact};
+use super::{Blame, DocumentStore, Filter, OpenError, Page, Sort, StoreError, StoreResult, redact};
 
 const STORE: &str = "mongodb";
 /// How long to look for a server before an operation counts as failed (and is retried).
@@ -351,10 +351,11 @@ impl DocumentStore for MongoStore {
         Ok(n as i64)
     }
 
-    async fn find(
+    async fn find_sorted(
         &self,
         collection: &str,
         filters: &[Filter],
+        sort: Option<&Sort>,
         page: Page,
     ) -> StoreResult<Vec<Value>> {
         let mut conditions = Vec::new();
@@ -362,7 +363,12 @@ impl DocumentStore for MongoStore {
             match filter {
                 // Matches a scalar field, or an array field containing the value.
                 Filter::Eq { field, value } => {
-                    conditions.push(doc! {field.as_str(): value.as_str()})
+                    let value =
+                        Bson::try_from(value.clone()).map_err(|e| StoreError::Rejected {
+                            store: STORE,
+                            reason: format!("`{value}` cannot be a MongoDB value: {e}"),
+                        })?;
+                    conditions.push(doc! {field.as_str(): value})
                 }
                 Filter::Words { field, words } => {
                     for word in words {
@@ -381,7 +387,13 @@ impl DocumentStore for MongoStore {
         let cursor = self
             .collection(collection)
             .find(filter)
-            .sort(doc! {"id": 1, "_id": 1})
+            .sort(match sort {
+                Some(sort) => {
+                    let direction = if sort.descending { -1 } else { 1 };
+                    doc! {sort.field.as_str(): direction, "id": 1, "_id": 1}
+                }
+                None => doc! {"id": 1, "_id": 1},
+            })
             .skip(page.skip)
             .limit(page.limit.min(i64::MAX as u64) as i64)
             .await

@@ -1,4 +1,5 @@
-//! The key-value store on Redis: hashes and sets, every batch in one pipeline.
+//! The key-value store on Redis: hashes, sets, sorted sets and strings, every batch of
+//! writes in one `MULTI`/`EXEC` pipeline.
 //!
 //! Keys are exactly the seed's (`order:<id>`) unless a prefix is configured, which lets
 //! several deployments or test runs share one Redis.
@@ -28,6 +29,11 @@ fn err(e: redis::RedisError) -> StoreError {
         Blame::Store
     };
     StoreError::classified(STORE, blame, e)
+}
+
+/// A time to live in Redis' whole milliseconds; never 0, which it refuses.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Escapes Redis glob characters so a prefix matches only itself.
@@ -94,29 +100,96 @@ impl KeyValueStore for RedisStore {
         if writes.is_empty() {
             return Ok(());
         }
+        // MULTI/EXEC: all of the writes or none, as the embedded store's transaction.
         let mut pipe = redis::pipe();
+        pipe.atomic();
         for write in writes {
             match write {
                 KvWrite::HSet { key, fields } if !fields.is_empty() => {
                     pipe.hset_multiple(self.key(key), fields).ignore();
                 }
+                KvWrite::HIncrBy { key, field, by } => {
+                    pipe.hincr(self.key(key), field, *by).ignore();
+                }
                 KvWrite::SAdd { key, members } if !members.is_empty() => {
                     pipe.sadd(self.key(key), members).ignore();
                 }
                 KvWrite::Set { key, value, ttl } => match ttl {
-                    // Redis counts expiry in whole milliseconds; never 0, which it refuses.
                     Some(ttl) => {
-                        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                        pipe.pset_ex(self.key(key), value, ms).ignore();
+                        pipe.pset_ex(self.key(key), value, millis(*ttl)).ignore();
                     }
                     None => {
                         pipe.set(self.key(key), value).ignore();
                     }
                 },
+                KvWrite::ZAdd { key, members } if !members.is_empty() => {
+                    let pairs: Vec<(f64, &String)> = members.iter().map(|(m, s)| (*s, m)).collect();
+                    pipe.zadd_multiple(self.key(key), &pairs).ignore();
+                }
+                KvWrite::ZRaise { key, member, score } => {
+                    pipe.cmd("ZADD")
+                        .arg(self.key(key))
+                        .arg("GT")
+                        .arg(*score)
+                        .arg(member)
+                        .ignore();
+                }
+                KvWrite::ZRem { key, members } if !members.is_empty() => {
+                    pipe.zrem(self.key(key), members).ignore();
+                }
+                KvWrite::ZRemUpTo { key, max } => {
+                    pipe.zrembyscore(self.key(key), "-inf", *max).ignore();
+                }
+                KvWrite::Expire { key, ttl } => {
+                    pipe.cmd("PEXPIRE")
+                        .arg(self.key(key))
+                        .arg(millis(*ttl))
+                        .ignore();
+                }
+                KvWrite::Del { key } => {
+                    pipe.del(self.key(key)).ignore();
+                }
                 _ => {}
             }
         }
         pipe.exec_async(&mut self.conn.clone()).await.map_err(err)
+    }
+
+    async fn hget_many(&self, fields: &[(String, String)]) -> StoreResult<Vec<Option<String>>> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, field) in fields {
+            pipe.hget(self.key(key), field);
+        }
+        pipe.query_async(&mut self.conn.clone()).await.map_err(err)
+    }
+
+    async fn scard_many(&self, keys: &[String]) -> StoreResult<Vec<i64>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.scard(self.key(key));
+        }
+        pipe.query_async(&mut self.conn.clone()).await.map_err(err)
+    }
+
+    async fn ztop(&self, key: &str, limit: usize) -> StoreResult<Vec<(String, f64)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        redis::cmd("ZREVRANGE")
+            .arg(self.key(key))
+            .arg(0)
+            .arg(stop)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>> {

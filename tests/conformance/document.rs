@@ -8,10 +8,81 @@ use serde_json::json;
 use crate::common::service_url;
 
 fn eq(field: &str, value: &str) -> Filter {
-    Filter::Eq {
-        field: field.into(),
-        value: value.into(),
-    }
+    livros::store::eq(field, value)
+}
+
+/// Equality on numbers and booleans as JSON values, and sorting by a field.
+async fn typed_and_sorted(store: &dyn DocumentStore) {
+    use livros::store::Sort;
+    let views: Vec<(String, serde_json::Value)> = [
+        ("v1", 7, false, "2026-11-23T10:00:00Z"),
+        ("v2", 7, true, "2026-11-23T12:00:00Z"),
+        ("v3", 8, false, "2026-11-23T11:00:00Z"),
+        ("v4", 7, false, "2026-11-23T11:30:00Z"),
+    ]
+    .iter()
+    .map(|(id, user, done, at)| {
+        (
+            id.to_string(),
+            json!({"id": id, "user_id": user, "concluido": done, "data": at}),
+        )
+    })
+    .collect();
+    store.upsert("views", &views).await.unwrap();
+    let ids = |found: Vec<serde_json::Value>| {
+        found
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let user7 = livros::store::eq("user_id", 7);
+    assert_eq!(
+        ids(store.find("views", std::slice::from_ref(&user7), ALL).await.unwrap()),
+        ["v1", "v2", "v4"]
+    );
+    // `7` the number is not `"7"` the text.
+    assert!(
+        store
+            .find("views", &[eq("user_id", "7")], ALL)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let newest = Sort {
+        field: "data".into(),
+        descending: true,
+    };
+    assert_eq!(
+        ids(store
+            .find_sorted("views", std::slice::from_ref(&user7), Some(&newest), ALL)
+            .await
+            .unwrap()),
+        ["v2", "v4", "v1"]
+    );
+    let open = livros::store::eq("concluido", false);
+    assert_eq!(
+        ids(store
+            .find_sorted(
+                "views",
+                &[user7, open],
+                Some(&newest),
+                Page { skip: 0, limit: 1 }
+            )
+            .await
+            .unwrap()),
+        ["v4"]
+    );
+    let oldest = Sort {
+        field: "data".into(),
+        descending: false,
+    };
+    assert_eq!(
+        ids(store
+            .find_sorted("views", &[], Some(&oldest), Page { skip: 1, limit: 2 })
+            .await
+            .unwrap()),
+        ["v3", "v4"]
+    );
 }
 
 fn words(field: &str, words: &[&str]) -> Filter {
@@ -221,11 +292,12 @@ async fn suite(store: &dyn DocumentStore) {
 #[tokio::test]
 async fn embedded() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteDocumentStore::open(&dir.path().join("documents.db"))
+    let store = SqliteDocumentStore::open(&dir.path().join("documents.db"), &["isbn", "user_id"])
         .await
         .unwrap();
     suite(&store).await;
     find_suite(&store).await;
+    typed_and_sorted(&store).await;
 }
 
 /// A database made for one test, dropped at the end.
@@ -259,6 +331,7 @@ async fn mongodb() {
     let (store, database) = mongo_store(&url).await;
     suite(&store).await;
     find_suite(&store).await;
+    typed_and_sorted(&store).await;
     drop_database(&url, &database).await;
 }
 

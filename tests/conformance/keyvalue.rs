@@ -81,7 +81,197 @@ async fn strings(store: &dyn KeyValueStore) {
     assert_eq!(store.existing(&keys).await.unwrap().len(), 1);
 }
 
+/// Counters, sorted sets (leaderboards), expiry of any key, deletion, and a batch
+/// applied in order.
+async fn counters_rankings_and_expiry(store: &dyn KeyValueStore) {
+    use std::time::Duration;
+    let k = |s: &str| s.to_string();
+    // HINCRBY starts from 0, adds, subtracts, and leaves the other fields.
+    store
+        .write(&[
+            hset("stats:1", &[("title", "Central do Brasil")]),
+            KvWrite::HIncrBy {
+                key: k("stats:1"),
+                field: k("sum"),
+                by: 5,
+            },
+            KvWrite::HIncrBy {
+                key: k("stats:1"),
+                field: k("sum"),
+                by: -2,
+            },
+            KvWrite::HIncrBy {
+                key: k("stats:1"),
+                field: k("count"),
+                by: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    let stats = store.hgetall("stats:1").await.unwrap();
+    assert_eq!((stats["sum"].as_str(), stats["count"].as_str()), ("3", "1"));
+    assert_eq!(stats["title"], "Central do Brasil");
+    assert_eq!(
+        store
+            .hget_many(&[
+                (k("stats:1"), k("sum")),
+                (k("stats:1"), k("nope")),
+                (k("none"), k("sum"))
+            ])
+            .await
+            .unwrap(),
+        [Some(k("3")), None, None]
+    );
+
+    // Sorted sets: highest first, ties by member, ZADD replaces, GT only raises.
+    assert!(store.ztop("rank", 10).await.unwrap().is_empty());
+    store
+        .write(&[KvWrite::ZAdd {
+            key: k("rank"),
+            members: vec![(k("a"), 3.0), (k("b"), 5.5), (k("c"), 3.0), (k("d"), 1.0)],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.ztop("rank", 3).await.unwrap(),
+        [(k("b"), 5.5), (k("c"), 3.0), (k("a"), 3.0)]
+    );
+    store
+        .write(&[
+            KvWrite::ZRaise {
+                key: k("rank"),
+                member: k("b"),
+                score: 2.0,
+            },
+            KvWrite::ZRaise {
+                key: k("rank"),
+                member: k("a"),
+                score: 9.0,
+            },
+            KvWrite::ZRaise {
+                key: k("rank"),
+                member: k("e"),
+                score: 0.5,
+            },
+            KvWrite::ZAdd {
+                key: k("rank"),
+                members: vec![(k("c"), 0.0)],
+            },
+            KvWrite::ZRem {
+                key: k("rank"),
+                members: vec![k("d"), k("absent")],
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.ztop("rank", 10).await.unwrap(),
+        [(k("a"), 9.0), (k("b"), 5.5), (k("e"), 0.5), (k("c"), 0.0)]
+    );
+    store
+        .write(&[KvWrite::ZRemUpTo {
+            key: k("rank"),
+            max: 0.5,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.ztop("rank", 10).await.unwrap().len(), 2);
+
+    // SCARD of several sets at once.
+    store
+        .write(&[sadd("viewers:1", &["u1", "u2", "u1"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .scard_many(&[k("viewers:1"), k("viewers:none")])
+            .await
+            .unwrap(),
+        [2, 0]
+    );
+
+    // Expiry of a hash, a set and a sorted set; writing keeps it; DEL removes at once;
+    // a batch applies in order (DEL then HSET leaves the new hash).
+    store
+        .write(&[
+            hset("session:1", &[("user", "7")]),
+            KvWrite::Expire {
+                key: k("session:1"),
+                ttl: Duration::from_millis(400),
+            },
+            KvWrite::Expire {
+                key: k("viewers:1"),
+                ttl: Duration::from_millis(400),
+            },
+            KvWrite::Expire {
+                key: k("rank"),
+                ttl: Duration::from_millis(400),
+            },
+            KvWrite::Expire {
+                key: k("never:written"),
+                ttl: Duration::from_millis(400),
+            },
+            hset("session:1", &[("seen", "now")]),
+            hset("session:2", &[("user", "8")]),
+            KvWrite::Expire {
+                key: k("session:2"),
+                ttl: Duration::from_secs(60),
+            },
+            KvWrite::Del { key: k("stats:1") },
+            hset("redo", &[("old", "1")]),
+            KvWrite::Del { key: k("redo") },
+            hset("redo", &[("new", "1")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.hgetall("session:1").await.unwrap().len(), 2);
+    assert!(store.hgetall("stats:1").await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .hgetall("redo")
+            .await
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["new"]
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        store.hgetall("session:1").await.unwrap().is_empty(),
+        "expired"
+    );
+    assert_eq!(
+        store
+            .hget_many(&[(k("session:1"), k("user"))])
+            .await
+            .unwrap(),
+        [None]
+    );
+    assert!(store.smembers("viewers:1").await.unwrap().is_empty());
+    assert_eq!(store.scard_many(&[k("viewers:1")]).await.unwrap(), [0]);
+    assert!(store.ztop("rank", 10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .existing(&[k("session:1"), k("session:2"), k("never:written")])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.count_prefix("session:").await.unwrap(), 1);
+    // An expired key written again starts afresh, with no expiry.
+    store.write(&[sadd("viewers:1", &["u3"])]).await.unwrap();
+    assert_eq!(store.scard_many(&[k("viewers:1")]).await.unwrap(), [1]);
+    store
+        .write(&[KvWrite::Del {
+            key: k("never:written"),
+        }])
+        .await
+        .unwrap();
+}
+
 async fn suite(store: &dyn KeyValueStore) {
+    counters_rankings_and_expiry(store).await;
     strings(store).await;
     store.ping().await.unwrap();
     assert!(store.hgetall("order:none").await.unwrap().is_empty());

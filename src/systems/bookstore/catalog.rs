@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::store::Filter;
+use crate::store::{self, Filter};
 use crate::systems::bookstore::entities::Book;
 
 /// The offline catalogue, compiled in so the binary works with no network.
@@ -244,16 +244,11 @@ pub async fn load_for(settings: &crate::app::Settings) -> (Vec<Book>, String) {
 pub fn book_filters(author: Option<&str>, isbn: Option<&str>, title: Option<&str>) -> Vec<Filter> {
     let mut filters = Vec::new();
     if let Some(a) = author {
-        filters.push(Filter::Eq {
-            field: "authors".into(),
-            value: a.trim().to_string(),
-        });
+        filters.push(store::eq("authors", a.trim()));
     }
     if let Some(i) = isbn {
-        filters.push(Filter::Eq {
-            field: "isbn".into(),
-            value: i.chars().filter(|c| c.is_ascii_alphanumeric()).collect(),
-        });
+        let isbn: String = i.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+        filters.push(store::eq("isbn", isbn));
     }
     if let Some(t) = title {
         filters.push(Filter::Words {
