@@ -62,7 +62,8 @@ struct Global {
     #[arg(long, env = "LIVROS_REDIS_URL", global = true)]
     redis_url: Option<String>,
 
-    /// MongoDB URL for books (e.g. mongodb://127.0.0.1:27017). Unset: embedded document store.
+    /// MongoDB URL for the document store (books; the streaming catalog, views and
+    /// recommendations), e.g. mongodb://127.0.0.1:27017. Unset: embedded document store.
     #[arg(long, env = "LIVROS_MONGODB_URL", global = true)]
     mongodb_url: Option<String>,
 
@@ -148,8 +149,10 @@ fn parse_systems(s: &str) -> Result<SystemsArg, String> {
 
 #[derive(Args, Clone)]
 struct ProduceArgs {
-    /// Rounds to produce (each: one customer, one book, one order), then exit once all are
-    /// processed. Unset: run until Ctrl-C.
+    /// Rounds to produce per system, then exit once all are processed (a bookstore round:
+    /// a customer, a book, an order; a streaming round: a user, their plan, payment and
+    /// preferences, a session with three views, a rating, a heartbeat, recommendations and
+    /// a cache read). Unset: run until Ctrl-C.
     #[arg(long)]
     count: Option<u64>,
 

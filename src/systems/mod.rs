@@ -77,6 +77,11 @@ pub trait System: Send + Sync {
     fn name(&self) -> &'static str;
     /// What it keeps in the stores: migrations, document collections and their indexes.
     fn schema(&self) -> Schema;
+    /// Puts the data it ships in the stores (a catalog…), once they are open; every
+    /// start does it again, so it must be idempotent.
+    async fn prepare(&self, _stores: &Stores) -> StoreResult<()> {
+        Ok(())
+    }
     /// Every topic it uses in this deployment, dead-letter topics included.
     fn topics(&self, topics: &Topics) -> Vec<String>;
     /// The consumers S2 runs for it.
@@ -168,7 +173,17 @@ pub fn schemas() -> Vec<Schema> {
     all().iter().map(|s| s.schema()).collect()
 }
 
-/// Opens the stores `config` names under `data_dir`, with every system's tables.
+/// Opens the stores `config` names under `data_dir`, with every system's tables and the
+/// data the systems ship.
 pub async fn open_stores(data_dir: &Path, config: &StoreConfig) -> Result<Stores, OpenError> {
-    Stores::open(data_dir, config, &schemas()).await
+    let stores = Stores::open(data_dir, config, &schemas()).await?;
+    for system in all() {
+        system.prepare(&stores).await.map_err(|e| OpenError {
+            kind: "document",
+            location: stores.describe(StoreKind::Document),
+            reason: format!("loading the {} system's data: {e}", system.name()),
+            hint: "Check that the store is up and writable.".into(),
+        })?;
+    }
+    Ok(stores)
 }

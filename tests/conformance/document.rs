@@ -37,7 +37,10 @@ async fn typed_and_sorted(store: &dyn DocumentStore) {
     };
     let user7 = livros::store::eq("user_id", 7);
     assert_eq!(
-        ids(store.find("views", std::slice::from_ref(&user7), ALL).await.unwrap()),
+        ids(store
+            .find("views", std::slice::from_ref(&user7), ALL)
+            .await
+            .unwrap()),
         ["v1", "v2", "v4"]
     );
     // `7` the number is not `"7"` the text.

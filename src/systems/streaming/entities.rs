@@ -16,6 +16,8 @@ use crate::wire::{self, Invalid};
 pub const PLANOS: [&str; 3] = ["Básico", "Padrão", "Premium"];
 /// The payment methods the seed offers.
 pub const FORMAS_PAGAMENTO: [&str; 3] = ["Cartão", "Pix", "Boleto"];
+/// The kinds of title in the catalog.
+pub const TIPOS: [&str; 2] = ["filme", "serie"];
 /// Largest payment: NUMERIC(10, 2) holds less than 10^8.
 pub const MAX_VALOR: f64 = 99_999_999.99;
 
@@ -31,15 +33,48 @@ pub enum EventType {
     PagamentoRealizado,
     /// A user's preferences.
     AtualizarConfig,
+    /// A user watched (part of) a title.
+    RegistrarVisualizacao,
+    /// Read a user's viewing history.
+    ObterHistoricoVisualizacao,
+    /// Work out a user's recommendations and keep them.
+    GerarRecomendacoes,
+    /// Read a user's recommendations.
+    ObterRecomendacoes,
+    /// A user rates a title, 1 to 5 (one rating per user and title).
+    AvaliarConteudo,
+    /// A user opens a session on a device.
+    CriarSessao,
+    /// A session shows activity (a heartbeat): it lives on.
+    AtualizarAtividadeSessao,
+    /// A session ends (logout).
+    EncerrarSessao,
+    /// Read a user's sessions.
+    ListarSessoesUsuario,
+    /// Put a title in the cache.
+    CacheConteudo,
+    /// Read a title through the cache.
+    ObterCacheConteudo,
 }
 
 impl EventType {
-    /// Every event type, in the order a generator round sends them.
-    pub const ALL: [EventType; 4] = [
+    /// Every event type.
+    pub const ALL: [EventType; 15] = [
         EventType::CriarUsuario,
         EventType::AtualizarAssinatura,
         EventType::PagamentoRealizado,
         EventType::AtualizarConfig,
+        EventType::RegistrarVisualizacao,
+        EventType::ObterHistoricoVisualizacao,
+        EventType::GerarRecomendacoes,
+        EventType::ObterRecomendacoes,
+        EventType::AvaliarConteudo,
+        EventType::CriarSessao,
+        EventType::AtualizarAtividadeSessao,
+        EventType::EncerrarSessao,
+        EventType::ListarSessoesUsuario,
+        EventType::CacheConteudo,
+        EventType::ObterCacheConteudo,
     ];
 
     /// The name on the wire (`criar_usuario`, …).
@@ -49,12 +84,35 @@ impl EventType {
             EventType::AtualizarAssinatura => "atualizar_assinatura",
             EventType::PagamentoRealizado => "pagamento_realizado",
             EventType::AtualizarConfig => "atualizar_config",
+            EventType::RegistrarVisualizacao => "registrar_visualizacao",
+            EventType::ObterHistoricoVisualizacao => "obter_historico_visualizacao",
+            EventType::GerarRecomendacoes => "gerar_recomendacoes",
+            EventType::ObterRecomendacoes => "obter_recomendacoes",
+            EventType::AvaliarConteudo => "avaliar_conteudo",
+            EventType::CriarSessao => "criar_sessao",
+            EventType::AtualizarAtividadeSessao => "atualizar_atividade_sessao",
+            EventType::EncerrarSessao => "encerrar_sessao",
+            EventType::ListarSessoesUsuario => "listar_sessoes_usuario",
+            EventType::CacheConteudo => "cache_conteudo",
+            EventType::ObterCacheConteudo => "obter_cache_conteudo",
         }
     }
 
     /// The event type named `name`, if there is one.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// True for the events that only read: nothing is recorded for them, and a
+    /// redelivery simply answers again.
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            EventType::ObterHistoricoVisualizacao
+                | EventType::ObterRecomendacoes
+                | EventType::ListarSessoesUsuario
+                | EventType::ObterCacheConteudo
+        )
     }
 }
 
@@ -150,6 +208,44 @@ pub struct Preferencias {
     pub data_atualizacao: String,
 }
 
+/// A view of a title (collection `historico_visualizacao`, one document per event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Visualizacao {
+    /// The event's correlation id: a redelivered view is the same document.
+    pub id: String,
+    /// Who watched.
+    pub user_id: i64,
+    /// The title's id in the catalog.
+    pub conteudo_id: String,
+    /// The title, from the catalog.
+    pub titulo: String,
+    /// `filme` or `serie`, from the catalog.
+    pub tipo: String,
+    /// Minutes watched in this view.
+    pub tempo_assistido: i64,
+    /// How far into the title, in percent (0 to 100).
+    pub posicao: f64,
+    /// Whether the title was finished (`posicao >= 90`).
+    pub concluido: bool,
+    /// When (RFC 3339).
+    pub data: String,
+}
+
+/// A session: a user on a device (hash `sessao:<id>`, with a time to live).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Sessao {
+    /// Its id (the gateway makes one up).
+    pub session_id: String,
+    /// Whose.
+    pub user_id: i64,
+    /// `web`, `android`, `tv`, …
+    pub dispositivo: String,
+    /// Where from (a city, as the client says).
+    pub localizacao: String,
+    /// When it started (RFC 3339).
+    pub inicio: String,
+}
+
 /// What a valid event asks the processor to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -161,18 +257,188 @@ pub enum Command {
     Pagar(Pagamento),
     /// Set a user's preferences.
     Configurar(Preferencias),
+    /// Record a view. The title and type are filled in from the catalog.
+    Assistir(Visualizacao),
+    /// Rate a title.
+    Avaliar {
+        /// Who.
+        user_id: i64,
+        /// Which title.
+        conteudo_id: String,
+        /// 1 to 5.
+        nota: i64,
+    },
+    /// Read a user's history, newest first.
+    Historico {
+        /// Whose.
+        user_id: i64,
+        /// Only `filme` or `serie`.
+        tipo: Option<String>,
+        /// Only finished (or unfinished) views.
+        concluido: Option<bool>,
+        /// At most this many (1 to 100; 20 when not given).
+        limit: u64,
+    },
+    /// Work out and keep a user's recommendations.
+    Recomendar {
+        /// Whose.
+        user_id: i64,
+    },
+    /// Read a user's kept recommendations.
+    Recomendacoes {
+        /// Whose.
+        user_id: i64,
+    },
+    /// Open a session.
+    AbrirSessao(Sessao),
+    /// A session's heartbeat.
+    Atividade {
+        /// Which session.
+        session_id: String,
+    },
+    /// End a session.
+    Encerrar {
+        /// Which session.
+        session_id: String,
+    },
+    /// Read a user's sessions.
+    Sessoes {
+        /// Whose.
+        user_id: i64,
+        /// Only those not ended.
+        ativas_apenas: bool,
+    },
+    /// Put a title in the cache.
+    Cachear {
+        /// Which title.
+        conteudo_id: String,
+    },
+    /// Read a title through the cache.
+    LerCache {
+        /// Which title.
+        conteudo_id: String,
+    },
 }
 
 impl Command {
-    /// The user it is about.
-    pub fn user_id(&self) -> i64 {
+    /// The user who must exist for it to be applied, if any: reads and session-id
+    /// commands name none.
+    pub fn user_id(&self) -> Option<i64> {
         match self {
-            Command::Criar(u) => u.user_id,
-            Command::Assinar(a) => a.user_id,
-            Command::Pagar(p) => p.user_id,
-            Command::Configurar(c) => c.user_id,
+            Command::Criar(u) => Some(u.user_id),
+            Command::Assinar(a) => Some(a.user_id),
+            Command::Pagar(p) => Some(p.user_id),
+            Command::Configurar(c) => Some(c.user_id),
+            Command::Assistir(v) => Some(v.user_id),
+            Command::Avaliar { user_id, .. }
+            | Command::Recomendar { user_id }
+            | Command::AbrirSessao(Sessao { user_id, .. }) => Some(*user_id),
+            Command::Historico { .. }
+            | Command::Recomendacoes { .. }
+            | Command::Atividade { .. }
+            | Command::Encerrar { .. }
+            | Command::Sessoes { .. }
+            | Command::Cachear { .. }
+            | Command::LerCache { .. } => None,
         }
     }
+
+    /// True for the commands kept in the relational store (users and what they pay);
+    /// the others go to the document and key-value stores.
+    pub fn is_relational(&self) -> bool {
+        matches!(
+            self,
+            Command::Criar(_) | Command::Assinar(_) | Command::Pagar(_) | Command::Configurar(_)
+        )
+    }
+
+    /// True for the commands that only read: they have no effect to record, so a
+    /// redelivery simply answers again.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Command::Historico { .. }
+                | Command::Recomendacoes { .. }
+                | Command::Sessoes { .. }
+                | Command::LerCache { .. }
+        )
+    }
+}
+
+/// A title id: a whole number (or its text), as the catalog numbers them.
+pub fn conteudo_id(fields: &Map<String, Value>) -> Result<String, Invalid> {
+    match fields.get("conteudo_id") {
+        None | Some(Value::Null) => Err(Invalid::Missing("conteudo_id")),
+        Some(v) => match wire::whole_number(v) {
+            Ok(n) if n >= 1 => Ok(n.to_string()),
+            Ok(n) => Err(Invalid::field(
+                "conteudo_id",
+                format!("{n} is not a title id"),
+            )),
+            Err(problem) => Err(Invalid::field("conteudo_id", problem)),
+        },
+    }
+}
+
+/// An optional whole number within `range`, with a default.
+fn number_in(
+    fields: &Map<String, Value>,
+    field: &'static str,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+) -> Result<i64, Invalid> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match wire::whole_number(v) {
+            Ok(n) if range.contains(&n) => Ok(n),
+            Ok(n) => Err(Invalid::field(
+                field,
+                format!("{n} is outside {} to {}", range.start(), range.end()),
+            )),
+            Err(problem) => Err(Invalid::field(field, problem)),
+        },
+    }
+}
+
+/// A percentage, 0 to 100, a number or its text.
+fn percent(fields: &Map<String, Value>, field: &'static str) -> Result<f64, Invalid> {
+    let value = match fields.get(field) {
+        None | Some(Value::Null) => return Ok(0.0),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(other) => {
+            return Err(Invalid::field(
+                field,
+                format!("expected a number, found {}", wire::json_type(other)),
+            ));
+        }
+    };
+    match value {
+        Some(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(Invalid::field(field, "a percentage from 0 to 100")),
+    }
+}
+
+/// An optional boolean: `true`/`false`, or their text.
+fn flag(fields: &Map<String, Value>, field: &'static str) -> Result<Option<bool>, Invalid> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+        Some(other) => Err(Invalid::field(
+            field,
+            format!("expected true or false, found {other}"),
+        )),
+    }
+}
+
+/// A session id: non-empty text that fits a key.
+fn session_id(fields: &Map<String, Value>) -> Result<String, Invalid> {
+    let id = wire::id(fields, "session_id")?;
+    if id.len() > 100 || id.chars().any(char::is_control) {
+        return Err(Invalid::field("session_id", "not a session id"));
+    }
+    Ok(id)
 }
 
 /// A user id: a whole number from 1 (the seed's are integers; text of one is accepted).
@@ -375,6 +641,67 @@ pub fn command(event: &Event) -> Result<Command, Invalid> {
             tema: text_or(f, "tema", "escuro")?,
             data_atualizacao: now.clone(),
         }),
+        EventType::RegistrarVisualizacao => {
+            let posicao = percent(f, "posicao")?;
+            Command::Assistir(Visualizacao {
+                id: event.correlation_id.clone(),
+                user_id: user_id(f)?,
+                conteudo_id: conteudo_id(f)?,
+                // The catalog's, filled in by the processor; what the sender says is a hint.
+                titulo: text_or(f, "titulo", "")?,
+                tipo: text_or(f, "tipo", "")?,
+                tempo_assistido: number_in(f, "tempo_assistido", 0..=100_000, 0)?,
+                posicao,
+                concluido: posicao >= 90.0,
+                data: now.clone(),
+            })
+        }
+        EventType::ObterHistoricoVisualizacao => Command::Historico {
+            user_id: user_id(f)?,
+            tipo: match f.get("tipo") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(one_of(f, "tipo", &TIPOS)?),
+            },
+            concluido: flag(f, "concluido")?,
+            limit: number_in(f, "limit", 1..=100, 20)? as u64,
+        },
+        EventType::GerarRecomendacoes => Command::Recomendar {
+            user_id: user_id(f)?,
+        },
+        EventType::ObterRecomendacoes => Command::Recomendacoes {
+            user_id: user_id(f)?,
+        },
+        EventType::AvaliarConteudo => Command::Avaliar {
+            user_id: user_id(f)?,
+            conteudo_id: conteudo_id(f)?,
+            nota: match f.get("nota") {
+                None | Some(Value::Null) => return Err(Invalid::Missing("nota")),
+                Some(_) => number_in(f, "nota", 1..=5, 0)?,
+            },
+        },
+        EventType::CriarSessao => Command::AbrirSessao(Sessao {
+            session_id: session_id(f)?,
+            user_id: user_id(f)?,
+            dispositivo: text_or(f, "dispositivo", "web")?,
+            localizacao: text_or(f, "localizacao", "")?,
+            inicio: now.clone(),
+        }),
+        EventType::AtualizarAtividadeSessao => Command::Atividade {
+            session_id: session_id(f)?,
+        },
+        EventType::EncerrarSessao => Command::Encerrar {
+            session_id: session_id(f)?,
+        },
+        EventType::ListarSessoesUsuario => Command::Sessoes {
+            user_id: user_id(f)?,
+            ativas_apenas: flag(f, "ativas_apenas")?.unwrap_or(true),
+        },
+        EventType::CacheConteudo => Command::Cachear {
+            conteudo_id: conteudo_id(f)?,
+        },
+        EventType::ObterCacheConteudo => Command::LerCache {
+            conteudo_id: conteudo_id(f)?,
+        },
     })
 }
 

@@ -1,6 +1,11 @@
 //! The streaming platform's generator (seed S1's fake data): users with pt_BR names and
-//! valid CPFs, their plans, payments and preferences — as event fields, used by the
-//! gateway when a request has no body and by `livros up`'s generator.
+//! valid CPFs, their plans, payments and preferences, their sessions, what they watch
+//! and how they rate it — as event fields, used by the gateway for the fields a request
+//! leaves out and by `livros up`'s generator.
+//!
+//! Views and ratings follow the catalog unevenly, as real audiences do: a few titles draw
+//! most views (the lower a title's place in a fixed shuffle, the likelier), and each
+//! title has its own typical rating, so the leaderboards have something to show.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +19,7 @@ use fake::rand::{RngExt, SeedableRng};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::catalog;
 use super::entities::{EventType, FORMAS_PAGAMENTO, PLANOS, cpf_with_check_digits};
 use super::routing::USER_EVENTS;
 use crate::bus::{Bus, Record, Topics};
@@ -21,7 +27,49 @@ use crate::services::{Counters, ServiceError, send, short};
 use crate::wire;
 
 /// Rounds per publish when running flat out: enough to amortize a durable commit.
-const ROUNDS_PER_PUBLISH: u64 = 250;
+const ROUNDS_PER_PUBLISH: u64 = 100;
+
+/// One round of the generator: a new user, what they pay and prefer, a session in which
+/// they watch three titles and rate one, a heartbeat, and their recommendations.
+pub const ROUND: [EventType; 12] = [
+    EventType::CriarUsuario,
+    EventType::AtualizarAssinatura,
+    EventType::PagamentoRealizado,
+    EventType::AtualizarConfig,
+    EventType::CriarSessao,
+    EventType::RegistrarVisualizacao,
+    EventType::RegistrarVisualizacao,
+    EventType::RegistrarVisualizacao,
+    EventType::AvaliarConteudo,
+    EventType::AtualizarAtividadeSessao,
+    EventType::GerarRecomendacoes,
+    EventType::ObterCacheConteudo,
+];
+
+/// The kinds of event a round sends, each once, in the order of [`ROUND`].
+pub fn round_kinds() -> Vec<EventType> {
+    let mut kinds = Vec::new();
+    for kind in ROUND {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
+/// Devices sessions are opened on.
+const DISPOSITIVOS: [&str; 5] = ["web", "android", "ios", "smart-tv", "chromecast"];
+/// Where users watch from.
+const CIDADES: [&str; 8] = [
+    "São Paulo",
+    "Rio de Janeiro",
+    "Belo Horizonte",
+    "Salvador",
+    "Recife",
+    "Porto Alegre",
+    "Curitiba",
+    "Manaus",
+];
 /// Largest generated user id: within JavaScript's exact integers, so every client reads it.
 const MAX_USER_ID: i64 = (1 << 53) - 1;
 
@@ -41,10 +89,79 @@ impl Fakes {
         }
     }
 
-    /// The payload fields of an event of `kind` for `user_id` (a new id for a new user).
+    /// A title id, the popular ones likelier: the square of a uniform draw favours the
+    /// first places of a fixed shuffle of the catalog.
+    fn title(&mut self) -> (usize, String) {
+        let n = catalog::shipped().len();
+        let draw: f64 = self.rng.random();
+        let place = ((draw * draw) * n as f64) as usize % n;
+        // A fixed shuffle, so the favourites are not simply the first lines of the file.
+        let index = (place * 7919 + 13) % n;
+        (index, (index + 1).to_string())
+    }
+
+    /// The payload fields of an event of `kind` for `user_id` (a new id for a new user;
+    /// a new session id for a session event).
     pub fn fields(&mut self, kind: EventType, user_id: Option<i64>) -> Map<String, Value> {
-        let rng = &mut self.rng;
+        // Seed 4's gateway made up whatever its caller left out, the user included.
+        let user_id = match kind {
+            EventType::CriarUsuario
+            | EventType::AtualizarAssinatura
+            | EventType::PagamentoRealizado
+            | EventType::AtualizarConfig => user_id,
+            _ => Some(user_id.unwrap_or_else(|| self.rng.random_range(1..=MAX_USER_ID))),
+        };
         let value = match kind {
+            EventType::RegistrarVisualizacao => {
+                let (_, conteudo_id) = self.title();
+                let rng = &mut self.rng;
+                let posicao: f64 = if rng.random_bool(0.35) {
+                    rng.random_range(90.0..=100.0)
+                } else {
+                    rng.random_range(1.0..90.0)
+                };
+                json!({
+                    "user_id": user_id,
+                    "conteudo_id": conteudo_id,
+                    "tempo_assistido": rng.random_range(1..=180),
+                    "posicao": (posicao * 10.0).round() / 10.0,
+                })
+            }
+            EventType::AvaliarConteudo => {
+                let (index, conteudo_id) = self.title();
+                // Each title has its own typical rating, from 2 to 5.
+                let typical = 2 + (index * 31 % 4) as i64;
+                let nota = (typical + self.rng.random_range(-1..=1)).clamp(1, 5);
+                json!({"user_id": user_id, "conteudo_id": conteudo_id, "nota": nota})
+            }
+            EventType::CriarSessao => json!({
+                "user_id": user_id,
+                "session_id": uuid::Uuid::new_v4().to_string(),
+                "dispositivo": DISPOSITIVOS.choose(&mut self.rng).expect("non-empty"),
+                "localizacao": CIDADES.choose(&mut self.rng).expect("non-empty"),
+            }),
+            EventType::AtualizarAtividadeSessao | EventType::EncerrarSessao => {
+                json!({"session_id": uuid::Uuid::new_v4().to_string()})
+            }
+            EventType::ObterHistoricoVisualizacao => json!({"user_id": user_id, "limit": 20}),
+            EventType::GerarRecomendacoes
+            | EventType::ObterRecomendacoes
+            | EventType::ListarSessoesUsuario => json!({"user_id": user_id}),
+            EventType::CacheConteudo | EventType::ObterCacheConteudo => {
+                json!({"conteudo_id": self.title().1})
+            }
+            other => self.account_fields(other, user_id),
+        };
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!("json! of an object"),
+        }
+    }
+
+    /// The fields of the account events (seed 3's).
+    fn account_fields(&mut self, kind: EventType, user_id: Option<i64>) -> Value {
+        let rng = &mut self.rng;
+        match kind {
             EventType::CriarUsuario => {
                 let first: String = FirstName(PT_BR).fake_with_rng(rng);
                 let last: String = LastName(PT_BR).fake_with_rng(rng);
@@ -84,10 +201,7 @@ impl Fakes {
                     "tema": tema,
                 })
             }
-        };
-        match value {
-            Value::Object(map) => map,
-            _ => unreachable!("json! of an object"),
+            other => unreachable!("{other:?} is not an account event"),
         }
     }
 }
@@ -139,48 +253,68 @@ pub fn event_record(
     }
 }
 
-/// Runs the generator: `count` rounds (a new user, then its plan, a payment and its
-/// preferences: one event of each type), at `rate` events per second (0: flat out).
+/// The events of one round for a new user, with their log lines.
+fn round(fakes: &mut Fakes, topics: &Topics) -> Vec<(Record, String)> {
+    let user = fakes.fields(EventType::CriarUsuario, None);
+    let user_id = user["user_id"].as_i64();
+    let mut session = None;
+    ROUND
+        .iter()
+        .map(|kind| {
+            let mut fields = match kind {
+                EventType::CriarUsuario => user.clone(),
+                other => fakes.fields(*other, user_id),
+            };
+            match kind {
+                EventType::CriarSessao => session = fields.get("session_id").cloned(),
+                EventType::AtualizarAtividadeSessao | EventType::EncerrarSessao => {
+                    if let Some(id) = &session {
+                        fields.insert("session_id".into(), id.clone());
+                    }
+                    // Keyed by user, so it follows the session's creation in order.
+                    fields.insert("user_id".into(), user_id.into());
+                }
+                _ => {}
+            }
+            let correlation_id = uuid::Uuid::new_v4().to_string();
+            let line = format!(
+                "{} {} (user {})",
+                kind.name(),
+                short(&correlation_id),
+                user_id.unwrap_or_default()
+            );
+            (
+                event_record(topics, kind.name(), &correlation_id, &fields),
+                line,
+            )
+        })
+        .collect()
+}
+
+/// Runs the generator: `count` rounds (see [`ROUND`]), at `rate` events per second (0:
+/// flat out). Answers how many events of each kind of [`round_kinds`] it sent.
 pub async fn run(
     bus: Arc<dyn Bus>,
     topics: Topics,
     config: crate::systems::GenConfig,
     counters: Arc<Counters>,
     shutdown: CancellationToken,
-) -> Result<[u64; 4], ServiceError> {
+) -> Result<Vec<(EventType, u64)>, ServiceError> {
     let mut fakes = Fakes::new(config.seed);
-    let mut sent = [0_u64; 4];
+    let kinds = round_kinds();
+    let mut sent = vec![0_u64; kinds.len()];
     let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
-    let mut round = 0_u64;
-    while config.count.is_none_or(|n| round < n) {
+    let mut rounds_done = 0_u64;
+    while config.count.is_none_or(|n| rounds_done < n) {
         // At a set rate, a round at a time; flat out, many rounds per (durable) publish.
         let rounds = match (interval, config.count) {
             (Some(_), _) => 1,
-            (None, Some(n)) => (n - round).min(ROUNDS_PER_PUBLISH),
+            (None, Some(n)) => (n - rounds_done).min(ROUNDS_PER_PUBLISH),
             (None, None) => ROUNDS_PER_PUBLISH,
         };
-        round += rounds;
-        let mut records: Vec<Record> = Vec::with_capacity(rounds as usize * 4);
-        let mut lines: Vec<String> = Vec::with_capacity(rounds as usize * 4);
-        for _ in 0..rounds {
-            let user = fakes.fields(EventType::CriarUsuario, None);
-            let user_id = user["user_id"].as_i64();
-            for kind in EventType::ALL {
-                let fields = match kind {
-                    EventType::CriarUsuario => user.clone(),
-                    other => fakes.fields(other, user_id),
-                };
-                let correlation_id = uuid::Uuid::new_v4().to_string();
-                let line = format!(
-                    "{} {} (user {})",
-                    kind.name(),
-                    short(&correlation_id),
-                    user_id.unwrap_or_default()
-                );
-                records.push(event_record(&topics, kind.name(), &correlation_id, &fields));
-                lines.push(line);
-            }
-        }
+        rounds_done += rounds;
+        let (records, lines): (Vec<Record>, Vec<String>) =
+            (0..rounds).flat_map(|_| round(&mut fakes, &topics)).unzip();
         let done = send(
             &*bus,
             &records,
@@ -195,7 +329,7 @@ pub async fn run(
             let kind = serde_json::from_slice::<Value>(&record.payload)
                 .ok()
                 .and_then(|e| e["event_type"].as_str().and_then(EventType::from_name));
-            if let Some(i) = kind.and_then(|k| EventType::ALL.iter().position(|t| *t == k)) {
+            if let Some(i) = kind.and_then(|k| kinds.iter().position(|t| *t == k)) {
                 sent[i] += 1;
             }
         }
@@ -203,7 +337,7 @@ pub async fn run(
             break;
         }
     }
-    Ok(sent)
+    Ok(kinds.into_iter().zip(sent).collect())
 }
 
 #[cfg(test)]
@@ -216,18 +350,32 @@ mod tests {
         let mut fakes = Fakes::new(Some(3));
         let topics = Topics::default();
         for _ in 0..50 {
-            let user = fakes.fields(EventType::CriarUsuario, None);
-            let id = user["user_id"].as_i64();
+            for (record, _) in round(&mut fakes, &topics) {
+                let event = parse_event(&record.payload).unwrap();
+                command(&event).unwrap_or_else(|e| panic!("{}: {e}", event.event_type));
+            }
             for kind in EventType::ALL {
-                let fields = if kind == EventType::CriarUsuario {
-                    user.clone()
-                } else {
-                    fakes.fields(kind, id)
-                };
+                let fields = fakes.fields(kind, Some(7));
                 let record = event_record(&topics, kind.name(), "c", &fields);
                 let event = parse_event(&record.payload).unwrap();
                 command(&event).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
             }
         }
+    }
+
+    #[test]
+    fn views_favour_some_titles() {
+        let mut fakes = Fakes::new(Some(5));
+        let mut counts = std::collections::HashMap::<String, u32>::new();
+        for _ in 0..5_000 {
+            *counts.entry(fakes.title().1).or_default() += 1;
+        }
+        let mut by_count: Vec<u32> = counts.values().copied().collect();
+        by_count.sort_unstable_by(|a, b| b.cmp(a));
+        let top_tenth: u32 = by_count.iter().take(by_count.len() / 10).sum();
+        assert!(
+            top_tenth > 5_000 / 5,
+            "the top tenth drew {top_tenth} of 5,000"
+        );
     }
 }

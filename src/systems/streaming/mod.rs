@@ -1,15 +1,21 @@
-//! The streaming platform (seed 3): a gateway publishes user events with a correlation id
-//! on `user_events`; the processor stores users, subscriptions, payments and preferences
-//! in the relational store, each event exactly once, and answers on `response_events`;
-//! the gateway keeps each answer in the key-value store for `GET /status/{id}`.
+//! The streaming platform (seeds 3 and 4): a gateway publishes user events with a
+//! correlation id on `user_events`; the processor applies each exactly once — users,
+//! subscriptions, payments and preferences in the relational store; the catalog, viewing
+//! history and recommendations in the document store; sessions, the cache, view counts
+//! and leaderboards in the key-value store — and answers on `response_events`; the
+//! gateway keeps each answer in the key-value store for `GET /status/{id}`.
 //!
 //! - [`entities`]: events, records, and their validation (CPF check digits included).
 //! - [`routing`]: **the routing table**, the processor and the status writer.
 //! - [`users`]: its SQL, one text for both engines.
+//! - [`activity`]: views, ratings, leaderboards, recommendations, sessions, the cache.
+//! - [`catalog`]: the films and series it ships, loaded into `catalogo` at start.
 //! - [`http`]: the gateway, :8000. [`generator`]: the seed's fake data, and S1.
 //! - [`bench`]: `livros bench --system streaming`.
 
+pub mod activity;
 pub mod bench;
+pub mod catalog;
 pub mod entities;
 pub mod generator;
 pub mod http;
@@ -22,8 +28,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+use self::activity::Activity;
 use self::entities::EventType;
-use self::routing::{Processor, RESPONSE_EVENTS, StatusWriter, USER_EVENTS};
+use self::routing::{
+    CATALOGO, HISTORICO, Processor, RECOMENDACOES, RESPONSE_EVENTS, SESSION_TTL, StatusWriter,
+    USER_EVENTS,
+};
 use self::users::Users;
 use super::{GenConfig, GetError, Sent, System};
 use crate::api::ApiConfig;
@@ -55,8 +65,18 @@ impl System for Streaming {
         Schema {
             postgres: &POSTGRES,
             sqlite: &SQLITE,
-            collections: &[],
+            collections: &[
+                (CATALOGO, &["generos", "tipo"]),
+                (HISTORICO, &["user_id", "data"]),
+                (RECOMENDACOES, &[]),
+            ],
         }
+    }
+
+    async fn prepare(&self, stores: &Stores) -> StoreResult<()> {
+        let n = catalog::load(&*stores.document).await?;
+        tracing::debug!(titles = n, "catalog loaded into `{CATALOGO}`");
+        Ok(())
     }
 
     fn topics(&self, topics: &Topics) -> Vec<String> {
@@ -73,12 +93,15 @@ impl System for Streaming {
                 group: group_of(&settings.s2.group, USER_EVENTS),
                 noun: "event",
                 place: format!(
-                    "relational store ({})",
-                    engine(stores, StoreKind::Relational)
+                    "relational ({}), document ({}) and key-value ({}) stores",
+                    engine(stores, StoreKind::Relational),
+                    engine(stores, StoreKind::Document),
+                    engine(stores, StoreKind::KeyValue)
                 ),
                 handler: Arc::new(Processor {
                     stores: stores.clone(),
                     topics: settings.topics.clone(),
+                    activity: activity(stores, settings),
                 }),
             },
             ConsumerSpec {
@@ -101,6 +124,16 @@ impl System for Streaming {
                 stores.describe(StoreKind::Relational)
             ),
             format!(
+                "{:<9} → document store (catalog, views, recommendations): {}",
+                topics.name(USER_EVENTS),
+                stores.describe(StoreKind::Document)
+            ),
+            format!(
+                "{:<9} → key-value store (sessions, cache, leaderboards): {}",
+                topics.name(USER_EVENTS),
+                stores.describe(StoreKind::KeyValue)
+            ),
+            format!(
                 "{:<9} → key-value store: {}",
                 topics.name(RESPONSE_EVENTS),
                 stores.describe(StoreKind::KeyValue)
@@ -115,7 +148,13 @@ impl System for Streaming {
         settings: &Settings,
         config: ApiConfig,
     ) -> axum::Router {
-        http::app(stores.clone(), bus, settings.topics.clone(), config)
+        http::app(
+            stores.clone(),
+            bus,
+            settings.topics.clone(),
+            activity(stores, settings),
+            config,
+        )
     }
 
     fn default_http(&self) -> SocketAddr {
@@ -128,6 +167,21 @@ impl System for Streaming {
             (StoreKind::Relational, "usuarios", users),
             (StoreKind::Relational, "pagamentos", payments),
             (StoreKind::Relational, "respostas", events),
+            (
+                StoreKind::Document,
+                CATALOGO,
+                stores.document.count(CATALOGO).await?,
+            ),
+            (
+                StoreKind::Document,
+                HISTORICO,
+                stores.document.count(HISTORICO).await?,
+            ),
+            (
+                StoreKind::KeyValue,
+                "sessao:*",
+                stores.key_value.count_prefix("sessao:").await?,
+            ),
         ])
     }
 
@@ -152,7 +206,7 @@ impl System for Streaming {
     }
 
     fn events_per_round(&self) -> u64 {
-        EventType::ALL.len() as u64
+        generator::ROUND.len() as u64
     }
 
     async fn generate(
@@ -165,13 +219,31 @@ impl System for Streaming {
     ) -> Result<Sent, ServiceError> {
         let sent = generator::run(bus, settings.topics.clone(), config, counters, shutdown).await?;
         Ok(Sent {
-            counts: EventType::ALL
-                .iter()
-                .zip(sent)
-                .map(|(kind, n)| (kind.name(), n))
+            counts: sent
+                .into_iter()
+                .map(|(kind, n): (EventType, u64)| (kind.name(), n))
                 .collect(),
             rejected: 0,
         })
+    }
+}
+
+/// The option (in [`Settings::options`]) holding how many seconds a session lives
+/// without activity.
+pub const SESSION_TTL_OPTION: &str = "streaming.session_ttl_seconds";
+
+/// The activity half of the platform, with the settings' session lifetime.
+pub fn activity(stores: &Stores, settings: &Settings) -> Activity {
+    let session_ttl = settings
+        .options
+        .get(SESSION_TTL_OPTION)
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(SESSION_TTL, std::time::Duration::from_secs_f64);
+    Activity {
+        stores: stores.clone(),
+        titles: catalog::Titles::default(),
+        session_ttl,
     }
 }
 

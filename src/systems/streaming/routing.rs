@@ -7,6 +7,15 @@
 //! | `user_events` | `atualizar_assinatura` | relational | table `assinaturas` (one per user, FK) | billing data, joins with users |
 //! | `user_events` | `pagamento_realizado` | relational | table `pagamentos` (insert-only, NUMERIC) | money: exact decimals, transactions |
 //! | `user_events` | `atualizar_config` | relational | table `preferencias` (one per user, FK) | small, fixed fields |
+//! | — (loaded at start) | the catalog | document | collection `catalogo` | titles of different shapes (films, series) |
+//! | `user_events` | `registrar_visualizacao` | document | collection `historico_visualizacao` (id: correlation id) | a growing log of semi-structured views |
+//! | `user_events` | `registrar_visualizacao` | key-value | set `espectadores:<title>`; sorted sets `ranking:mais-assistidos[:<genre>]` | counts and leaderboards, updated per view |
+//! | `user_events` | `avaliar_conteudo` | key-value | hash `avaliacoes:<title>` (user → 1–5), hash `avaliacao:<title>` (soma, total); sorted sets `ranking:mais-bem-avaliados[:<genre>]` | one rating per user, running averages |
+//! | `user_events` | `gerar_recomendacoes` | document | collection `recomendacoes` (id: user id) | a computed list, replaced whole |
+//! | `user_events` | `criar_sessao`, `atualizar_atividade_sessao`, `encerrar_sessao` | key-value | hash `sessao:<id>` (TTL, renewed by activity); sorted set `sessoes:usuario:<user>` (session → expiry) | volatile, expiring |
+//! | `user_events` | `cache_conteudo`, `obter_cache_conteudo` | key-value | hash `conteudo:<title>`, 1 h; hash `cache:estatisticas` (acertos, falhas) | a read-through cache of the catalog |
+//! | `user_events` | `obter_historico_visualizacao`, `obter_recomendacoes`, `listar_sessoes_usuario` | — | reads, answered on `response_events` | the seed's reads go through the bus |
+//! | `user_events` | every event that writes | relational | table `respostas` (the reply, by correlation id) | the ledger that makes an event's effect and reply happen once |
 //! | `response_events` | every reply | key-value | string `streaming:status:<correlation id>`, 1 h | read by `GET /status`, on any gateway replica |
 //!
 //! The processor answers every event on `response_events`; every topic has a dead-letter
@@ -17,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::activity::{Activity, Answer};
 use super::entities::{self, Command, Event};
 use super::users::{self, Users};
 use crate::bus::{Record, Topics};
@@ -30,6 +40,83 @@ pub const USER_EVENTS: &str = "user_events";
 pub const RESPONSE_EVENTS: &str = "response_events";
 /// How long a request's status (pending, then its reply) is kept.
 pub const STATUS_TTL: Duration = Duration::from_secs(3600);
+
+/// The catalog's collection.
+pub const CATALOGO: &str = "catalogo";
+/// The views' collection.
+pub const HISTORICO: &str = "historico_visualizacao";
+/// The recommendations' collection.
+pub const RECOMENDACOES: &str = "recomendacoes";
+/// How long a title stays in the cache.
+pub const CACHE_TTL: Duration = Duration::from_secs(3600);
+/// How long a session lives without activity, unless configured.
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 60);
+/// The cache's hit and miss counters (a hash: `acertos`, `falhas`).
+pub const CACHE_STATS: &str = "cache:estatisticas";
+
+/// A session's hash.
+pub fn sessao_key(session_id: &str) -> String {
+    format!("sessao:{session_id}")
+}
+
+/// A user's sessions: a sorted set of session ids scored by when each expires.
+pub fn sessoes_key(user_id: &str) -> String {
+    format!("sessoes:usuario:{user_id}")
+}
+
+/// A title's cache entry.
+pub fn conteudo_key(conteudo_id: &str) -> String {
+    format!("conteudo:{conteudo_id}")
+}
+
+/// The users who watched a title.
+pub fn espectadores_key(conteudo_id: &str) -> String {
+    format!("espectadores:{conteudo_id}")
+}
+
+/// Each user's rating of a title.
+pub fn avaliacoes_key(conteudo_id: &str) -> String {
+    format!("avaliacoes:{conteudo_id}")
+}
+
+/// A title's running sum and count of ratings.
+pub fn avaliacao_key(conteudo_id: &str) -> String {
+    format!("avaliacao:{conteudo_id}")
+}
+
+/// The leaderboards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranking {
+    /// By how many users watched a title.
+    MaisAssistidos,
+    /// By rating (a Bayesian average; see [`score`](super::activity::score)).
+    MaisBemAvaliados,
+}
+
+impl Ranking {
+    /// Its name in paths and keys.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ranking::MaisAssistidos => "mais-assistidos",
+            Ranking::MaisBemAvaliados => "mais-bem-avaliados",
+        }
+    }
+
+    /// The ranking named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Ranking::MaisAssistidos, Ranking::MaisBemAvaliados]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+}
+
+/// A leaderboard's sorted set: overall, or of one genre.
+pub fn ranking_key(ranking: Ranking, genre: Option<&str>) -> String {
+    match genre {
+        None => format!("ranking:{}", ranking.name()),
+        Some(g) => format!("ranking:{}:{g}", ranking.name()),
+    }
+}
 
 /// The key of a request's status in the key-value store.
 pub fn status_key(correlation_id: &str) -> String {
@@ -97,6 +184,8 @@ pub struct Processor {
     pub stores: Stores,
     /// Topic names.
     pub topics: Topics,
+    /// Views, ratings, sessions, the cache: the document and key-value stores' part.
+    pub activity: Activity,
 }
 
 impl Processor {
@@ -126,6 +215,7 @@ impl Processor {
         let named: Vec<&Command> = commands.iter().filter_map(|c| c.as_ref().ok()).collect();
         let mut taken = db.taken(&named).await?;
         let mut statements = Vec::new();
+        let mut elsewhere: Vec<(&Event, &Command)> = Vec::new();
         for (event, command) in valid.iter().zip(&commands) {
             if replies.contains_key(&event.correlation_id) {
                 continue;
@@ -134,14 +224,20 @@ impl Processor {
             let answer = match command {
                 Err(invalid) => {
                     let answer = reply(event, Err((ErrorKind::Invalid, invalid.to_string())));
-                    statements.push(users::refused(id, &answer));
+                    statements.push(users::recorded(id, &answer));
                     answer
                 }
                 Ok(command) => match taken.refusal(command) {
                     Some(refusal) => {
                         let answer = reply(event, Err(refusal));
-                        statements.push(users::refused(id, &answer));
+                        if !command.is_read() {
+                            statements.push(users::recorded(id, &answer));
+                        }
                         answer
+                    }
+                    None if !command.is_relational() => {
+                        elsewhere.push((event, command));
+                        continue;
                     }
                     None => {
                         let answer = reply(event, Ok(users::success(command)));
@@ -152,6 +248,17 @@ impl Processor {
                 },
             };
             replies.insert(id.clone(), answer);
+        }
+        // The document and key-value stores' part first: its writes are idempotent, so
+        // if the ledger's transaction below fails they are simply applied again.
+        let commands: Vec<&Command> = elsewhere.iter().map(|(_, c)| *c).collect();
+        let answers: Vec<Answer> = self.activity.apply(&commands).await?;
+        for ((event, command), answer) in elsewhere.into_iter().zip(answers) {
+            let answer = reply(event, answer);
+            if !command.is_read() {
+                statements.push(users::recorded(&event.correlation_id, &answer));
+            }
+            replies.insert(event.correlation_id.clone(), answer);
         }
         if !statements.is_empty() {
             db.transaction(&statements).await?;

@@ -10,7 +10,8 @@ use super::entities::{Command, Usuario};
 use super::routing::ErrorKind;
 use crate::store::{self, Page, RelationalStore, SqlRow, SqlValue, Statement, StoreResult};
 
-/// What a successful command replies: a message and the stored record.
+/// What a successful relational command replies: a message and the stored record. The
+/// processor sends only [`Command::is_relational`] commands here.
 pub fn success(command: &Command) -> (String, Value) {
     match command {
         Command::Criar(u) => (
@@ -32,6 +33,7 @@ pub fn success(command: &Command) -> (String, Value) {
             format!("Preferências do usuário {} atualizadas", c.user_id),
             serde_json::to_value(c).expect("serializes"),
         ),
+        other => unreachable!("{other:?} is not kept in the relational store"),
     }
 }
 
@@ -86,6 +88,7 @@ fn effect(correlation_id: &str, command: &Command) -> Statement {
                 c.data_atualizacao.as_str().into(),
             ],
         ),
+        other => unreachable!("{other:?} is not kept in the relational store"),
     }
 }
 
@@ -137,12 +140,10 @@ impl Taken {
                     format!("Já existe um usuário com {what}"),
                 ))
             }
-            other => (!self.ids.contains(&other.user_id())).then(|| {
-                (
-                    ErrorKind::NotFound,
-                    format!("Usuário {} não encontrado", other.user_id()),
-                )
-            }),
+            other => other
+                .user_id()
+                .filter(|id| !self.ids.contains(id))
+                .map(|id| (ErrorKind::NotFound, format!("Usuário {id} não encontrado"))),
         }
     }
 
@@ -166,8 +167,9 @@ pub fn applied(correlation_id: &str, command: &Command, reply: &Value) -> [State
     ]
 }
 
-/// The statement that records an error reply as the event's one outcome.
-pub fn refused(correlation_id: &str, reply: &Value) -> Statement {
+/// The statement that records a reply as the event's one outcome (an error, or the
+/// reply of an event whose effect is in the other stores).
+pub fn recorded(correlation_id: &str, reply: &Value) -> Statement {
     ledger(correlation_id, reply)
 }
 
@@ -225,7 +227,10 @@ impl<S: RelationalStore + ?Sized> Users for S {
             lists[list].push(format!("${}", args.len()));
         };
         for command in commands {
-            push(0, command.user_id().into());
+            let Some(user_id) = command.user_id() else {
+                continue;
+            };
+            push(0, user_id.into());
             if let Command::Criar(u) = command {
                 push(1, u.email.as_str().into());
                 push(2, u.cpf.as_str().into());

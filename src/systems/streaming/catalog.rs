@@ -1,0 +1,202 @@
+//! The catalog of films and series (`data/catalogo.psv`, shipped in the binary): loaded
+//! into the document store's `catalogo` at start, read by the gateway and the processor.
+//!
+//! A title is a semi-structured document, the shape the seed argues MongoDB for: every
+//! title has a type, year, genres and cast; a film has its direction, a series its
+//! creators, seasons and episodes. Ids are numbers as text (`"42"`), the line of the title
+//! in the file, so they stay put as titles are added at the end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::routing::CATALOGO;
+use crate::store::{DocumentStore, StoreError, StoreResult};
+
+const SHIPPED: &str = include_str!("../../../data/catalogo.psv");
+
+/// A title of the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Titulo {
+    /// Its id (`"42"`).
+    pub id: String,
+    /// `filme` or `serie`.
+    pub tipo: String,
+    /// Its title, as released.
+    pub titulo: String,
+    /// Year of release (of the first season, for a series).
+    pub ano: i64,
+    /// Genres, in Portuguese (`Drama`, `Ficção científica`…).
+    pub generos: Vec<String>,
+    /// A film's direction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub direcao: Vec<String>,
+    /// A series' creators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub criacao: Vec<String>,
+    /// Leading cast.
+    pub elenco: Vec<String>,
+    /// Runtime in minutes (of an episode, for a series).
+    pub duracao_minutos: i64,
+    /// A series' seasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporadas: Option<i64>,
+    /// A series' episodes, in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episodios: Option<i64>,
+}
+
+impl Titulo {
+    /// The document stored for it.
+    pub fn document(&self) -> Value {
+        serde_json::to_value(self).expect("titles serialize")
+    }
+}
+
+/// The titles shipped with the binary, in file order.
+pub fn shipped() -> &'static [Titulo] {
+    static TITLES: std::sync::LazyLock<Vec<Titulo>> = std::sync::LazyLock::new(parse);
+    &TITLES
+}
+
+fn parse() -> Vec<Titulo> {
+    let list = |s: &str| -> Vec<String> {
+        s.split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    SHIPPED
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split('|').collect();
+            let number = |k: usize| f.get(k).and_then(|v| v.trim().parse::<i64>().ok());
+            let serie = f[0] == "serie";
+            let people = list(f.get(4).copied().unwrap_or_default());
+            Titulo {
+                id: (i + 1).to_string(),
+                tipo: f[0].to_string(),
+                titulo: f[1].to_string(),
+                ano: number(2).unwrap_or_default(),
+                generos: list(f[3]),
+                direcao: if serie { vec![] } else { people.clone() },
+                criacao: if serie { people } else { vec![] },
+                elenco: list(f.get(5).copied().unwrap_or_default()),
+                duracao_minutos: number(6).unwrap_or_default(),
+                temporadas: number(7),
+                episodios: number(8),
+            }
+        })
+        .collect()
+}
+
+/// Writes the shipped titles into `catalogo` (an upsert: unchanged titles are not
+/// rewritten, titles added by hand are left alone).
+pub async fn load(documents: &dyn DocumentStore) -> StoreResult<usize> {
+    let docs: Vec<(String, Value)> = shipped()
+        .iter()
+        .map(|t| (t.id.clone(), t.document()))
+        .collect();
+    let results = documents.upsert(CATALOGO, &docs).await?;
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        return Err(e);
+    }
+    Ok(docs.len())
+}
+
+/// Titles read from `catalogo`, kept in memory once found (titles do not change under a
+/// running platform; one not found is asked for again next time).
+#[derive(Clone, Default)]
+pub struct Titles {
+    known: Arc<RwLock<HashMap<String, Arc<Titulo>>>>,
+}
+
+impl Titles {
+    /// The titles with these ids that exist.
+    pub async fn get(
+        &self,
+        documents: &dyn DocumentStore,
+        ids: &[String],
+    ) -> StoreResult<HashMap<String, Arc<Titulo>>> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let known = self.known.read().expect("never poisoned");
+            for id in ids {
+                match known.get(id) {
+                    Some(t) => {
+                        found.insert(id.clone(), t.clone());
+                    }
+                    None if !missing.contains(id) => missing.push(id.clone()),
+                    None => {}
+                }
+            }
+        }
+        for id in missing {
+            let Some(document) = documents.get(CATALOGO, &id).await? else {
+                continue;
+            };
+            let titulo: Titulo =
+                serde_json::from_value(document).map_err(|e| StoreError::Fault {
+                    store: "catalogo",
+                    reason: format!("title {id} is not in the catalog's shape: {e}"),
+                })?;
+            let titulo = Arc::new(titulo);
+            self.known
+                .write()
+                .expect("never poisoned")
+                .insert(id.clone(), titulo.clone());
+            found.insert(id, titulo);
+        }
+        Ok(found)
+    }
+}
+
+/// The genre named `name` as the catalog spells it (case ignored), if any title has it.
+pub fn genero(name: &str) -> Option<String> {
+    let name = name.trim().to_lowercase();
+    shipped()
+        .iter()
+        .flat_map(|t| &t.generos)
+        .find(|g| g.to_lowercase() == name)
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_catalog_is_whole() {
+        let titles = shipped();
+        assert!(titles.len() >= 200, "{}", titles.len());
+        for t in titles {
+            assert!(["filme", "serie"].contains(&t.tipo.as_str()), "{t:?}");
+            assert!((1900..=2030).contains(&t.ano), "{t:?}");
+            assert!(!t.generos.is_empty() && t.elenco.len() == 3, "{t:?}");
+            assert!(t.duracao_minutos > 0, "{t:?}");
+            let serie = t.tipo == "serie";
+            assert_eq!(
+                serie,
+                t.temporadas.is_some() && t.episodios.is_some(),
+                "{t:?}"
+            );
+            assert_eq!(
+                serie,
+                t.direcao.is_empty() && !t.criacao.is_empty(),
+                "{t:?}"
+            );
+        }
+        assert_eq!(titles[22].titulo, "Cidade de Deus");
+        assert_eq!(
+            genero("ficção CIENTÍFICA").as_deref(),
+            Some("Ficção científica")
+        );
+        assert_eq!(genero("nope"), None);
+    }
+}
