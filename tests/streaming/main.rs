@@ -1,10 +1,13 @@
-//! The streaming platform (seed 3) end to end in one process: the gateway over a real
-//! socket, the processor and the reply reader consuming the bus, on the embedded stores
-//! and on PostgreSQL + Redis; the correlation round trip, exactly one effect per event,
-//! the seed's own events, bad input, and two gateways answering each other's ids.
+//! The streaming platform (seeds 3 and 4) end to end in one process: the gateway over a
+//! real socket, the processor and the reply reader consuming the bus, on the embedded
+//! stores and on PostgreSQL + MongoDB + Redis; the correlation round trip, exactly one
+//! effect per event, the seed's own events, bad input, and two gateways answering each
+//! other's ids. Seed 4's half (catalog, views, leaderboards, sessions, cache) is in
+//! [`polyglot`].
 
 #[path = "../common/mod.rs"]
 mod common;
+mod polyglot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,19 +36,27 @@ struct Platform {
 }
 
 async fn start(config: StoreConfig, kafka: Option<String>) -> Platform {
+    start_with(config, |settings| {
+        if let Some(brokers) = kafka {
+            // Topics and groups of this run only: the cluster is shared.
+            let run = uuid::Uuid::new_v4().simple().to_string();
+            settings.kafka = Some(livros::bus::kafka::KafkaConfig {
+                brokers,
+                replication: 1,
+            });
+            settings.topics = livros::bus::Topics::new(format!("t{run}."));
+            settings.s2.group = format!("s2-{run}");
+        }
+    })
+    .await
+}
+
+/// [`start`] with the settings changed by `tweak` first.
+async fn start_with(config: StoreConfig, tweak: impl FnOnce(&mut Settings)) -> Platform {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = Settings::embedded(dir.path());
     settings.stores = config;
-    if let Some(brokers) = kafka {
-        // Topics and groups of this run only: the cluster is shared.
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        settings.kafka = Some(livros::bus::kafka::KafkaConfig {
-            brokers,
-            replication: 1,
-        });
-        settings.topics = livros::bus::Topics::new(format!("t{run}."));
-        settings.s2.group = format!("s2-{run}");
-    }
+    tweak(&mut settings);
     settings.systems = Systems(vec![Arc::new(Streaming)]);
     let bus = livros::app::open_bus(&settings).await.unwrap();
     let stores = livros::app::open_stores(&settings).await.unwrap();
