@@ -133,11 +133,24 @@ struct Global {
         hide_env_values = true
     )]
     google_books_api_key: Option<String>,
+
+    /// How many seconds a streaming session lives after its last activity.
+    #[arg(long, env = "LIVROS_SESSION_TTL", global = true, default_value_t = 1800.0,
+        value_parser = parse_seconds)]
+    session_ttl: f64,
 }
 
 /// The systems `--systems` names.
 #[derive(Clone)]
 struct SystemsArg(Vec<Arc<dyn System>>);
+
+/// A positive number of seconds (fractions allowed).
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive number of seconds")),
+    }
+}
 
 fn parse_systems(s: &str) -> Result<SystemsArg, String> {
     let systems = livros::systems::named(s)?;
@@ -302,7 +315,9 @@ enum Command {
     },
     /// Print a stored record as JSON, read from its store.
     Get {
-        /// What to read: `customer`, `book` or `order` (bookstore).
+        /// What to read: `customer`, `book` or `order` (bookstore); `usuario`, `conteudo`
+        /// (a title of the catalog), `visualizacao` (a view, by its correlation id) or
+        /// `sessao` (streaming).
         kind: String,
         /// Its id.
         id: String,
@@ -383,6 +398,10 @@ impl Global {
         if let Some(key) = &self.google_books_api_key {
             s.options.insert(catalog::KEY_OPTION.into(), key.clone());
         }
+        s.options.insert(
+            livros::systems::streaming::SESSION_TTL_OPTION.into(),
+            self.session_ttl.to_string(),
+        );
         s.api.token = self.api_token.clone().filter(|t| !t.is_empty());
         s.topics = Topics::new(self.topic_prefix.clone());
         s.kafka = self

@@ -510,7 +510,7 @@ async fn schemathesis_finds_nothing_embedded() {
 }
 
 #[tokio::test]
-async fn schemathesis_finds_nothing_postgres_and_redis() {
+async fn schemathesis_finds_nothing_real_stores() {
     let Some(real) = RealStores::create().await else {
         return;
     };

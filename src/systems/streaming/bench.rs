@@ -1,5 +1,7 @@
-//! `livros bench --system streaming`: events per second through the processor, and the
-//! latency of the correlation round trip (`POST /usuarios?wait=5`) under concurrent load.
+//! `livros bench --system streaming`: events per second through the processor (the
+//! generator's mixed rounds, then views alone, into the document and key-value stores),
+//! and with `--http` the latency of the correlation round trip (`POST /usuarios?wait=5`)
+//! and of the leaderboards (`GET /rankings/…`) under concurrent load.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,10 +9,15 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Streaming;
+use super::entities::EventType;
+use super::generator::{Fakes, ROUND, event_record};
 use super::routing::{RESPONSE_EVENTS, USER_EVENTS};
+use super::users::Users;
 use crate::app::{self, AppError, Pipeline, Settings, Systems};
+use crate::bus::Record;
 use crate::loadgen::{LoadReport, load, rate};
 use crate::services::{Counters, ServiceError};
+use crate::store::Page;
 use crate::systems::{GenConfig, System};
 
 /// What the processor benchmark measured.
@@ -26,6 +33,12 @@ pub struct ProcessorReport {
     pub processed: Duration,
     /// Time until every reply was also kept for `GET /status`.
     pub answered: Duration,
+    /// The document and key-value stores.
+    pub polyglot: String,
+    /// Views processed alone afterwards.
+    pub views: u64,
+    /// Time for the processor to apply and answer them.
+    pub views_processed: Duration,
 }
 
 impl std::fmt::Display for ProcessorReport {
@@ -50,6 +63,14 @@ impl std::fmt::Display for ProcessorReport {
             "status kept: {:>10.0} events/s ({:.2?} until every reply was readable at /status)",
             rate(n, self.answered),
             self.answered
+        )?;
+        writeln!(f, "views into: {}", self.polyglot)?;
+        writeln!(
+            f,
+            "views:       {:>10.0} views/s ({} in {:.2?}: each a history document, its viewer counted, the leaderboards raised, its reply recorded and published)",
+            rate(self.views, self.views_processed),
+            self.views,
+            self.views_processed
         )
     }
 }
@@ -62,12 +83,13 @@ fn alone(settings: &Settings) -> Settings {
     }
 }
 
-/// Publishes `events` events (a quarter of each type), then times the processor on them.
+/// Publishes about `events` events in the generator's rounds and times the processor on
+/// them; then publishes `events` views by the users it created and times those alone.
 pub async fn run(settings: &Settings, events: u64) -> Result<ProcessorReport, AppError> {
     let settings = &alone(settings);
     let bus = app::open_bus(settings).await?;
     let stores = app::open_stores(settings).await?;
-    let rounds = events.div_ceil(4);
+    let rounds = events.div_ceil(ROUND.len() as u64);
     let started = Instant::now();
     let config = GenConfig {
         count: Some(rounds),
@@ -101,8 +123,14 @@ pub async fn run(settings: &Settings, events: u64) -> Result<ProcessorReport, Ap
         stores.describe(crate::store::StoreKind::Relational)
     );
     let started = Instant::now();
-    let mut pipeline =
-        Pipeline::start_with(bus.clone(), Some(stores), consumers, false, settings, false);
+    let mut pipeline = Pipeline::start_with(
+        bus.clone(),
+        Some(stores.clone()),
+        consumers,
+        false,
+        settings,
+        false,
+    );
     pipeline
         .drain(|| crate::services::s2::lag(&*bus, &processor))
         .await?;
@@ -111,13 +139,57 @@ pub async fn run(settings: &Settings, events: u64) -> Result<ProcessorReport, Ap
         .drain(|| crate::services::s2::lag(&*bus, &replies))
         .await?;
     let answered = started.elapsed();
+
+    // Views alone, by the users the rounds created.
+    let users: Vec<i64> = stores
+        .relational
+        .users(
+            None,
+            Page {
+                skip: 0,
+                limit: 10_000,
+            },
+        )
+        .await
+        .map_err(ServiceError::Store)?
+        .iter()
+        .map(|u| u.user_id)
+        .collect();
+    let mut fakes = Fakes::new(Some(2));
+    let views: Vec<Record> = (0..events as usize)
+        .map(|i| {
+            let user = users.get(i % users.len().max(1)).copied();
+            let fields = fakes.fields(EventType::RegistrarVisualizacao, user);
+            event_record(
+                &settings.topics,
+                EventType::RegistrarVisualizacao.name(),
+                &uuid::Uuid::new_v4().to_string(),
+                &fields,
+            )
+        })
+        .collect();
+    for chunk in views.chunks(1_000) {
+        bus.publish(chunk).await.map_err(ServiceError::Bus)?;
+    }
+    let started = Instant::now();
+    pipeline
+        .drain(|| crate::services::s2::lag(&*bus, &processor))
+        .await?;
+    let views_processed = started.elapsed();
     pipeline.stop().await?;
     Ok(ProcessorReport {
         setup,
-        events: rounds * 4,
+        events: rounds * ROUND.len() as u64,
         publish,
         processed,
         answered,
+        polyglot: format!(
+            "{}, {}",
+            stores.describe(crate::store::StoreKind::Document),
+            stores.describe(crate::store::StoreKind::KeyValue)
+        ),
+        views: views.len() as u64,
+        views_processed,
     })
 }
 
@@ -139,6 +211,25 @@ pub async fn http(
         stores.describe(crate::store::StoreKind::KeyValue)
     );
     let mut pipeline = Pipeline::start(bus.clone(), Some(stores), false, settings, false);
+    // Something on the leaderboards: a few hundred users' rounds, processed.
+    Streaming
+        .generate(
+            bus.clone(),
+            settings,
+            GenConfig {
+                count: Some(300),
+                rate: 0.0,
+                seed: Some(3),
+                print_events: false,
+            },
+            Arc::new(Counters::default()),
+            CancellationToken::new(),
+        )
+        .await?;
+    let consumers = Streaming.consumers(&app::open_stores(settings).await?, settings);
+    pipeline
+        .drain(|| crate::services::s2::lag(&*bus, &consumers))
+        .await?;
     let listener = crate::api::bind("127.0.0.1:0".parse().expect("a valid address"))
         .await
         .map_err(ServiceError::Http)?;
@@ -149,16 +240,35 @@ pub async fn http(
     pipeline.serve_http(&Streaming, bus.clone(), listener, settings);
     let client = reqwest::Client::new();
     let token = settings.api.token.clone();
-    let round_trip = load("POST /usuarios?wait=5", requests, concurrency, move |_| {
-        let mut request = client.post(format!("{base}/usuarios?wait=5"));
-        if let Some(token) = &token {
-            request = request.bearer_auth(token);
-        }
-        async move {
-            matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::CREATED)
-        }
-    })
-    .await;
+    let round_trip = {
+        let (client, base) = (client.clone(), base.clone());
+        load("POST /usuarios?wait=5", requests, concurrency, move |_| {
+            let mut request = client.post(format!("{base}/usuarios?wait=5"));
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            async move {
+                matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::CREATED)
+            }
+        })
+        .await
+    };
+    let mut reports = vec![round_trip];
+    for path in [
+        "/rankings/mais-assistidos?limit=10",
+        "/rankings/mais-bem-avaliados?genero=drama&limit=10",
+    ] {
+        let (client, base) = (client.clone(), base.clone());
+        reports.push(
+            load(&format!("GET {path}"), requests, concurrency, move |_| {
+                let request = client.get(format!("{base}{path}"));
+                async move {
+                    matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::OK)
+                }
+            })
+            .await,
+        );
+    }
     pipeline.stop().await?;
-    Ok((setup, vec![round_trip]))
+    Ok((setup, reports))
 }

@@ -555,6 +555,8 @@ pub struct HistoricoParams {
     params(("user_id" = i64, Path, description = "The user's number"), HistoricoParams),
     responses(
         (status = 200, description = "Published (the reply comes at `status_url`), or with `wait` the reply", body = Object),
+        (status = 400, description = "Invalid `wait`", body = ErrorBody),
+        (status = 404, description = "Not a user id", body = ErrorBody),
         (status = 422, description = "A filter is invalid", body = ErrorBody),
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
@@ -622,7 +624,8 @@ pub struct WaitParams {
     params(("user_id" = i64, Path, description = "The user's number"), WaitParams),
     responses(
         (status = 200, description = "Published (the reply comes at `status_url`), or with `wait` the reply", body = Object),
-        (status = 404, description = "With `wait`: none generated yet", body = Object),
+        (status = 400, description = "Invalid `wait`", body = ErrorBody),
+        (status = 404, description = "With `wait`: none generated yet; or not a user id", body = Object),
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
 async fn obter_recomendacoes(
@@ -800,6 +803,9 @@ pub struct SessoesParams {
     params(("user_id" = i64, Path, description = "The user's number"), SessoesParams),
     responses(
         (status = 200, description = "Published (the reply comes at `status_url`), or with `wait` the reply", body = Object),
+        (status = 400, description = "Invalid `wait`", body = ErrorBody),
+        (status = 404, description = "Not a user id", body = ErrorBody),
+        (status = 422, description = "With `wait`: an invalid `ativas_apenas`", body = Object),
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
 async fn listar_sessoes(
@@ -853,6 +859,7 @@ async fn cache_conteudo(
     params(("conteudo_id" = i64, Path, description = "The title's id"), WaitParams),
     responses(
         (status = 200, description = "Published (the reply comes at `status_url`), or with `wait` the reply (`origem`: `cache` or `catalogo`)", body = Object),
+        (status = 400, description = "Invalid `wait`", body = ErrorBody),
         (status = 404, description = "No such title (with `wait`), or not a title id", body = Object),
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
@@ -954,6 +961,18 @@ async fn titulo(
     .ok_or_else(|| ApiError::not_found("conteúdo", &id))
 }
 
+/// The leaderboards, as the path names them.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Documents the path; `Ranking::from_name` reads it.
+pub enum RankingName {
+    /// By how many users watched.
+    #[schema(rename = "mais-assistidos")]
+    MaisAssistidos,
+    /// By rating.
+    #[schema(rename = "mais-bem-avaliados")]
+    MaisBemAvaliados,
+}
+
 /// `GET /rankings/{ranking}`'s parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -969,7 +988,7 @@ pub struct RankingParams {
 /// (by rating, an average pulled towards 3 by five imaginary ratings, so a title needs
 /// several ratings to lead), overall or of one genre, read from the key-value store.
 #[utoipa::path(get, path = "/rankings/{ranking}", tag = "rankings",
-    params(("ranking" = String, Path, description = "`mais-assistidos` or `mais-bem-avaliados`"), RankingParams),
+    params(("ranking" = RankingName, Path, description = "Which leaderboard"), RankingParams),
     responses(
         (status = 200, description = "The leaderboard, first place first", body = Object),
         (status = 400, description = "Invalid limit", body = ErrorBody),
@@ -1114,7 +1133,7 @@ async fn continuar_assistindo(
         cache_conteudo, obter_cache_conteudo, catalogo, titulo, ranking, continuar_assistindo,
         crate::api::health, crate::api::ready
     ),
-    components(schemas(UsuarioBody, AssinaturaBody, PagamentoBody, ConfigBody, Usuario, Titulo,
+    components(schemas(UsuarioBody, AssinaturaBody, PagamentoBody, ConfigBody, Usuario, Titulo, RankingName,
         ErrorBody, crate::api::FieldError, Status)),
     tags(
         (name = "usuarios", description = "Accounts: requests and reads (relational store)"),

@@ -191,18 +191,41 @@ impl System for Streaming {
         kind: &str,
         id: &str,
     ) -> Result<serde_json::Value, GetError> {
-        if kind != "usuario" {
-            return Err(GetError::UnknownKind {
+        let not_found =
+            |what: &str| GetError::NotFound(format!("no {kind} with id `{id}` in {what}"));
+        match kind {
+            "usuario" => {
+                let user_id: i64 = id
+                    .parse()
+                    .map_err(|_| GetError::NotFound(format!("`{id}` is not a user id")))?;
+                stores
+                    .relational
+                    .user_view(user_id)
+                    .await?
+                    .ok_or_else(|| not_found("the relational store"))
+            }
+            "conteudo" => stores
+                .document
+                .get(CATALOGO, id)
+                .await?
+                .ok_or_else(|| not_found("the catalog")),
+            "visualizacao" => stores
+                .document
+                .get(HISTORICO, id)
+                .await?
+                .ok_or_else(|| not_found("the viewing history")),
+            "sessao" => {
+                let fields = stores.key_value.hgetall(&routing::sessao_key(id)).await?;
+                if fields.is_empty() {
+                    return Err(not_found("the key-value store (or it expired)"));
+                }
+                Ok(serde_json::to_value(fields).expect("strings serialize"))
+            }
+            _ => Err(GetError::UnknownKind {
                 system: self.name(),
                 kind: kind.to_string(),
-            });
+            }),
         }
-        let user_id: i64 = id
-            .parse()
-            .map_err(|_| GetError::NotFound(format!("`{id}` is not a user id")))?;
-        stores.relational.user_view(user_id).await?.ok_or_else(|| {
-            GetError::NotFound(format!("no usuario with id `{id}` in the relational store"))
-        })
     }
 
     fn events_per_round(&self) -> u64 {
