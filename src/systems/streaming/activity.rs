@@ -49,6 +49,59 @@ pub fn score(sum: i64, count: i64) -> f64 {
     (PRIOR_WEIGHT * PRIOR_MEAN + sum as f64) / (PRIOR_WEIGHT + count as f64)
 }
 
+/// A title's ratings: their sum and how many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ratings {
+    /// Sum of the ratings.
+    pub sum: i64,
+    /// How many.
+    pub count: i64,
+}
+
+impl Ratings {
+    /// The plain average, to two decimals (0 with no ratings).
+    pub fn average(self) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        (self.sum as f64 / self.count as f64 * 100.0).round() / 100.0
+    }
+
+    /// The place on the best-rated board ([`score`]).
+    pub fn score(self) -> f64 {
+        score(self.sum, self.count)
+    }
+}
+
+/// The ratings of each title, in order, from their `avaliacao:<id>` hashes.
+pub async fn ratings(
+    kv: &dyn crate::store::KeyValueStore,
+    ids: &[String],
+) -> StoreResult<Vec<Ratings>> {
+    let fields: Vec<(String, String)> = ids
+        .iter()
+        .flat_map(|c| {
+            [
+                (avaliacao_key(c), "soma".to_string()),
+                (avaliacao_key(c), "total".to_string()),
+            ]
+        })
+        .collect();
+    let values = kv.hget_many(&fields).await?;
+    let number = |v: &Option<String>| {
+        v.as_deref()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(values
+        .chunks(2)
+        .map(|pair| Ratings {
+            sum: number(&pair[0]),
+            count: number(&pair[1]),
+        })
+        .collect())
+}
+
 /// The platform's activity over the document and key-value stores.
 #[derive(Clone)]
 pub struct Activity {
@@ -451,35 +504,18 @@ impl Activity {
                 });
             }
         }
-        let rated: Vec<&String> = rated.iter().collect();
-        let fields: Vec<(String, String)> = rated
-            .iter()
-            .flat_map(|c| {
-                [
-                    (avaliacao_key(c), "soma".to_string()),
-                    (avaliacao_key(c), "total".to_string()),
-                ]
-            })
-            .collect();
-        let sums = kv.hget_many(&fields).await?;
+        let rated: Vec<String> = rated.iter().cloned().collect();
         let mut averages = HashMap::new();
-        for (id, pair) in rated.iter().zip(sums.chunks(2)) {
-            let number = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<i64>().ok());
-            let (sum, count) = (number(&pair[0]).unwrap_or(0), number(&pair[1]).unwrap_or(0));
-            let media = if count > 0 {
-                (sum as f64 / count as f64 * 100.0).round() / 100.0
-            } else {
-                0.0
-            };
-            averages.insert((*id).clone(), (media, count));
+        for (id, r) in rated.iter().zip(ratings(kv, &rated).await?) {
+            averages.insert(id.clone(), (r.average(), r.count));
             let genres = titles
-                .get(*id)
+                .get(id)
                 .map(|t| t.generos.clone())
                 .unwrap_or_default();
             for genre in std::iter::once(None).chain(genres.iter().map(Some)) {
                 writes.push(KvWrite::ZAdd {
                     key: ranking_key(Ranking::MaisBemAvaliados, genre.map(String::as_str)),
-                    members: vec![((*id).clone(), score(sum, count))],
+                    members: vec![(id.clone(), r.score())],
                 });
             }
         }
@@ -655,25 +691,15 @@ impl Activity {
         candidates.retain(|id| !watched.contains(id));
         let candidates: Vec<String> = candidates.into_iter().collect();
         let titles = self.titles.get(documents, &candidates).await?;
-        let fields: Vec<(String, String)> = candidates
-            .iter()
-            .flat_map(|c| {
-                [
-                    (avaliacao_key(c), "soma".into()),
-                    (avaliacao_key(c), "total".into()),
-                ]
-            })
-            .collect();
-        let sums = kv.hget_many(&fields).await?;
+        let rated = ratings(kv, &candidates).await?;
         let top_weight = taste.first().map_or(1.0, |(_, w)| *w);
         let top_viewers = viewers.values().copied().fold(1.0_f64, f64::max);
         let mut scored: Vec<(f64, &Titulo, Vec<&str>)> = Vec::new();
-        for (id, pair) in candidates.iter().zip(sums.chunks(2)) {
+        for (id, r) in candidates.iter().zip(rated) {
             let Some(title) = titles.get(id) else {
                 continue;
             };
-            let number = |v: &Option<String>| v.as_deref().and_then(|v| v.parse::<i64>().ok());
-            let rating = score(number(&pair[0]).unwrap_or(0), number(&pair[1]).unwrap_or(0));
+            let rating = r.score();
             let matched: Vec<&str> = taste
                 .iter()
                 .filter(|(g, _)| title.generos.contains(g))

@@ -24,13 +24,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::activity::{Activity, score};
+use super::activity::{self, Activity};
 use super::catalog::{self, Titulo};
 use super::entities::{self, EventType, TIPOS, Usuario};
 use super::generator::{Fakes, event_record};
-use super::routing::{
-    CATALOGO, Ranking, STATUS_TTL, avaliacao_key, pending, ranking_key, sessao_key, status_key,
-};
+use super::routing::{CATALOGO, Ranking, STATUS_TTL, pending, ranking_key, sessao_key, status_key};
 use super::users::Users;
 use crate::api::{
     ApiConfig, ApiError, Authorized, ErrorBody, HasApiConfig, Listing, Paging, Status, WriteErrors,
@@ -512,6 +510,23 @@ fn split_wait(
 /// The query as text pairs, or a 400.
 type RawQuery = Result<Query<BTreeMap<String, String>>, QueryRejection>;
 
+impl Gateway {
+    /// [`Gateway::request`] with the event's fields from the query (and `extra`, which
+    /// wins), `?wait` taken out.
+    async fn request_from_query(
+        &self,
+        kind: EventType,
+        user_id: Option<i64>,
+        query: RawQuery,
+        extra: Map<String, Value>,
+    ) -> Result<Response, ApiError> {
+        let Query(query) = query?;
+        let (mut given, wait) = split_wait(query)?;
+        given.extend(extra);
+        self.request(kind, user_id, given, wait).await
+    }
+}
+
 /// Record a view: publishes `registrar_visualizacao`.
 #[utoipa::path(post, path = "/historico-visualizacao", tag = "atividade", params(VisualizacaoParams),
     responses(
@@ -526,9 +541,7 @@ async fn registrar_visualizacao(
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let (given, wait) = split_wait(query)?;
-    gw.request(EventType::RegistrarVisualizacao, None, given, wait)
+    gw.request_from_query(EventType::RegistrarVisualizacao, None, query, Map::new())
         .await
 }
 
@@ -566,13 +579,11 @@ async fn obter_historico(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let user_id = path_user(user_id)?;
-    let Query(query) = query?;
-    let (given, wait) = split_wait(query)?;
-    gw.request(
+    gw.request_from_query(
         EventType::ObterHistoricoVisualizacao,
         Some(user_id),
-        given,
-        wait,
+        query,
+        Map::new(),
     )
     .await
 }
@@ -603,9 +614,7 @@ async fn gerar_recomendacoes(
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let (given, wait) = split_wait(query)?;
-    gw.request(EventType::GerarRecomendacoes, None, given, wait)
+    gw.request_from_query(EventType::GerarRecomendacoes, None, query, Map::new())
         .await
 }
 
@@ -634,10 +643,13 @@ async fn obter_recomendacoes(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let user_id = path_user(user_id)?;
-    let Query(query) = query?;
-    let (given, wait) = split_wait(query)?;
-    gw.request(EventType::ObterRecomendacoes, Some(user_id), given, wait)
-        .await
+    gw.request_from_query(
+        EventType::ObterRecomendacoes,
+        Some(user_id),
+        query,
+        Map::new(),
+    )
+    .await
 }
 
 /// `POST /avaliacoes`' parameters.
@@ -671,9 +683,7 @@ async fn avaliar_conteudo(
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let (given, wait) = split_wait(query)?;
-    gw.request(EventType::AvaliarConteudo, None, given, wait)
+    gw.request_from_query(EventType::AvaliarConteudo, None, query, Map::new())
         .await
 }
 
@@ -707,11 +717,11 @@ async fn criar_sessao(
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let (mut given, wait) = split_wait(query)?;
     // Always a new id: a client may not pick (or take over) a session.
-    given.insert("session_id".into(), uuid::Uuid::new_v4().to_string().into());
-    gw.request(EventType::CriarSessao, None, given, wait).await
+    let id = uuid::Uuid::new_v4().to_string();
+    let extra = Map::from_iter([("session_id".to_string(), id.into())]);
+    gw.request_from_query(EventType::CriarSessao, None, query, extra)
+        .await
 }
 
 impl Gateway {
@@ -755,10 +765,8 @@ async fn atividade_sessao(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(session_id) = session_id?;
-    let Query(query) = query?;
-    let (_, wait) = split_wait(query)?;
     let given = gw.session_fields(&session_id).await?;
-    gw.request(EventType::AtualizarAtividadeSessao, None, given, wait)
+    gw.request_from_query(EventType::AtualizarAtividadeSessao, None, query, given)
         .await
 }
 
@@ -779,10 +787,8 @@ async fn encerrar_sessao(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let Path(session_id) = session_id?;
-    let Query(query) = query?;
-    let (_, wait) = split_wait(query)?;
     let given = gw.session_fields(&session_id).await?;
-    gw.request(EventType::EncerrarSessao, None, given, wait)
+    gw.request_from_query(EventType::EncerrarSessao, None, query, given)
         .await
 }
 
@@ -814,10 +820,13 @@ async fn listar_sessoes(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let user_id = path_user(user_id)?;
-    let Query(query) = query?;
-    let (given, wait) = split_wait(query)?;
-    gw.request(EventType::ListarSessoesUsuario, Some(user_id), given, wait)
-        .await
+    gw.request_from_query(
+        EventType::ListarSessoesUsuario,
+        Some(user_id),
+        query,
+        Map::new(),
+    )
+    .await
 }
 
 /// A path's title id, or a 404 for one that cannot exist.
@@ -846,10 +855,8 @@ async fn cache_conteudo(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let conteudo_id = path_title(conteudo_id)?;
-    let Query(query) = query?;
-    let (mut given, wait) = split_wait(query)?;
-    given.insert("conteudo_id".into(), conteudo_id.into());
-    gw.request(EventType::CacheConteudo, None, given, wait)
+    let extra = Map::from_iter([("conteudo_id".to_string(), conteudo_id.into())]);
+    gw.request_from_query(EventType::CacheConteudo, None, query, extra)
         .await
 }
 
@@ -869,10 +876,8 @@ async fn obter_cache_conteudo(
     query: RawQuery,
 ) -> Result<Response, ApiError> {
     let conteudo_id = path_title(conteudo_id)?;
-    let Query(query) = query?;
-    let (mut given, wait) = split_wait(query)?;
-    given.insert("conteudo_id".into(), conteudo_id.into());
-    gw.request(EventType::ObterCacheConteudo, None, given, wait)
+    let extra = Map::from_iter([("conteudo_id".to_string(), conteudo_id.into())]);
+    gw.request_from_query(EventType::ObterCacheConteudo, None, query, extra)
         .await
 }
 
@@ -1002,10 +1007,7 @@ async fn ranking(
 ) -> Result<Json<Value>, ApiError> {
     let (Path(name), Query(params)) = (name?, params?);
     let ranking = Ranking::from_name(&name).ok_or_else(|| ApiError::not_found("ranking", &name))?;
-    let limit = params.limit.unwrap_or(10);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "limit is 1 to 100"));
-    }
+    let limit = limit(params.limit)?;
     let genre = match filter_value("genero", &params.genero)? {
         None => None,
         Some(g) => Some(catalog::genero(g).ok_or_else(|| ApiError::not_found("gênero", g))?),
@@ -1019,17 +1021,8 @@ async fn ranking(
     .await?;
     let ids: Vec<String> = top.iter().map(|(id, _)| id.clone()).collect();
     let titles = deadline(timeout, gw.activity.titles.get(&*gw.stores.document, &ids)).await?;
-    let sums = if ranking == Ranking::MaisBemAvaliados {
-        let fields: Vec<(String, String)> = ids
-            .iter()
-            .flat_map(|c| {
-                [
-                    (avaliacao_key(c), "soma".into()),
-                    (avaliacao_key(c), "total".into()),
-                ]
-            })
-            .collect();
-        deadline(timeout, kv.hget_many(&fields)).await?
+    let rated = if ranking == Ranking::MaisBemAvaliados {
+        deadline(timeout, activity::ratings(kv, &ids)).await?
     } else {
         Vec::new()
     };
@@ -1052,24 +1045,12 @@ async fn ranking(
                     map.insert("espectadores".into(), (*value as i64).into());
                 }
                 Ranking::MaisBemAvaliados => {
-                    let number = |k: usize| {
-                        sums.get(2 * i + k)
-                            .cloned()
-                            .flatten()
-                            .and_then(|v| v.parse::<i64>().ok())
-                            .unwrap_or(0)
-                    };
-                    let (sum, count) = (number(0), number(1));
-                    let media = if count > 0 {
-                        sum as f64 / count as f64
-                    } else {
-                        0.0
-                    };
-                    map.insert("media".into(), ((media * 100.0).round() / 100.0).into());
-                    map.insert("total_avaliacoes".into(), count.into());
+                    let r = rated.get(i).copied().unwrap_or_default();
+                    map.insert("media".into(), r.average().into());
+                    map.insert("total_avaliacoes".into(), r.count.into());
                     map.insert(
                         "pontuacao".into(),
-                        ((score(sum, count) * 1000.0).round() / 1000.0).into(),
+                        ((r.score() * 1000.0).round() / 1000.0).into(),
                     );
                 }
             }
@@ -1079,6 +1060,14 @@ async fn ranking(
     Ok(Json(
         json!({"ranking": ranking.name(), "genero": genre, "itens": itens}),
     ))
+}
+
+/// A `?limit`: 1 to 100, 10 when not given.
+fn limit(given: Option<u64>) -> Result<u64, ApiError> {
+    match given.unwrap_or(10) {
+        n @ 1..=100 => Ok(n),
+        _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "limit is 1 to 100")),
+    }
 }
 
 /// `?limit` for "continue watching".
@@ -1107,10 +1096,7 @@ async fn continuar_assistindo(
 ) -> Result<Json<Value>, ApiError> {
     let user_id = path_user(user_id)?;
     let Query(params) = params?;
-    let limit = params.limit.unwrap_or(10);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "limit is 1 to 100"));
-    }
+    let limit = limit(params.limit)?;
     let itens = deadline(
         gw.config.store_timeout,
         gw.activity.continue_watching(user_id, limit as usize),
