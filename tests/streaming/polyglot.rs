@@ -68,6 +68,14 @@ async fn every_endpoint(p: Platform) {
         (status, titulo["ano"].as_i64()),
         (StatusCode::OK, Some(2002))
     );
+    let (status, related) = get(&format!("{base}/catalogo/2/relacionados?limit=3")).await;
+    assert_eq!(status, StatusCode::OK, "{related}");
+    assert_eq!(related["itens"][0]["titulo"], "The Godfather Part II", "{related}");
+    assert_eq!(related["itens"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        get(&format!("{base}/catalogo/99999/relacionados")).await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         get(&format!("{base}/catalogo/99999")).await.0,
         StatusCode::NOT_FOUND

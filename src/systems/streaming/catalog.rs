@@ -157,6 +157,55 @@ impl Titles {
     }
 }
 
+/// Titles related to `title` in the catalog, most related first: sharing its direction or
+/// creators counts 3 per person, its cast 2 per person, its genres 1 per genre (ties: the
+/// closer year, then the id). Found with the document store's array filters, one
+/// query per person and genre.
+pub async fn related(
+    documents: &dyn DocumentStore,
+    title: &Titulo,
+    limit: usize,
+) -> StoreResult<Vec<(Titulo, i64, Vec<String>)>> {
+    let mut links: Vec<(&str, &String, i64)> = Vec::new();
+    links.extend(title.direcao.iter().map(|p| ("direcao", p, 3)));
+    links.extend(title.criacao.iter().map(|p| ("criacao", p, 3)));
+    links.extend(title.elenco.iter().map(|p| ("elenco", p, 2)));
+    links.extend(title.generos.iter().map(|g| ("generos", g, 1)));
+    let mut found: HashMap<String, (Titulo, i64, Vec<String>)> = HashMap::new();
+    let all = crate::store::Page {
+        skip: 0,
+        limit: 1_000,
+    };
+    for (field, value, weight) in links {
+        let filter = crate::store::eq(field, value.as_str());
+        for document in documents.find(CATALOGO, &[filter], all).await? {
+            let Ok(other) = serde_json::from_value::<Titulo>(document) else {
+                continue;
+            };
+            if other.id == title.id {
+                continue;
+            }
+            let entry = found
+                .entry(other.id.clone())
+                .or_insert_with(|| (other, 0, Vec::new()));
+            entry.1 += weight;
+            entry.2.push(value.clone());
+        }
+    }
+    let mut related: Vec<_> = found.into_values().collect();
+    related.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| {
+                (a.0.ano - title.ano)
+                    .abs()
+                    .cmp(&(b.0.ano - title.ano).abs())
+            })
+            .then_with(|| a.0.id.cmp(&b.0.id))
+    });
+    related.truncate(limit);
+    Ok(related)
+}
+
 /// The genre named `name` as the catalog spells it (case ignored), if any title has it.
 pub fn genero(name: &str) -> Option<String> {
     let name = name.trim().to_lowercase();
@@ -198,5 +247,27 @@ mod tests {
             Some("Ficção científica")
         );
         assert_eq!(genero("nope"), None);
+    }
+
+    #[tokio::test]
+    async fn related_titles_share_people_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::docs_sqlite::SqliteDocumentStore::open(
+            &dir.path().join("d.db"),
+            &["generos"],
+        )
+        .await
+        .unwrap();
+        load(&store).await.unwrap();
+        let godfather = shipped()
+            .iter()
+            .find(|t| t.titulo == "The Godfather")
+            .unwrap();
+        let related = related(&store, godfather, 5).await.unwrap();
+        // Part II shares the director and Al Pacino; then other Coppola or Pacino films.
+        assert_eq!(related[0].0.titulo, "The Godfather Part II");
+        assert!(related[0].2.contains(&"Francis Ford Coppola".to_string()));
+        assert!(related.iter().all(|(t, _, _)| t.id != godfather.id));
+        assert!(related.windows(2).all(|w| w[0].1 >= w[1].1));
     }
 }

@@ -978,6 +978,47 @@ pub enum RankingName {
     MaisBemAvaliados,
 }
 
+/// Titles related to one: sharing its direction or creators, its cast, its genres, the
+/// most related first, with what they share.
+#[utoipa::path(get, path = "/catalogo/{conteudo_id}/relacionados", tag = "catalogo",
+    params(("conteudo_id" = i64, Path, description = "The title's id"), LimitParams),
+    responses(
+        (status = 200, description = "The related titles", body = Object),
+        (status = 400, description = "Invalid limit", body = ErrorBody),
+        (status = 404, description = "No such title", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    ))]
+async fn relacionados(
+    State(gw): State<Gateway>,
+    conteudo_id: Result<Path<String>, PathRejection>,
+    params: Result<Query<LimitParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_title(conteudo_id)?;
+    let Query(params) = params?;
+    let limit = limit(params.limit)?;
+    let timeout = gw.config.store_timeout;
+    let documents = &*gw.stores.document;
+    let titles = deadline(
+        timeout,
+        gw.activity.titles.get(documents, std::slice::from_ref(&id)),
+    )
+    .await?;
+    let title = titles
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("conteúdo", &id))?;
+    let related = deadline(timeout, catalog::related(documents, title, limit as usize)).await?;
+    let itens: Vec<Value> = related
+        .into_iter()
+        .map(|(t, weight, shared)| {
+            json!({"conteudo_id": t.id, "titulo": t.titulo, "tipo": t.tipo, "ano": t.ano,
+                   "generos": t.generos, "em_comum": shared, "pontuacao": weight})
+        })
+        .collect();
+    Ok(Json(
+        json!({"conteudo_id": id, "titulo": title.titulo, "itens": itens}),
+    ))
+}
+
 /// `GET /rankings/{ranking}`'s parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -1116,7 +1157,8 @@ async fn continuar_assistindo(
         home, criar_usuario, atualizar_assinatura, pagamento, atualizar_config, status, usuario, usuarios,
         registrar_visualizacao, obter_historico, gerar_recomendacoes, obter_recomendacoes,
         avaliar_conteudo, criar_sessao, atividade_sessao, encerrar_sessao, listar_sessoes,
-        cache_conteudo, obter_cache_conteudo, catalogo, titulo, ranking, continuar_assistindo,
+        cache_conteudo, obter_cache_conteudo, catalogo, titulo, relacionados, ranking,
+        continuar_assistindo,
         crate::api::health, crate::api::ready
     ),
     components(schemas(UsuarioBody, AssinaturaBody, PagamentoBody, ConfigBody, Usuario, Titulo, RankingName,
@@ -1174,6 +1216,7 @@ pub fn app(
         )
         .route("/catalogo", get(catalogo))
         .route("/catalogo/{conteudo_id}", get(titulo))
+        .route("/catalogo/{conteudo_id}/relacionados", get(relacionados))
         .route("/rankings/{ranking}", get(ranking))
         .route(
             "/usuarios/{user_id}/continuar-assistindo",
