@@ -49,6 +49,11 @@ fn field_value(field: &str) -> String {
     )
 }
 
+/// `json_type(body, '<path>')`, written into the SQL like [`field_value`].
+fn field_type(field: &str) -> String {
+    format!("json_type(body, '{}')", json_path(field).replace('\'', "''"))
+}
+
 /// A JSON scalar as SQLite's `json_extract` returns it (booleans are 1 and 0).
 fn bind_scalar(q: &mut QueryBuilder<Sqlite>, value: &Value) {
     match value {
@@ -85,6 +90,10 @@ impl SqliteDocumentStore {
             schema.push(format!(
                 "CREATE INDEX IF NOT EXISTS documents_by_{name} ON documents (collection, {})",
                 field_value(field)
+            ));
+            schema.push(format!(
+                "CREATE INDEX IF NOT EXISTS documents_type_{name} ON documents (collection, {})",
+                field_type(field)
             ));
         }
         let schema: Vec<&str> = schema.iter().map(String::as_str).collect();
@@ -191,17 +200,25 @@ impl DocumentStore for SqliteDocumentStore {
         q.push_bind(collection.to_string());
         for filter in filters {
             match filter {
+                // Two lookups, each able to use its own index (the value's, and the
+                // type's for the few documents where the field is an array); one
+                // condition with OR would scan the collection.
                 Filter::Eq { field, value } => {
-                    let path = json_path(field);
-                    q.push(" AND (").push(field_value(field)).push(" = ");
+                    q.push(" AND id IN (SELECT id FROM documents WHERE collection = ")
+                        .push_bind(collection.to_string())
+                        .push(" AND ")
+                        .push(field_value(field))
+                        .push(" = ");
                     bind_scalar(&mut q, value);
-                    q.push(" OR (json_type(body, ")
-                        .push_bind(path.clone())
-                        .push(") = 'array' AND EXISTS (SELECT 1 FROM json_each(body, ")
-                        .push_bind(path)
+                    q.push(" UNION ALL SELECT id FROM documents WHERE collection = ")
+                        .push_bind(collection.to_string())
+                        .push(" AND ")
+                        .push(field_type(field))
+                        .push(" = 'array' AND EXISTS (SELECT 1 FROM json_each(body, ")
+                        .push_bind(json_path(field))
                         .push(") WHERE value = ");
                     bind_scalar(&mut q, value);
-                    q.push(")))");
+                    q.push("))");
                 }
                 Filter::Words { field, words } => {
                     for word in words {

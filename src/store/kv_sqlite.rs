@@ -10,7 +10,7 @@
 //! reads as absent, and every write first deletes the keys that have expired, so they do
 //! not pile up and a write never lands on an expired key's leftovers.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -294,25 +294,42 @@ impl KeyValueStore for SqliteKvStore {
     }
 
     async fn hget_many(&self, fields: &[(String, String)]) -> StoreResult<Vec<Option<String>>> {
-        let mut values = Vec::with_capacity(fields.len());
-        let mut conn = self.pool.acquire().await.map_err(err)?;
-        let sql = format!(
-            "SELECT json_extract(fields, ?) FROM kv_hash h WHERE key = ? AND {}",
-            live("h")
-        );
+        // Each hash read once, however many of its fields are asked for.
+        let mut keys: Vec<String> = fields.iter().map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut hashes: HashMap<String, serde_json::Map<String, serde_json::Value>> =
+            HashMap::new();
         let now = now_ms();
-        for (key, field) in fields {
-            let value: Option<Option<String>> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(field_path(field))
-                    .bind(key)
-                    .bind(now)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(err)?;
-            values.push(value.flatten());
+        for chunk in keys.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT key, fields FROM kv_hash h WHERE key IN (");
+            let mut list = q.separated(", ");
+            for key in chunk {
+                list.push_bind(key.clone());
+            }
+            q.push(") AND NOT EXISTS (SELECT 1 FROM kv_expiry e WHERE e.key = h.key AND e.expires_at <= ")
+                .push_bind(now)
+                .push(")");
+            for row in q.build().fetch_all(&self.pool).await.map_err(err)? {
+                let key: String = row.get("key");
+                let text: String = row.get("fields");
+                let object = serde_json::from_str(&text).map_err(|e| StoreError::Fault {
+                    store: STORE,
+                    reason: format!("hash `{key}` holds {text:?}, not an object: {e}"),
+                })?;
+                hashes.insert(key, object);
+            }
         }
-        Ok(values)
+        Ok(fields
+            .iter()
+            .map(|(key, field)| {
+                hashes
+                    .get(key)
+                    .and_then(|h| h.get(field))
+                    .and_then(|v| v.as_str().map(str::to_string))
+            })
+            .collect())
     }
 
     async fn existing(&self, keys: &[String]) -> StoreResult<HashSet<String>> {

@@ -70,7 +70,10 @@ async fn every_endpoint(p: Platform) {
     );
     let (status, related) = get(&format!("{base}/catalogo/2/relacionados?limit=3")).await;
     assert_eq!(status, StatusCode::OK, "{related}");
-    assert_eq!(related["itens"][0]["titulo"], "The Godfather Part II", "{related}");
+    assert_eq!(
+        related["itens"][0]["titulo"], "The Godfather Part II",
+        "{related}"
+    );
     assert_eq!(related["itens"].as_array().unwrap().len(), 3);
     assert_eq!(
         get(&format!("{base}/catalogo/99999/relacionados")).await.0,

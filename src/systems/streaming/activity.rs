@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use super::catalog::{Titles, Titulo};
 use super::entities::{Command, Sessao};
 use super::routing::{
-    CACHE_STATS, CACHE_TTL, CATALOGO, ErrorKind, HISTORICO, RECOMENDACOES, Ranking, avaliacao_key,
+    CACHE_STATS, CACHE_TTL, ErrorKind, HISTORICO, RECOMENDACOES, Ranking, avaliacao_key,
     avaliacoes_key, conteudo_key, espectadores_key, ranking_key, sessao_key, sessoes_key,
 };
 use crate::store::{self, KvWrite, Page, Sort, StoreResult, Stores};
@@ -662,23 +662,13 @@ impl Activity {
                 viewers.insert(id.clone(), n);
                 candidates.insert(id);
             }
-            let filters: Vec<store::Filter> =
-                genre.iter().map(|g| store::eq("generos", *g)).collect();
-            for title in documents
-                .find(
-                    CATALOGO,
-                    &filters,
-                    Page {
-                        skip: 0,
-                        limit: 300,
-                    },
-                )
-                .await?
-            {
-                if let Some(id) = title["id"].as_str() {
-                    candidates.insert(id.to_string());
-                }
-            }
+            candidates.extend(
+                self.titles
+                    .of_genre(documents, *genre)
+                    .await?
+                    .iter()
+                    .cloned(),
+            );
         }
         if taste.is_empty() {
             for (id, _) in kv

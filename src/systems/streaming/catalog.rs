@@ -114,9 +114,49 @@ pub async fn load(documents: &dyn DocumentStore) -> StoreResult<usize> {
 #[derive(Clone, Default)]
 pub struct Titles {
     known: Arc<RwLock<HashMap<String, Arc<Titulo>>>>,
+    by_genre: Arc<RwLock<GenreIndex>>,
 }
 
+/// Title ids by genre (`None`: any genre).
+type GenreIndex = HashMap<Option<String>, Arc<Vec<String>>>;
+
+/// Most titles of one genre a recommendation looks at.
+const PER_GENRE: u64 = 300;
+
 impl Titles {
+    /// The ids of (up to 300) titles of `genre` (any genre when `None`), by id; read once,
+    /// then kept, as the titles are.
+    pub async fn of_genre(
+        &self,
+        documents: &dyn DocumentStore,
+        genre: Option<&str>,
+    ) -> StoreResult<Arc<Vec<String>>> {
+        let key = genre.map(str::to_string);
+        if let Some(ids) = self.by_genre.read().expect("never poisoned").get(&key) {
+            return Ok(ids.clone());
+        }
+        let filters: Vec<crate::store::Filter> = genre
+            .iter()
+            .map(|g| crate::store::eq("generos", *g))
+            .collect();
+        let page = crate::store::Page {
+            skip: 0,
+            limit: PER_GENRE,
+        };
+        let ids: Vec<String> = documents
+            .find(CATALOGO, &filters, page)
+            .await?
+            .iter()
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        let ids = Arc::new(ids);
+        self.by_genre
+            .write()
+            .expect("never poisoned")
+            .insert(key, ids.clone());
+        Ok(ids)
+    }
+
     /// The titles with these ids that exist.
     pub async fn get(
         &self,
