@@ -51,7 +51,10 @@ fn field_value(field: &str) -> String {
 
 /// `json_type(body, '<path>')`, written into the SQL like [`field_value`].
 fn field_type(field: &str) -> String {
-    format!("json_type(body, '{}')", json_path(field).replace('\'', "''"))
+    format!(
+        "json_type(body, '{}')",
+        json_path(field).replace('\'', "''")
+    )
 }
 
 /// A JSON scalar as SQLite's `json_extract` returns it (booleans are 1 and 0).

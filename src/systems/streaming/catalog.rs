@@ -109,13 +109,18 @@ pub async fn load(documents: &dyn DocumentStore) -> StoreResult<usize> {
     Ok(docs.len())
 }
 
-/// Titles read from `catalogo`, kept in memory once found (titles do not change under a
-/// running platform; one not found is asked for again next time).
+/// Titles read from `catalogo`, kept in memory: the whole catalog at the first lookup,
+/// then any title added since when first asked for (titles do not change under a running
+/// platform; one not found is asked for again next time).
 #[derive(Clone, Default)]
 pub struct Titles {
     known: Arc<RwLock<HashMap<String, Arc<Titulo>>>>,
     by_genre: Arc<RwLock<GenreIndex>>,
+    whole: Arc<tokio::sync::OnceCell<()>>,
 }
+
+/// Most titles read in the first, whole read of the catalog.
+const WHOLE: u64 = 100_000;
 
 /// Title ids by genre (`None`: any genre).
 type GenreIndex = HashMap<Option<String>, Arc<Vec<String>>>;
@@ -163,6 +168,24 @@ impl Titles {
         documents: &dyn DocumentStore,
         ids: &[String],
     ) -> StoreResult<HashMap<String, Arc<Titulo>>> {
+        // The whole catalog in one read the first time, so a burst of requests on a cold
+        // process does not become a title-by-title read each.
+        self.whole
+            .get_or_try_init(|| async {
+                let page = crate::store::Page {
+                    skip: 0,
+                    limit: WHOLE,
+                };
+                let all = documents.find(CATALOGO, &[], page).await?;
+                let mut known = self.known.write().expect("never poisoned");
+                for document in all {
+                    if let Ok(t) = serde_json::from_value::<Titulo>(document) {
+                        known.insert(t.id.clone(), Arc::new(t));
+                    }
+                }
+                Ok::<(), StoreError>(())
+            })
+            .await?;
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
