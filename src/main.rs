@@ -352,13 +352,15 @@ enum Command {
     /// with --http, load its HTTP API instead and print requests/s and latencies.
     Bench {
         /// Which system: `bookstore` (pipeline; POST and GET /customers) or `streaming`
-        /// (processor; `POST /usuarios?wait=5` round trips).
+        /// (processor on mixed rounds, then views alone; `POST /usuarios?wait=5` round
+        /// trips and `GET /rankings/…`).
         #[arg(long, default_value = "bookstore")]
         system: String,
-        /// Events (split evenly between customers, books and orders).
+        /// Events: bookstore, split evenly between customers, books and orders; streaming,
+        /// in the generator's rounds, then as many views.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
-        /// Benchmark the HTTP API (POST and GET /customers) instead of the pipeline.
+        /// Benchmark the HTTP API instead of the pipeline.
         #[arg(long)]
         http: bool,
         /// Requests per phase, with --http.
