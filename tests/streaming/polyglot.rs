@@ -380,6 +380,18 @@ async fn every_endpoint_postgres_mongodb_and_redis() {
     real.cleanup().await;
 }
 
+#[tokio::test]
+async fn every_endpoint_kafka_and_real_stores() {
+    let Some(brokers) = common::service_url("LIVROS_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let Some(real) = RealStores::create().await else {
+        return;
+    };
+    every_endpoint(start(real.config.clone(), Some(brokers)).await).await;
+    real.cleanup().await;
+}
+
 /// A session lives for its time to live after its last activity, then is gone, and so is
 /// the user's index of sessions.
 async fn sessions_expire(config: StoreConfig) {
