@@ -169,12 +169,68 @@ pub(crate) async fn commit(
     }
 }
 
+/// How a generator's rounds go out.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Rounds to send; `None` until stopped.
+    pub count: Option<u64>,
+    /// Events per second; 0 is flat out.
+    pub rate: f64,
+    /// Rounds per publish when flat out: enough to amortize a durable commit.
+    pub rounds_per_publish: u64,
+    /// Print one line per event.
+    pub print: bool,
+}
+
+/// Runs a generator the way every S1 does: `round()` makes one round's records and their
+/// log lines; at a set rate they go out one at a time, flat out many rounds per publish
+/// (see [`send`]). `sent` is called with each record once the bus has it, and its place
+/// among all the records sent (0, 1, …; round after round). Stops after
+/// `pace.count` rounds or at `shutdown`.
+pub async fn send_rounds(
+    bus: &dyn crate::bus::Bus,
+    pace: Pace,
+    counters: &Counters,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut round: impl FnMut() -> Vec<(crate::bus::Record, String)>,
+    mut sent: impl FnMut(usize, &crate::bus::Record),
+) -> Result<(), ServiceError> {
+    let interval = (pace.rate > 0.0).then(|| std::time::Duration::from_secs_f64(1.0 / pace.rate));
+    let per_publish = if interval.is_some() {
+        1
+    } else {
+        pace.rounds_per_publish.max(1)
+    };
+    let mut done = 0_u64;
+    let mut place = 0_usize;
+    while pace.count.is_none_or(|n| done < n) {
+        let rounds = pace
+            .count
+            .map_or(per_publish, |n| (n - done).min(per_publish));
+        done += rounds;
+        let (records, lines): (Vec<crate::bus::Record>, Vec<String>) =
+            (0..rounds).flat_map(|_| round()).unzip();
+        let n = send(
+            bus, &records, &lines, interval, pace.print, counters, shutdown,
+        )
+        .await?;
+        for record in &records[..n] {
+            sent(place, record);
+            place += 1;
+        }
+        if n < records.len() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Publishes a generator's `records` (`lines[i]` saying what `records[i]` is) the way every S1 does:
 /// one at a time every `interval` when paced, all in one publish otherwise (one durable
 /// commit for many); retrying while the bus is unavailable; printing `[S1] Sent <line>`
 /// once each is durable, when `print`. Returns how many were sent: fewer than all when
 /// `shutdown` stopped it, and nothing is reported sent that the bus has not acknowledged.
-pub async fn send(
+async fn send(
     bus: &dyn crate::bus::Bus,
     records: &[crate::bus::Record],
     lines: &[String],

@@ -7,7 +7,6 @@
 //! has made it durable.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fake::Fake;
 use fake::faker::name::raw::{FirstName, LastName};
@@ -21,7 +20,7 @@ use super::entities::{Book, Customer, Order};
 use super::routing::{BookstoreTopics, Entity, route_of};
 use crate::bus::{Bus, Record, Topics};
 use crate::envelope::Envelope;
-use crate::services::{Counters, ServiceError, send, short};
+use crate::services::{Counters, Pace, ServiceError, send_rounds, short};
 
 /// Rounds per publish when running flat out: big enough to amortize a durable commit.
 const ROUNDS_PER_BATCH: u64 = 500;
@@ -211,41 +210,25 @@ pub async fn run(
 ) -> Result<S1Report, ServiceError> {
     let mut generator = Generator::new(books, config.seed, config.topics.clone());
     let mut report = S1Report::default();
-    let rounds_per_publish = if config.rate > 0.0 {
-        1
-    } else {
-        ROUNDS_PER_BATCH
+    let pace = Pace {
+        count: config.count,
+        rate: config.rate,
+        rounds_per_publish: ROUNDS_PER_BATCH,
+        print: config.print_events,
     };
-    let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
-    let mut round = 0_u64;
-    while config.count.is_none_or(|n| round < n) {
-        let rounds = config
-            .count
-            .map_or(rounds_per_publish, |n| (n - round).min(rounds_per_publish));
-        let (records, lines): (Vec<Record>, Vec<String>) =
-            (0..rounds).flat_map(|_| generator.round()).unzip();
-        round += rounds;
-        let sent = send(
-            &*bus,
-            &records,
-            &lines,
-            interval,
-            config.print_events,
-            &counters,
-            &shutdown,
-        )
-        .await?;
-        for record in &records[..sent] {
-            match config.topics.route(&record.topic).map(|r| r.entity) {
-                Some(Entity::Customer) => report.customers += 1,
-                Some(Entity::Book) => report.books += 1,
-                _ => report.orders += 1,
-            }
-        }
-        if sent < records.len() {
-            break;
-        }
-    }
+    send_rounds(
+        &*bus,
+        pace,
+        &counters,
+        &shutdown,
+        || generator.round(),
+        |_, record| match config.topics.route(&record.topic).map(|r| r.entity) {
+            Some(Entity::Customer) => report.customers += 1,
+            Some(Entity::Book) => report.books += 1,
+            _ => report.orders += 1,
+        },
+    )
+    .await?;
     Ok(report)
 }
 

@@ -95,13 +95,28 @@ fn parse() -> Vec<Titulo> {
         .collect()
 }
 
-/// Writes the shipped titles into `catalogo` (an upsert: unchanged titles are not
-/// rewritten, titles added by hand are left alone).
+/// Writes the shipped titles into `catalogo` where the stored one differs or is missing
+/// (every start does this: one read, and writes only for what changed); titles added by
+/// hand are left alone. Answers how many were written.
 pub async fn load(documents: &dyn DocumentStore) -> StoreResult<usize> {
+    let page = crate::store::Page {
+        skip: 0,
+        limit: WHOLE,
+    };
+    let stored: HashMap<String, Value> = documents
+        .find(CATALOGO, &[], page)
+        .await?
+        .into_iter()
+        .filter_map(|d| Some((d["id"].as_str()?.to_string(), d)))
+        .collect();
     let docs: Vec<(String, Value)> = shipped()
         .iter()
         .map(|t| (t.id.clone(), t.document()))
+        .filter(|(id, doc)| stored.get(id) != Some(doc))
         .collect();
+    if docs.is_empty() {
+        return Ok(0);
+    }
     let results = documents.upsert(CATALOGO, &docs).await?;
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return Err(e);
@@ -321,7 +336,12 @@ mod tests {
         )
         .await
         .unwrap();
-        load(&store).await.unwrap();
+        assert_eq!(load(&store).await.unwrap(), shipped().len());
+        assert_eq!(
+            load(&store).await.unwrap(),
+            0,
+            "nothing changed, nothing written"
+        );
         let godfather = shipped()
             .iter()
             .find(|t| t.titulo == "The Godfather")

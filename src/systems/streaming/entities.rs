@@ -365,17 +365,22 @@ impl Command {
     }
 }
 
-/// A title id: a whole number (or its text), as the catalog numbers them.
+/// A title id: a whole number from 1 (or its text), as the catalog numbers them.
 pub fn conteudo_id(fields: &Map<String, Value>) -> Result<String, Invalid> {
-    match fields.get("conteudo_id") {
-        None | Some(Value::Null) => Err(Invalid::Missing("conteudo_id")),
+    positive_id(fields, "conteudo_id").map(|n| n.to_string())
+}
+
+/// A required id that is a whole number from 1: a number, or its text (`"7"`, `7.0`).
+fn positive_id(fields: &Map<String, Value>, field: &'static str) -> Result<i64, Invalid> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Err(Invalid::Missing(field)),
         Some(v) => match wire::whole_number(v) {
-            Ok(n) if n >= 1 => Ok(n.to_string()),
+            Ok(n) if n >= 1 => Ok(n),
             Ok(n) => Err(Invalid::field(
-                "conteudo_id",
-                format!("{n} is not a title id"),
+                field,
+                format!("{n} is not an id (1 or more)"),
             )),
-            Err(problem) => Err(Invalid::field("conteudo_id", problem)),
+            Err(problem) => Err(Invalid::field(field, problem)),
         },
     }
 }
@@ -400,8 +405,13 @@ fn number_in(
     }
 }
 
-/// A percentage, 0 to 100, a number or its text.
-fn percent(fields: &Map<String, Value>, field: &'static str) -> Result<f64, Invalid> {
+/// An optional number within `range` (0 when absent): a number, whole or not, or its
+/// text — the seed's clients send `posicao` and `tempo_assistido` either way.
+fn number_within(
+    fields: &Map<String, Value>,
+    field: &'static str,
+    range: std::ops::RangeInclusive<f64>,
+) -> Result<f64, Invalid> {
     let value = match fields.get(field) {
         None | Some(Value::Null) => return Ok(0.0),
         Some(Value::Number(n)) => n.as_f64(),
@@ -414,8 +424,11 @@ fn percent(fields: &Map<String, Value>, field: &'static str) -> Result<f64, Inva
         }
     };
     match value {
-        Some(p) if (0.0..=100.0).contains(&p) => Ok(p),
-        _ => Err(Invalid::field(field, "a percentage from 0 to 100")),
+        Some(p) if range.contains(&p) => Ok(p),
+        _ => Err(Invalid::field(
+            field,
+            format!("a number from {} to {}", range.start(), range.end()),
+        )),
     }
 }
 
@@ -443,17 +456,7 @@ fn session_id(fields: &Map<String, Value>) -> Result<String, Invalid> {
 
 /// A user id: a whole number from 1 (the seed's are integers; text of one is accepted).
 pub fn user_id(fields: &Map<String, Value>) -> Result<i64, Invalid> {
-    match fields.get("user_id") {
-        None | Some(Value::Null) => Err(Invalid::Missing("user_id")),
-        Some(v) => match wire::whole_number(v) {
-            Ok(n) if n >= 1 => Ok(n),
-            Ok(n) => Err(Invalid::field(
-                "user_id",
-                format!("{n} is not a user id (1 or more)"),
-            )),
-            Err(problem) => Err(Invalid::field("user_id", problem)),
-        },
-    }
+    positive_id(fields, "user_id")
 }
 
 /// One of `allowed`, or the first when absent.
@@ -627,22 +630,12 @@ pub fn command(event: &Event) -> Result<Command, Invalid> {
         EventType::AtualizarConfig => Command::Configurar(Preferencias {
             user_id: user_id(f)?,
             idioma: text_or(f, "idioma", "pt-BR")?,
-            notificacoes: match f.get("notificacoes") {
-                None | Some(Value::Null) => true,
-                Some(Value::Bool(b)) => *b,
-                Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
-                Some(other) => {
-                    return Err(Invalid::field(
-                        "notificacoes",
-                        format!("expected true or false, found {}", wire::json_type(other)),
-                    ));
-                }
-            },
+            notificacoes: flag(f, "notificacoes")?.unwrap_or(true),
             tema: text_or(f, "tema", "escuro")?,
             data_atualizacao: now.clone(),
         }),
         EventType::RegistrarVisualizacao => {
-            let posicao = percent(f, "posicao")?;
+            let posicao = number_within(f, "posicao", 0.0..=100.0)?;
             Command::Assistir(Visualizacao {
                 id: event.correlation_id.clone(),
                 user_id: user_id(f)?,
@@ -650,7 +643,9 @@ pub fn command(event: &Event) -> Result<Command, Invalid> {
                 // The catalog's, filled in by the processor; what the sender says is a hint.
                 titulo: text_or(f, "titulo", "")?,
                 tipo: text_or(f, "tipo", "")?,
-                tempo_assistido: number_in(f, "tempo_assistido", 0..=100_000, 0)?,
+                // Whole minutes; a fraction (`time.time()` arithmetic) is rounded.
+                tempo_assistido: number_within(f, "tempo_assistido", 0.0..=100_000.0)?.round()
+                    as i64,
                 posicao,
                 concluido: posicao >= 90.0,
                 data: now.clone(),
@@ -736,6 +731,54 @@ mod tests {
             r#"{"event_type":"criar_usuario","correlation_id":"c1","user_id":7,"nome":"Ana","email":"ana@example.com","cpf":"12345678900"}"#,
         );
         assert!(command(&bad_cpf).unwrap_err().to_string().contains("CPF"));
+    }
+
+    #[test]
+    fn seed_four_events_in_every_shape_a_client_sends() {
+        // Numbers as numbers, as text, with fractions; nulls for what is optional; fields
+        // we do not know.
+        for json in [
+            r#"{"event_type":"registrar_visualizacao","correlation_id":"c1","user_id":7,"conteudo_id":23,"titulo":"x","tipo":"filme","tempo_assistido":45,"posicao":92,"extra":{"a":1}}"#,
+            r#"{"event_type":"registrar_visualizacao","correlation_id":"c1","user_id":"7","conteudo_id":"23","tempo_assistido":"44.6","posicao":"92.5","titulo":null,"tipo":null}"#,
+            r#"{"event_type":"registrar_visualizacao","correlation_id":"c1","user_id":7.0,"conteudo_id":23,"tempo_assistido":44.6,"posicao":92.5}"#,
+        ] {
+            let Command::Assistir(v) = command(&event(json)).unwrap() else {
+                panic!("a view: {json}")
+            };
+            assert_eq!(
+                (v.user_id, v.conteudo_id.as_str(), v.tempo_assistido),
+                (7, "23", 45)
+            );
+            assert!(v.concluido, "{json}");
+        }
+        let rating = event(
+            r#"{"event_type":"avaliar_conteudo","correlation_id":"c2","user_id":"7","conteudo_id":"23","nota":"4"}"#,
+        );
+        assert!(matches!(
+            command(&rating).unwrap(),
+            Command::Avaliar { nota: 4, .. }
+        ));
+        let list = event(
+            r#"{"event_type":"listar_sessoes_usuario","correlation_id":"c3","user_id":7,"ativas_apenas":"false"}"#,
+        );
+        assert!(matches!(
+            command(&list).unwrap(),
+            Command::Sessoes {
+                ativas_apenas: false,
+                ..
+            }
+        ));
+        for bad in [
+            r#""posicao":101"#,
+            r#""posicao":"muito""#,
+            r#""conteudo_id":0"#,
+            r#""conteudo_id":"abc""#,
+        ] {
+            let json = format!(
+                r#"{{"event_type":"registrar_visualizacao","correlation_id":"c4","user_id":7,"conteudo_id":23,{bad}}}"#
+            );
+            assert!(command(&event(&json)).is_err(), "{json}");
+        }
     }
 
     #[test]

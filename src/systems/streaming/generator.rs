@@ -8,7 +8,6 @@
 //! title has its own typical rating, so the leaderboards have something to show.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fake::Fake;
 use fake::faker::name::raw::{FirstName, LastName};
@@ -23,7 +22,7 @@ use super::catalog;
 use super::entities::{EventType, FORMAS_PAGAMENTO, PLANOS, cpf_with_check_digits};
 use super::routing::USER_EVENTS;
 use crate::bus::{Bus, Record, Topics};
-use crate::services::{Counters, ServiceError, send, short};
+use crate::services::{Counters, Pace, ServiceError, send_rounds, short};
 use crate::wire;
 
 /// Rounds per publish when running flat out: enough to amortize a durable commit.
@@ -303,40 +302,27 @@ pub async fn run(
     let mut fakes = Fakes::new(config.seed);
     let kinds = round_kinds();
     let mut sent = vec![0_u64; kinds.len()];
-    let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
-    let mut rounds_done = 0_u64;
-    while config.count.is_none_or(|n| rounds_done < n) {
-        // At a set rate, a round at a time; flat out, many rounds per (durable) publish.
-        let rounds = match (interval, config.count) {
-            (Some(_), _) => 1,
-            (None, Some(n)) => (n - rounds_done).min(ROUNDS_PER_PUBLISH),
-            (None, None) => ROUNDS_PER_PUBLISH,
-        };
-        rounds_done += rounds;
-        let (records, lines): (Vec<Record>, Vec<String>) =
-            (0..rounds).flat_map(|_| round(&mut fakes, &topics)).unzip();
-        let done = send(
-            &*bus,
-            &records,
-            &lines,
-            interval,
-            config.print_events,
-            &counters,
-            &shutdown,
-        )
-        .await?;
-        for record in &records[..done] {
-            let kind = serde_json::from_slice::<Value>(&record.payload)
-                .ok()
-                .and_then(|e| e["event_type"].as_str().and_then(EventType::from_name));
-            if let Some(i) = kind.and_then(|k| kinds.iter().position(|t| *t == k)) {
+    let pace = Pace {
+        count: config.count,
+        rate: config.rate,
+        rounds_per_publish: ROUNDS_PER_PUBLISH,
+        print: config.print_events,
+    };
+    send_rounds(
+        &*bus,
+        pace,
+        &counters,
+        &shutdown,
+        || round(&mut fakes, &topics),
+        // Every round is ROUND, in order: the place says the kind.
+        |place, _| {
+            let kind = ROUND[place % ROUND.len()];
+            if let Some(i) = kinds.iter().position(|t| *t == kind) {
                 sent[i] += 1;
             }
-        }
-        if done < records.len() {
-            break;
-        }
-    }
+        },
+    )
+    .await?;
     Ok(kinds.into_iter().zip(sent).collect())
 }
 

@@ -75,7 +75,7 @@ impl System for Streaming {
 
     async fn prepare(&self, stores: &Stores) -> StoreResult<()> {
         let n = catalog::load(&*stores.document).await?;
-        tracing::debug!(titles = n, "catalog loaded into `{CATALOGO}`");
+        tracing::debug!(titles = n, "catalog titles written into `{CATALOGO}`");
         Ok(())
     }
 
