@@ -480,9 +480,9 @@ pub struct VisualizacaoParams {
     titulo: Option<String>,
     /// Ignored: the catalog's type is stored.
     tipo: Option<String>,
-    /// Minutes watched.
-    #[param(minimum = 0)]
-    tempo_assistido: Option<i64>,
+    /// Minutes watched (a fraction is rounded to whole minutes).
+    #[param(minimum = 0, maximum = 100000)]
+    tempo_assistido: Option<f64>,
     /// How far in, in percent; 90 or more counts as finished.
     #[param(minimum = 0, maximum = 100)]
     posicao: Option<f64>,
