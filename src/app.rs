@@ -17,7 +17,7 @@ use crate::services::s2::{ConsumerSpec, S2Config};
 use crate::services::s3::S3Config;
 use crate::services::{Counters, ServiceError, s2, s3};
 use crate::store::{OpenError, StoreConfig, Stores};
-use crate::systems::{GenConfig, Sent, System};
+use crate::systems::{GenConfig, Sent, System, Workers};
 
 /// The systems a process runs (all of them by default; `--systems` picks).
 #[derive(Clone)]
@@ -187,12 +187,13 @@ pub struct Pipeline {
     /// The consumers S2 runs (empty when it does not run).
     pub consumers: Vec<ConsumerSpec>,
     stores: Option<Stores>,
+    workers: Vec<(&'static str, Workers)>,
     tasks: tokio::task::JoinSet<Result<(), ServiceError>>,
 }
 
 impl Pipeline {
-    /// Starts S2 (when `stores` is given) and S3 (when `with_s3`) in the background, for
-    /// the settings' systems.
+    /// Starts S2 (when `stores` is given and the systems have consumers) and S3 (when
+    /// `with_s3`) in the background, for the settings' systems.
     pub fn start(
         bus: Arc<dyn Bus>,
         stores: Option<Stores>,
@@ -207,7 +208,8 @@ impl Pipeline {
         Self::start_with(bus, stores, consumers, with_s3, settings, print_events)
     }
 
-    /// [`Pipeline::start`] with these consumers (a benchmark keeps hold of its handlers).
+    /// [`Pipeline::start`] with these consumers (a benchmark keeps hold of its handlers; the
+    /// products scheduler needs no store), S2 running when there are any.
     pub fn start_with(
         bus: Arc<dyn Bus>,
         stores: Option<Stores>,
@@ -219,7 +221,7 @@ impl Pipeline {
         let shutdown = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let mut tasks = tokio::task::JoinSet::new();
-        if stores.is_some() {
+        if !consumers.is_empty() {
             let config = S2Config {
                 print_events,
                 ..settings.s2.clone()
@@ -252,8 +254,19 @@ impl Pipeline {
             counters,
             consumers,
             stores,
+            workers: Vec::new(),
             tasks,
         }
+    }
+
+    /// Runs `system`'s background workers (its outbox relay) over S2's stores until the
+    /// pipeline stops; its HTTP API, served after, wakes them. Without stores (an
+    /// S3-only pipeline) there is nothing to run.
+    pub fn start_workers(&mut self, system: &dyn System, bus: Arc<dyn Bus>, settings: &Settings) {
+        let Some(stores) = &self.stores else { return };
+        let workers = system.workers(stores, bus, settings);
+        workers.spawn(&mut self.tasks, &self.shutdown);
+        self.workers.push((system.name(), workers));
     }
 
     /// Serves `system`'s HTTP API on `listener` over S2's stores, until the pipeline
@@ -266,7 +279,13 @@ impl Pipeline {
         settings: &Settings,
     ) {
         let Some(stores) = &self.stores else { return };
-        let app = system.http(stores, bus, settings, settings.api.clone());
+        let workers = self
+            .workers
+            .iter()
+            .find(|(name, _)| *name == system.name())
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default();
+        let app = system.http(stores, bus, settings, settings.api.clone(), &workers);
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
             crate::api::serve(listener, app, shutdown)
@@ -300,10 +319,25 @@ impl Pipeline {
         }
     }
 
-    /// Waits until S2 and then S3 have committed everything published so far.
+    /// Waits until S2 has committed everything published so far and the systems have
+    /// finished what they accepted (published their outbox), then until S3 has too.
     pub async fn drain_all(&mut self, bus: &dyn Bus, settings: &Settings) -> Result<(), AppError> {
         let consumers = self.consumers.clone();
-        self.drain(|| s2::lag(bus, &consumers)).await?;
+        let stores = self.stores.clone();
+        self.drain(|| async {
+            let mut left = s2::lag(bus, &consumers).await?;
+            if let Some(stores) = &stores {
+                for system in &settings.systems.0 {
+                    // A store that cannot answer only delays the measurement.
+                    left += system
+                        .pending(stores)
+                        .await
+                        .map_err(|e| BusError::Unavailable(e.to_string()))?;
+                }
+            }
+            Ok(left)
+        })
+        .await?;
         let all = settings.all_topics();
         self.drain(|| bus.lag(&settings.s3_group, &all)).await
     }
@@ -361,6 +395,9 @@ pub async fn up(
     let started = Instant::now();
     let print_events = generate.print_events;
     let mut pipeline = Pipeline::start(bus.clone(), Some(stores), true, settings, print_events);
+    for system in &settings.systems.0 {
+        pipeline.start_workers(&**system, bus.clone(), settings);
+    }
     for (system, listener) in http {
         pipeline.serve_http(&*system, bus.clone(), listener, settings);
     }

@@ -25,13 +25,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Livros & Dados: polyglot persistence over a message bus.
 ///
-/// Two systems on one core: the bookstore (seeds 1 and 2: customers in a relational store,
-/// books in a document store, orders in a key-value store; REST API on :5000) and the
-/// streaming platform (seed 3: a gateway on :8000 publishes user requests, the processor
-/// stores them in the relational store exactly once and answers). Each system's S1
-/// generates events; S2 stores each kind of data where its routing table says; S3 appends
-/// every message to an audit log. With no URLs given, everything runs embedded under
-/// --data-dir: no servers needed.
+/// Three systems on one core: the bookstore (seeds 1 and 2: customers in a relational
+/// store, books in a document store, orders in a key-value store; REST API on :5000), the
+/// streaming platform (seeds 3 and 4: a gateway on :8000 publishes user requests, the
+/// processor applies each exactly once across the three stores and answers), and the
+/// products pipeline (seed 5: a scheduler posts registrations from `cadastro-produtos` to
+/// the products API on :8001, which stores them and announces each version on
+/// `produtos-persistidos` through an outbox). Each system's S1 generates events; S2 stores
+/// each kind of data where its routing table says; S3 appends every message to an audit
+/// log. With no URLs given, everything runs embedded under --data-dir: no servers needed.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -120,7 +122,8 @@ struct Global {
     #[arg(long, env = "LIVROS_API_TOKEN", global = true, hide_env_values = true)]
     api_token: Option<String>,
 
-    /// The systems to run, comma-separated: `bookstore`, `streaming`. Default: every system.
+    /// The systems to run, comma-separated: `bookstore`, `streaming`, `products`. Default:
+    /// every system.
     #[arg(long, env = "LIVROS_SYSTEMS", global = true, value_parser = parse_systems)]
     systems: Option<SystemsArg>,
 
@@ -138,6 +141,22 @@ struct Global {
     #[arg(long, env = "LIVROS_SESSION_TTL", global = true, default_value_t = 1800.0,
         value_parser = parse_seconds)]
     session_ttl: f64,
+
+    /// Where the products scheduler posts (the products API's `POST /products/`). Default:
+    /// the API this process serves, or http://127.0.0.1:8001/products/.
+    #[arg(long, env = "LIVROS_PRODUCTS_API_URL", global = true)]
+    products_api_url: Option<url::Url>,
+
+    /// Products the scheduler posts at once (each product's versions still go one after
+    /// the other, in order).
+    #[arg(long, env = "LIVROS_POST_CONCURRENCY", global = true,
+        default_value_t = livros::systems::products::DEFAULT_CONCURRENCY)]
+    post_concurrency: usize,
+
+    /// Testing only: a crash to inject (`crash-after-commit`: the products API aborts right
+    /// after committing a product, before its announcement is published).
+    #[arg(long, env = "LIVROS_FAULT", global = true, hide = true, value_parser = parse_fault)]
+    fault: Option<String>,
 }
 
 /// The systems `--systems` names.
@@ -165,7 +184,7 @@ struct ProduceArgs {
     /// Rounds to produce per system, then exit once all are processed (a bookstore round:
     /// a customer, a book, an order; a streaming round: a user, their plan, payment and
     /// preferences, a session with three views, a rating, a heartbeat, recommendations and
-    /// a cache read). Unset: run until Ctrl-C.
+    /// a cache read; a products round: one registration). Unset: run until Ctrl-C.
     #[arg(long)]
     count: Option<u64>,
 
@@ -176,6 +195,32 @@ struct ProduceArgs {
     /// Seed for reproducible data.
     #[arg(long)]
     seed: Option<u64>,
+
+    /// Share of the products' registrations broken on purpose (0 to 1), to watch them go to
+    /// `erro-produtos` with their reasons.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    invalid_ratio: f64,
+}
+
+/// A crash point `--fault` knows.
+fn parse_fault(s: &str) -> Result<String, String> {
+    use livros::systems::products::routing::Fault;
+    Fault::parse(s).map(|_| s.to_string()).ok_or_else(|| {
+        format!(
+            "unknown fault `{s}`: the one known is `{}`",
+            Fault::CRASH_AFTER_COMMIT
+        )
+    })
+}
+
+/// A share, 0 to 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "`{s}` is not a share between 0 and 1 (such as 0.1)"
+        )),
+    }
 }
 
 #[derive(Args, Clone)]
@@ -233,8 +278,8 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
 struct HttpArgs {
     /// Where the HTTP APIs listen (OpenAPI at /openapi.json, docs at /docs): `off`; one
     /// address for a single system, or port 0 for a free port each; or pairs
-    /// `bookstore=127.0.0.1:5000,…`. Default: each system's seed port (bookstore :5000,
-    /// streaming :8000).
+    /// `bookstore=127.0.0.1:5000,…`. Default: each system's port (bookstore :5000,
+    /// streaming :8000, products :8001).
     #[arg(long, env = "LIVROS_HTTP", value_parser = parse_listen)]
     http: Option<Listen>,
 }
@@ -313,11 +358,42 @@ enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Run the products scheduler alone (seed 5): consume `cadastro-produtos`, validate and
+    /// transform each registration and post it to the products API (--products-api-url);
+    /// what the API refuses, or what is invalid, goes to `erro-produtos` with the reason.
+    /// While the API is down it waits, and nothing is lost.
+    Scheduler {
+        #[command(flatten)]
+        consume: ConsumeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run the products API alone (seed 5), with its outbox relay: `POST /products/` stores
+    /// a product in the relational store, and each new version is published on
+    /// `produtos-persistidos` (keyed by product id, header `version`). Replicas may share a
+    /// store: each announcement is published once in the normal case.
+    ProductsApi {
+        /// Where the API listens (OpenAPI at /openapi.json, docs at /docs). The seed used
+        /// :8000, which the streaming gateway has here.
+        #[arg(long, env = "LIVROS_PRODUCTS_HTTP", default_value = "127.0.0.1:8001")]
+        http: std::net::SocketAddr,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Publish product registrations in the seed's shape on `cadastro-produtos`: products a
+    /// Brazilian shop lists, priced in BRL, some new versions of earlier ones, and (with
+    /// --invalid-ratio) some broken on purpose.
+    ProduceProduct {
+        #[command(flatten)]
+        produce: ProduceArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Print a stored record as JSON, read from its store.
     Get {
         /// What to read: `customer`, `book` or `order` (bookstore); `usuario`, `conteudo`
         /// (a title of the catalog), `visualizacao` (a view, by its correlation id) or
-        /// `sessao` (streaming).
+        /// `sessao` (streaming); `product` (products, with its version).
         kind: String,
         /// Its id.
         id: String,
@@ -416,6 +492,19 @@ impl Global {
         if let Ok(url) = std::env::var("GOOGLE_BOOKS_API_URL") {
             s.options.insert(catalog::URL_OPTION.into(), url);
         }
+        use livros::systems::products;
+        if let Some(url) = &self.products_api_url {
+            s.options
+                .insert(products::API_URL_OPTION.into(), url.to_string());
+        }
+        s.options.insert(
+            products::CONCURRENCY_OPTION.into(),
+            self.post_concurrency.max(1).to_string(),
+        );
+        if let Some(fault) = &self.fault {
+            s.options
+                .insert(products::FAULT_OPTION.into(), fault.clone());
+        }
         if let Some(c) = consume {
             s.s2.batch_size = c.batch_size.max(1);
             s.s2.reference_grace = Duration::from_millis(c.reference_grace_ms);
@@ -423,6 +512,43 @@ impl Global {
             s.s3_group = c.s3_group.clone();
         }
         s
+    }
+}
+
+/// The settings with what `produce` asks of the generators.
+fn produce_settings(mut settings: Settings, produce: &ProduceArgs) -> Settings {
+    settings.options.insert(
+        livros::systems::products::INVALID_RATIO_OPTION.into(),
+        produce.invalid_ratio.to_string(),
+    );
+    settings
+}
+
+/// The settings running the products system alone.
+fn products_only(mut settings: Settings) -> Settings {
+    settings.systems = Systems(vec![Arc::new(livros::systems::products::Products)]);
+    settings
+}
+
+/// Points the products scheduler at the products API this process serves, unless
+/// --products-api-url said where.
+fn scheduler_to_local_api(
+    settings: &mut Settings,
+    listeners: &[(Arc<dyn System>, tokio::net::TcpListener)],
+) {
+    use livros::systems::products;
+    if settings.options.contains_key(products::API_URL_OPTION) {
+        return;
+    }
+    let local = listeners
+        .iter()
+        .find(|(s, _)| s.name() == products::Products.name())
+        .and_then(|(_, l)| l.local_addr().ok());
+    if let Some(addr) = local {
+        settings.options.insert(
+            products::API_URL_OPTION.into(),
+            format!("http://{addr}/products/"),
+        );
     }
 }
 
@@ -556,12 +682,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             http,
             output,
         } => {
-            let mut settings = g.settings(Some(consume));
+            let mut settings = produce_settings(g.settings(Some(consume)), produce);
             settings.api.print_requests = !output.quiet;
             let generate = gen_config(produce, output)?;
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
             let listeners = bind_http(http, &settings).await?;
+            scheduler_to_local_api(&mut settings, &listeners);
             println!("Livros & Dados — data in {}", settings.data_dir.display());
             for line in app::describe(&*bus, Some(&stores), &settings) {
                 println!("  {line}");
@@ -608,7 +735,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             via,
             output,
         } => {
-            let settings = g.settings(None);
+            let settings = produce_settings(g.settings(None), produce);
             let generate = gen_config(produce, output)?;
             let s1 = S1Config {
                 count: generate.count,
@@ -701,6 +828,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
             let listeners = bind_http(http, &settings).await?;
+            scheduler_to_local_api(&mut settings, &listeners);
             for line in app::describe(&*bus, Some(&stores), &settings)
                 .iter()
                 .filter(|l| !l.starts_with("audit"))
@@ -710,10 +838,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_http(&listeners, &settings, "[S2] ");
             let mut pipeline =
                 app::Pipeline::start(bus.clone(), Some(stores), false, &settings, !output.quiet);
+            for system in &settings.systems.0 {
+                pipeline.start_workers(&**system, bus.clone(), &settings);
+            }
             for (system, listener) in listeners {
                 pipeline.serve_http(&*system, bus.clone(), listener, &settings);
             }
             pipeline.run_until(stop_signal()).await?;
+        }
+        Command::Scheduler { consume, output } => {
+            let settings = products_only(g.settings(Some(consume)));
+            let bus = app::open_bus(&settings).await?;
+            let spec = livros::systems::products::scheduler_spec(&settings);
+            println!(
+                "[scheduler] {} → POST {} (refused → {}), on {}",
+                spec.topic,
+                livros::systems::products::api_url(&settings),
+                spec.dead_letters,
+                bus.describe()
+            );
+            // The scheduler stores nothing itself: no store is opened.
+            let pipeline =
+                app::Pipeline::start_with(bus, None, vec![spec], false, &settings, !output.quiet);
+            pipeline.run_until(stop_signal()).await?;
+        }
+        Command::ProductsApi { http, output } => {
+            let mut settings = products_only(g.settings(None));
+            settings.api.print_requests = !output.quiet;
+            let bus = app::open_bus(&settings).await?;
+            let stores = app::open_stores(&settings).await?;
+            let listener = livros::api::bind(*http).await?;
+            let system = livros::systems::products::Products;
+            for line in app::describe(&*bus, Some(&stores), &settings)
+                .iter()
+                .filter(|l| !l.starts_with("audit"))
+            {
+                println!("[API] {line}");
+            }
+            let listeners = vec![(Arc::new(system) as Arc<dyn System>, listener)];
+            print_http(&listeners, &settings, "[API] ");
+            let mut pipeline = app::Pipeline::start_with(
+                bus.clone(),
+                Some(stores),
+                vec![],
+                false,
+                &settings,
+                false,
+            );
+            for (system, listener) in listeners {
+                pipeline.start_workers(&*system, bus.clone(), &settings);
+                pipeline.serve_http(&*system, bus.clone(), listener, &settings);
+            }
+            pipeline.run_until(stop_signal()).await?;
+        }
+        Command::ProduceProduct { produce, output } => {
+            let settings = products_only(produce_settings(g.settings(None), produce));
+            let generate = gen_config(produce, output)?;
+            let bus = app::open_bus(&settings).await?;
+            println!("[producer] publishing registrations on {}", bus.describe());
+            let counters = Arc::new(Counters::default());
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stopper = {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    stop_signal().await;
+                    shutdown.cancel();
+                })
+            };
+            let sent = livros::systems::products::Products
+                .generate(bus, &settings, generate, counters, shutdown)
+                .await?;
+            stopper.abort();
+            println!("[producer] sent {sent}");
         }
         Command::S3 { consume, output } => {
             let settings = g.settings(Some(consume));

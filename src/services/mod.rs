@@ -5,9 +5,12 @@
 //! - [`s2`]: the processor: for each consumer a system declares, poll a batch → its
 //!   [`Handler`] → dead letters → commit, with the guarantees in `ARCHITECTURE.md`.
 //! - [`s3`]: consumes every topic of every system and appends each message to the audit log.
+//! - [`outbox`]: records written in the same transaction as the data they announce, and
+//!   the relay that publishes them.
 //!
 //! What a system's S1 (generator) does lives in the system's folder.
 
+pub mod outbox;
 pub mod s2;
 pub mod s3;
 
@@ -68,7 +71,8 @@ pub enum Rejection {
     /// It is not a valid record (see [`Invalid`]).
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    /// The store refused it (a constraint, a value it cannot hold); the driver's words.
+    /// The store refused it (a constraint, a value it cannot hold), or the service it
+    /// was handed to did (the products scheduler's API); their words.
     #[error("{0}")]
     Store(String),
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, Handler, Outcome, ServiceError, bus_transient, short};
-use crate::bus::{Bus, Message, Record, StartFrom, dlq_topic, next_offsets};
+use crate::bus::{Bus, Message, Record, StartFrom, next_offsets};
 use crate::retry;
 use crate::store::StoreError;
 
@@ -41,6 +41,9 @@ pub struct ConsumerSpec {
     pub place: String,
     /// What to do with each batch.
     pub handler: Arc<dyn Handler>,
+    /// Where rejected messages go, with the reason in headers: `<topic>.dlq`
+    /// ([`crate::bus::dlq_topic`]) unless the system's wire contract names another topic.
+    pub dead_letters: String,
 }
 
 /// Messages on the consumers' topics that their groups have not committed yet.
@@ -115,7 +118,7 @@ async fn consume(
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let topic = &spec.topic;
-    let dlq = dlq_topic(topic);
+    let dlq = &spec.dead_letters;
     let mut consumer = bus
         .subscribe(
             &spec.group,
@@ -140,7 +143,7 @@ async fn consume(
             .iter()
             .zip(&outcomes)
             .filter_map(|(m, o)| match o {
-                Outcome::Rejected(reason) => Some(dead_letter(m, &reason.to_string(), &dlq)),
+                Outcome::Rejected(reason) => Some(dead_letter(m, &reason.to_string(), dlq)),
                 Outcome::Stored { .. } => None,
             })
             .collect();

@@ -3,7 +3,8 @@
 //! | system | seeds | topics | HTTP |
 //! |---|---|---|---|
 //! | [`bookstore`] | 1 (pub/sub) and 2 (client-server) | `customers`, `books`, `orders` | S2's REST API, :5000 |
-//! | [`streaming`] | 3 (streaming platform) | `user_events`, `response_events` | the gateway (S1), :8000 |
+//! | [`streaming`] | 3 and 4 (streaming platform) | `user_events`, `response_events` | the gateway (S1), :8000 |
+//! | [`products`] | 5 (scheduler → API → outbox) | `cadastro-produtos`, `produtos-persistidos`, `erro-produtos` | the products API, :8001 |
 //!
 //! A system folder holds its entities and their validation (`entities.rs`), its routing
 //! table — which data goes to which store, which topics it reads and writes
@@ -13,6 +14,7 @@
 //! The core (bus, stores, consumer runtime, audit log, HTTP plumbing) names no entity.
 
 pub mod bookstore;
+pub mod products;
 pub mod streaming;
 
 use std::net::SocketAddr;
@@ -86,15 +88,27 @@ pub trait System: Send + Sync {
     fn topics(&self, topics: &Topics) -> Vec<String>;
     /// The consumers S2 runs for it.
     fn consumers(&self, stores: &Stores, settings: &Settings) -> Vec<ConsumerSpec>;
+    /// Background work it runs beside its consumers and HTTP API (an outbox relay), each
+    /// until the pipeline stops. The same [`Workers`] value is given to [`System::http`],
+    /// whose write path may wake them.
+    fn workers(&self, _stores: &Stores, _bus: Arc<dyn Bus>, _settings: &Settings) -> Workers {
+        Workers::default()
+    }
+    /// Work it has accepted but not finished that no consumer lag shows (outbox rows not
+    /// yet published); `livros up --count` waits for it to reach 0.
+    async fn pending(&self, _stores: &Stores) -> StoreResult<i64> {
+        Ok(0)
+    }
     /// Lines saying where each kind of its data goes.
     fn describe(&self, stores: &Stores, topics: &Topics) -> Vec<String>;
-    /// Its HTTP API over `stores` and `bus`.
+    /// Its HTTP API over `stores` and `bus`, beside `workers` (see [`System::workers`]).
     fn http(
         &self,
         stores: &Stores,
         bus: Arc<dyn Bus>,
         settings: &Settings,
         config: ApiConfig,
+        workers: &Workers,
     ) -> axum::Router;
     /// Where its HTTP API listens unless told otherwise (its seed's port).
     fn default_http(&self) -> SocketAddr;
@@ -118,6 +132,34 @@ pub trait System: Send + Sync {
         counters: Arc<Counters>,
         shutdown: CancellationToken,
     ) -> Result<Sent, ServiceError>;
+}
+
+/// A system's background work: a relay, say, and the handle its HTTP API's write path
+/// uses to wake it. Empty for systems that have none.
+#[derive(Clone, Default)]
+pub struct Workers {
+    /// Each runs until the token is cancelled.
+    pub relays: Vec<crate::services::outbox::Relay>,
+}
+
+impl Workers {
+    /// Runs every worker until `shutdown`, in `tasks`.
+    pub fn spawn(
+        &self,
+        tasks: &mut tokio::task::JoinSet<Result<(), ServiceError>>,
+        shutdown: &CancellationToken,
+    ) {
+        for relay in &self.relays {
+            tasks.spawn(relay.clone().run(shutdown.clone()));
+        }
+    }
+
+    /// Wakes every worker: new work was just committed.
+    pub fn wake(&self) {
+        for relay in &self.relays {
+            relay.waker().notify_one();
+        }
+    }
 }
 
 /// Why `livros get` found nothing to answer with.
@@ -144,6 +186,7 @@ pub fn all() -> Vec<Arc<dyn System>> {
     vec![
         Arc::new(bookstore::Bookstore),
         Arc::new(streaming::Streaming),
+        Arc::new(products::Products),
     ]
 }
 
@@ -168,9 +211,11 @@ pub fn named(names: &str) -> Result<Vec<Arc<dyn System>>, String> {
         .collect()
 }
 
-/// Every system's schema.
+/// Every system's schema, and the core's (the outbox).
 pub fn schemas() -> Vec<Schema> {
-    all().iter().map(|s| s.schema()).collect()
+    let mut schemas = vec![crate::services::outbox::schema()];
+    schemas.extend(all().iter().map(|s| s.schema()));
+    schemas
 }
 
 /// Opens the stores `config` names under `data_dir`, with every system's tables and the

@@ -8,4 +8,5 @@ mod common;
 mod bus;
 mod document;
 mod keyvalue;
+mod outbox;
 mod relational;

@@ -82,7 +82,13 @@ async fn second_gateway(p: &Platform) -> String {
         .await
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = Streaming.http(&p.stores, p.bus.clone(), &p.settings, Default::default());
+    let app = Streaming.http(
+        &p.stores,
+        p.bus.clone(),
+        &p.settings,
+        Default::default(),
+        &Default::default(),
+    );
     tokio::spawn(livros::api::serve(
         listener,
         app,
@@ -567,7 +573,13 @@ async fn gateway_writes_need_the_token_when_one_is_set() {
         .await
         .unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = Streaming.http(&p.stores, p.bus.clone(), &p.settings, config);
+    let app = Streaming.http(
+        &p.stores,
+        p.bus.clone(),
+        &p.settings,
+        config,
+        &Default::default(),
+    );
     tokio::spawn(livros::api::serve(
         listener,
         app,

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::customers::Customers;
 use self::routing::{BookstoreTopics, Entity, ROUTES, Router};
-use super::{GenConfig, GetError, Sent, System};
+use super::{GenConfig, GetError, Sent, System, Workers};
 use crate::api::ApiConfig;
 use crate::app::Settings;
 use crate::bus::{Bus, Topics};
@@ -77,6 +77,7 @@ impl Bookstore {
             .iter()
             .map(|route| ConsumerSpec {
                 topic: settings.topics.entity(*route),
+                dead_letters: crate::bus::dlq_topic(&settings.topics.entity(*route)),
                 group: group_of(&settings.s2.group, route.topic),
                 noun: route.entity.name(),
                 place: format!(
@@ -137,6 +138,7 @@ impl System for Bookstore {
         _bus: Arc<dyn Bus>,
         _settings: &Settings,
         config: ApiConfig,
+        _workers: &Workers,
     ) -> axum::Router {
         http::app(Router::new(stores.clone()), config)
     }

@@ -35,7 +35,7 @@ use self::routing::{
     USER_EVENTS,
 };
 use self::users::Users;
-use super::{GenConfig, GetError, Sent, System};
+use super::{GenConfig, GetError, Sent, System, Workers};
 use crate::api::ApiConfig;
 use crate::app::Settings;
 use crate::bus::{Bus, Topics, dlq_topic};
@@ -90,6 +90,7 @@ impl System for Streaming {
         vec![
             ConsumerSpec {
                 topic: settings.topics.name(USER_EVENTS),
+                dead_letters: dlq_topic(&settings.topics.name(USER_EVENTS)),
                 group: group_of(&settings.s2.group, USER_EVENTS),
                 noun: "event",
                 place: format!(
@@ -106,6 +107,7 @@ impl System for Streaming {
             },
             ConsumerSpec {
                 topic: settings.topics.name(RESPONSE_EVENTS),
+                dead_letters: dlq_topic(&settings.topics.name(RESPONSE_EVENTS)),
                 group: group_of(&settings.s2.group, RESPONSE_EVENTS),
                 noun: "reply",
                 place: format!("key-value store ({})", engine(stores, StoreKind::KeyValue)),
@@ -147,6 +149,7 @@ impl System for Streaming {
         bus: Arc<dyn Bus>,
         settings: &Settings,
         config: ApiConfig,
+        _workers: &Workers,
     ) -> axum::Router {
         http::app(
             stores.clone(),

@@ -1,0 +1,1 @@
+//! `livros bench --system products`.
