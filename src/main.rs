@@ -427,13 +427,14 @@ enum Command {
     /// Run a system's pipeline on N events as fast as possible and print the throughput;
     /// with --http, load its HTTP API instead and print requests/s and latencies.
     Bench {
-        /// Which system: `bookstore` (pipeline; POST and GET /customers) or `streaming`
+        /// Which system: `bookstore` (pipeline; POST and GET /customers), `streaming`
         /// (processor on mixed rounds, then views alone; `POST /usuarios?wait=5` round
-        /// trips and `GET /rankings/…`).
+        /// trips and `GET /rankings/…`) or `products` (registrations from
+        /// `cadastro-produtos` through the scheduler and the API to `produtos-persistidos`).
         #[arg(long, default_value = "bookstore")]
         system: String,
         /// Events: bookstore, split evenly between customers, books and orders; streaming,
-        /// in the generator's rounds, then as many views.
+        /// in the generator's rounds, then as many views; products, registrations.
         #[arg(long, default_value_t = 100_000)]
         events: u64,
         /// Benchmark the HTTP API instead of the pipeline.
@@ -1108,8 +1109,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let report = livros::systems::streaming::bench::run(&settings, *events).await?;
                     print!("{report}");
                 }
+                ("products", false) => {
+                    let report = livros::systems::products::bench::run(&settings, *events).await?;
+                    print!("{report}");
+                }
+                ("products", true) => anyhow::bail!(
+                    "the products benchmark already goes through its API (the scheduler posts over HTTP); drop --http"
+                ),
                 (other, _) => anyhow::bail!(
-                    "no benchmark for system `{other}`: use --system bookstore or --system streaming"
+                    "no benchmark for system `{other}`: use --system bookstore, streaming or products"
                 ),
             }
         }

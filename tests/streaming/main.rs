@@ -542,18 +542,30 @@ async fn up_runs_every_system_and_count_waits_for_all() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("(bookstore;") && stdout.contains("(streaming;"),
+        stdout.contains("(bookstore;")
+            && stdout.contains("(streaming;")
+            && stdout.contains("(products;"),
         "{stdout}"
     );
     assert!(
         stdout.contains("sent 5 customers, 5 books, 5 orders; 5 criar_usuario"),
         "{stdout}"
     );
-    // S3 logged both systems: 15 bookstore events, the streaming requests and their
-    // replies; every request but the reads is recorded.
+    assert!(stdout.contains("; 5 products;"), "{stdout}");
+    // S3 logged every system: 15 bookstore events, the streaming requests and their
+    // replies (every request but the reads is recorded), 5 product registrations and an
+    // announcement per stored product version.
     let requests = 5 * ROUND.len();
     let log = std::fs::read_to_string(dir.path().join("messages.log")).unwrap();
-    assert_eq!(log.lines().count(), 15 + 2 * requests);
+    let on = |topic: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"topic\":\"{topic}\"")))
+            .count()
+    };
+    let announced = on("produtos-persistidos");
+    assert!((1..=5).contains(&announced), "{announced} announcements");
+    assert_eq!(on("cadastro-produtos"), 5);
+    assert_eq!(log.lines().count(), 15 + 2 * requests + 5 + announced);
     let mut settings = Settings::embedded(dir.path());
     settings.stores = StoreConfig::default();
     let stores = livros::app::open_stores(&settings).await.unwrap();

@@ -14,6 +14,9 @@ use utoipa::ToSchema;
 
 use crate::wire::{self, Invalid, json_type};
 
+/// Largest stock quantity: fifteen digits (what a double holds exactly, for every client).
+pub const MAX_QUANTITY: i64 = 999_999_999_999_999;
+
 /// Largest price: what `NUMERIC(14,2)` holds.
 pub const MAX_PRICE: &str = "999999999999.99";
 
@@ -26,8 +29,10 @@ pub const MAX_PRICE: &str = "999999999999.99";
     "category": "Eletrodomésticos"}))]
 pub struct Product {
     /// The seller's id (`productId`): text, or an integer kept as text.
+    #[schema(schema_with = wire::id_schema)]
     pub id: String,
     /// Its name (`productName`).
+    #[schema(min_length = 1, max_length = 1000, pattern = r"\S")]
     pub name: String,
     /// Its description (`productDescription`); `null` when none was given.
     pub description: Option<String>,
@@ -43,11 +48,11 @@ pub struct Product {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Pricing {
     /// Zero or more, at most two decimals (stored as `NUMERIC(14,2)`).
-    #[schema(value_type = f64, minimum = 0, maximum = 999999999999.99, example = 249.9)]
+    #[schema(schema_with = amount_schema)]
     #[serde(with = "amount")]
     pub amount: Decimal,
-    /// An ISO 4217 code, upper case (`BRL`).
-    #[schema(example = "BRL", min_length = 3, max_length = 3)]
+    /// An ISO 4217 code (`BRL`), answered in upper case.
+    #[schema(example = "BRL", pattern = r"^\s*[A-Za-z]{3}\s*$")]
     pub currency: String,
 }
 
@@ -55,12 +60,57 @@ pub struct Pricing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Availability {
     /// Units in stock: a whole number, zero or more.
-    #[schema(minimum = 0)]
+    #[schema(schema_with = quantity_schema)]
     pub quantity: i64,
-    /// When the quantity was taken: RFC 3339 (answered in UTC with microseconds).
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "timestamp")]
+    /// When the quantity was taken; when a request leaves it out, the time it arrived.
+    #[schema(schema_with = wire::timestamp_schema)]
+    #[serde(with = "timestamp", default = "Utc::now")]
     pub timestamp: DateTime<Utc>,
+}
+
+/// The OpenAPI schema of an amount: a number, or its decimal text.
+fn amount_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0.0))
+                .maximum(Some(999_999_999_999.99))
+                .examples([249.9]),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*\d{1,12}(\.\d{1,2})?\s*$")),
+        )
+        .description(Some(
+            "Zero or more, at most two decimals: a number, or its text. Answered as a number.",
+        ))
+        .build()
+        .into()
+}
+
+/// The OpenAPI schema of a quantity: a whole number ≥ 0, or its text.
+fn quantity_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0.0))
+                .maximum(Some(MAX_QUANTITY as f64)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^\s*\d{1,15}\s*$")),
+        )
+        .description(Some(
+            "A whole number, zero or more, or its text. Answered as a number.",
+        ))
+        .build()
+        .into()
 }
 
 /// Amounts travel as JSON numbers, as the seed's floats did.
@@ -131,7 +181,7 @@ pub fn parse_product(payload: &[u8]) -> Result<Product, Invalid> {
     let pricing = nested(&map, "pricing")?;
     let availability = nested(&map, "availability")?;
     let timestamp = match availability.get("timestamp") {
-        None | Some(Value::Null) => Utc::now(),
+        None => Utc::now(),
         Some(v) => wire::timestamp(v).map_err(|e| Invalid::field("availability.timestamp", e))?,
     };
     Ok(Product {
@@ -204,7 +254,9 @@ fn optional(map: &Map<String, Value>, field: &'static str) -> Result<Option<Stri
 pub fn price(value: &Value) -> Result<Decimal, String> {
     let text = match value {
         Value::Number(n) => n.to_string(),
-        Value::String(s) => s.trim().to_string(),
+        // Text is plain digits: no sign, no exponent, as a person writes a price.
+        Value::String(s) if is_plain_decimal(s.trim()) => s.trim().to_string(),
+        Value::String(s) => return Err(format!("`{s}` is not a number")),
         other => return Err(format!("expected a number, found {}", json_type(other))),
     };
     let amount = Decimal::from_str(&text)
@@ -240,11 +292,26 @@ pub fn currency(value: &Value) -> Result<String, String> {
     }
 }
 
+/// Digits, with at most one decimal point between digits.
+fn is_plain_decimal(s: &str) -> bool {
+    let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    digits(whole) && digits(fraction)
+}
+
 /// A stock quantity: a whole number, zero or more.
 pub fn quantity(value: &Value) -> Result<i64, String> {
+    if let Value::String(s) = value
+        && !s.trim().bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("`{s}` is not a whole number"));
+    }
     let n = wire::whole_number(value)?;
     if n < 0 {
         return Err(format!("`{n}` is negative"));
+    }
+    if n > MAX_QUANTITY {
+        return Err(format!("`{n}` is more than {MAX_QUANTITY}"));
     }
     Ok(n)
 }
@@ -310,6 +377,8 @@ mod tests {
         assert!(problem(|v| v["price"] = json!(-1)).contains("negative"));
         assert!(problem(|v| v["price"] = json!(10.999)).contains("two decimals"));
         assert!(problem(|v| v["price"] = json!("dez")).contains("not a number"));
+        assert!(problem(|v| v["price"] = json!("+5")).contains("not a number"));
+        assert!(problem(|v| v["stockQuantity"] = json!("+5")).contains("whole"));
         assert!(problem(|v| v["price"] = json!(1e15)).contains("more than"));
         assert!(problem(|v| v["currency"] = json!("XYZ")).contains("ISO 4217"));
         assert!(problem(|v| v["currency"] = json!(986)).contains("ISO 4217"));

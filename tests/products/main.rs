@@ -1,0 +1,684 @@
+//! The products pipeline (seed 5) end to end: the seed's own registration (bare JSON, no
+//! key) from `cadastro-produtos` through the scheduler and the API into the relational
+//! store and out on `produtos-persistidos`, on the embedded parts, PostgreSQL, and Kafka;
+//! invalid and malformed registrations in `erro-produtos` with their reasons; the API down
+//! while registrations arrive; the API killed between its commit and the publish; the same
+//! product posted many times at once; the OpenAPI document under schemathesis.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use livros::app::{Pipeline, Settings, Systems};
+use livros::bus::{Bus, Message, Record, StartFrom};
+use livros::store::{StoreConfig, Stores};
+use livros::systems::products::catalog::Products as _;
+use livros::systems::products::routing::{CADASTRO_PRODUTOS, ERRO_PRODUTOS, PRODUTOS_PERSISTIDOS};
+use livros::systems::products::{self, Products};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use common::{TestDb, eventually, free_port, service_url};
+
+/// What the seed's `produce_message.py` sends.
+const SEED: &str = include_str!("../fixtures/seed/product.json");
+
+/// A running pipeline: the bus, the stores, the scheduler (S2), the API and its relay.
+struct Platform {
+    base: String,
+    bus: Arc<dyn Bus>,
+    stores: Stores,
+    settings: Settings,
+    pipeline: Pipeline,
+    _dir: tempfile::TempDir,
+}
+
+fn settings(dir: &std::path::Path, config: StoreConfig, kafka: Option<String>) -> Settings {
+    let mut settings = Settings::embedded(dir);
+    settings.stores = config;
+    settings.systems = Systems(vec![Arc::new(Products)]);
+    if let Some(brokers) = kafka {
+        // Topics and groups of this run only: the cluster is shared.
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        settings.kafka = Some(livros::bus::kafka::KafkaConfig {
+            brokers,
+            replication: 1,
+        });
+        settings.topics = livros::bus::Topics::new(format!("t{run}."));
+        settings.s2.group = format!("s2-{run}");
+    }
+    settings
+}
+
+/// The whole pipeline, its API on `api_port` (0: any), or on none when `serve_api` is
+/// false (the scheduler then posts to that port, where nothing answers yet).
+async fn start(
+    config: StoreConfig,
+    kafka: Option<String>,
+    api_port: u16,
+    serve_api: bool,
+) -> Platform {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path(), config, kafka);
+    let bus = livros::app::open_bus(&settings).await.unwrap();
+    let stores = livros::app::open_stores(&settings).await.unwrap();
+    let listener = if serve_api {
+        Some(
+            livros::api::bind(([127, 0, 0, 1], api_port).into())
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
+    let port = listener
+        .as_ref()
+        .map_or(api_port, |l| l.local_addr().unwrap().port());
+    let base = format!("http://127.0.0.1:{port}");
+    settings
+        .options
+        .insert(products::API_URL_OPTION.into(), format!("{base}/products/"));
+    let mut pipeline = Pipeline::start(bus.clone(), Some(stores.clone()), false, &settings, false);
+    pipeline.start_workers(&Products, bus.clone(), &settings);
+    if let Some(listener) = listener {
+        pipeline.serve_http(&Products, bus.clone(), listener, &settings);
+    }
+    Platform {
+        base,
+        bus,
+        stores,
+        settings,
+        pipeline,
+        _dir: dir,
+    }
+}
+
+impl Platform {
+    fn topic(&self, name: &str) -> String {
+        self.settings.topics.name(name)
+    }
+
+    /// Publishes `payloads` on `cadastro-produtos` with no key, as the seed's producer does.
+    async fn register(&self, payloads: &[Vec<u8>]) {
+        self.register_keyed(None, payloads).await;
+    }
+
+    /// Publishes `payloads` on `cadastro-produtos` under `key`: one partition, in order.
+    async fn register_keyed(&self, key: Option<&str>, payloads: &[Vec<u8>]) {
+        let records: Vec<Record> = payloads
+            .iter()
+            .map(|p| Record {
+                topic: self.topic(CADASTRO_PRODUTOS),
+                key: key.map(str::to_string),
+                headers: Vec::new(),
+                payload: p.clone(),
+            })
+            .collect();
+        self.bus.publish(&records).await.unwrap();
+    }
+
+    /// Waits until the scheduler has committed every registration and the relay has
+    /// published every announcement.
+    async fn settled(&self) {
+        let consumers = self.pipeline.consumers.clone();
+        let (bus, stores) = (self.bus.clone(), self.stores.clone());
+        eventually("the pipeline to settle", Duration::from_secs(60), || {
+            let (bus, stores, consumers) = (bus.clone(), stores.clone(), consumers.clone());
+            async move {
+                livros::services::s2::lag(&*bus, &consumers).await.unwrap() == 0
+                    && livros::services::outbox::pending(&*stores.relational)
+                        .await
+                        .unwrap()
+                        == 0
+            }
+        })
+        .await;
+    }
+}
+
+/// Everything on `topic` so far, read by a fresh group.
+async fn read_topic(bus: &dyn Bus, topic: &str) -> Vec<Message> {
+    let group = format!("reader-{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = bus
+        .subscribe(&group, &[topic.to_string()], StartFrom::Earliest)
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let mut empty = 0;
+    // Kafka may take a moment to assign partitions: a few empty polls before giving up.
+    while empty < 4 {
+        let got = consumer
+            .poll(500, Duration::from_millis(500))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            empty += 1;
+        } else {
+            empty = 0;
+            all.extend(got);
+        }
+    }
+    consumer.close().await.unwrap();
+    all
+}
+
+async fn get(url: &str) -> (StatusCode, Value) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+async fn post(url: &str, body: &Value) -> (StatusCode, Option<String>, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let etag = response
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, etag, response.json().await.unwrap())
+}
+
+fn seed(change: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v: Value = serde_json::from_str(SEED).unwrap();
+    change(&mut v);
+    v.to_string().into_bytes()
+}
+
+/// The seed's registration through the whole pipeline; the same again (nothing new); a
+/// new price (version 2); invalid and malformed ones in `erro-produtos`.
+async fn seed_flow(p: Platform) {
+    let seed_id = serde_json::from_str::<Value>(SEED).unwrap()["productId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    p.register(&[SEED.as_bytes().to_vec()]).await;
+    p.settled().await;
+    let out = read_topic(&*p.bus, &p.topic(PRODUTOS_PERSISTIDOS)).await;
+    assert_eq!(out.len(), 1, "one announcement");
+    assert_eq!(out[0].key.as_deref(), Some(seed_id.as_str()));
+    assert_eq!(out[0].header("version"), Some("1"));
+    let announced: Value = serde_json::from_slice(&out[0].payload).unwrap();
+    let source: Value = serde_json::from_str(SEED).unwrap();
+    assert_eq!(announced["id"], source["productId"]);
+    assert_eq!(announced["name"], source["productName"]);
+    assert_eq!(announced["description"], source["productDescription"]);
+    assert_eq!(announced["pricing"]["amount"], source["price"]);
+    assert_eq!(announced["pricing"]["currency"], source["currency"]);
+    assert_eq!(
+        announced["availability"]["quantity"],
+        source["stockQuantity"]
+    );
+    assert_eq!(announced["category"], source["category"]);
+    let (status, stored) = get(&format!("{}/products/{seed_id}", p.base)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored, announced);
+
+    // The same registration again (a redelivery, the producer run twice): no new version.
+    p.register(&[SEED.as_bytes().to_vec(), SEED.as_bytes().to_vec()])
+        .await;
+    p.settled().await;
+    assert_eq!(
+        read_topic(&*p.bus, &p.topic(PRODUTOS_PERSISTIDOS))
+            .await
+            .len(),
+        1
+    );
+
+    // A new price, then a new stock: two new versions, announced in order. (Keyed by the
+    // product, as our generator does: without a key the bus promises no order between them.)
+    p.register_keyed(
+        Some(&seed_id),
+        &[
+            seed(|v| v["price"] = json!(89.9)),
+            seed(|v| {
+                v["price"] = json!(89.9);
+                v["stockQuantity"] = json!(7);
+            }),
+        ],
+    )
+    .await;
+    p.settled().await;
+    let out = read_topic(&*p.bus, &p.topic(PRODUTOS_PERSISTIDOS)).await;
+    let versions: Vec<&str> = out.iter().map(|m| m.header("version").unwrap()).collect();
+    assert_eq!(versions, ["1", "2", "3"]);
+    let last: Value = serde_json::from_slice(&out[2].payload).unwrap();
+    assert_eq!(
+        (
+            last["pricing"]["amount"].clone(),
+            last["availability"]["quantity"].clone()
+        ),
+        (json!(89.9), json!(7))
+    );
+    let stored = p
+        .stores
+        .relational
+        .product(&seed_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.version, 3);
+
+    // Invalid and malformed registrations: the original bytes, with the reason.
+    let bad = [
+        seed(|v| v["price"] = json!(-5)),
+        seed(|v| v["price"] = json!(12.345)),
+        seed(|v| v["currency"] = json!("REAL")),
+        seed(|v| v["stockQuantity"] = json!(2.5)),
+        seed(|v| v["productName"] = json!("")),
+        b"{not json".to_vec(),
+    ];
+    p.register(&bad).await;
+    p.settled().await;
+    let errors = read_topic(&*p.bus, &p.topic(ERRO_PRODUTOS)).await;
+    assert_eq!(errors.len(), bad.len());
+    let mut reasons: Vec<(Vec<u8>, String)> = errors
+        .iter()
+        .map(|m| {
+            (
+                m.payload.clone(),
+                m.header("dlq.reason").unwrap().to_string(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    let mut expected: Vec<(Vec<u8>, &str)> = bad
+        .iter()
+        .cloned()
+        .zip([
+            "negative",
+            "two decimals",
+            "ISO 4217",
+            "whole number",
+            "productName",
+            "not a JSON object",
+        ])
+        .collect();
+    expected.sort();
+    for ((payload, reason), (sent, why)) in reasons.iter().zip(&expected) {
+        assert_eq!(payload, sent);
+        assert!(reason.contains(why), "{reason} should say {why}");
+    }
+    for m in &errors {
+        assert_eq!(
+            m.header("dlq.topic"),
+            Some(p.topic(CADASTRO_PRODUTOS).as_str())
+        );
+    }
+    // Nothing more was stored or announced.
+    assert_eq!(p.stores.relational.count_products().await.unwrap(), 1);
+    assert_eq!(
+        read_topic(&*p.bus, &p.topic(PRODUTOS_PERSISTIDOS))
+            .await
+            .len(),
+        3
+    );
+    p.pipeline.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn seed_registration_end_to_end_embedded() {
+    seed_flow(start(StoreConfig::default(), None, 0, true).await).await;
+}
+
+#[tokio::test]
+async fn seed_registration_end_to_end_postgres() {
+    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = TestDb::create(&url).await;
+    let config = StoreConfig {
+        postgres_url: Some(db.url.clone()),
+        ..StoreConfig::default()
+    };
+    seed_flow(start(config, None, 0, true).await).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn seed_registration_end_to_end_kafka_postgres() {
+    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Some(brokers) = service_url("LIVROS_TEST_KAFKA_BROKERS") else {
+        return;
+    };
+    let db = TestDb::create(&url).await;
+    let config = StoreConfig {
+        postgres_url: Some(db.url.clone()),
+        ..StoreConfig::default()
+    };
+    seed_flow(start(config, Some(brokers), 0, true).await).await;
+    db.drop_db().await;
+}
+
+/// The API is down while registrations arrive: the scheduler waits (nothing committed,
+/// nothing in `erro-produtos`), and once the API is up every product goes through.
+#[tokio::test]
+async fn scheduler_waits_for_the_api() {
+    let port = free_port();
+    let p = start(StoreConfig::default(), None, port, false).await;
+    let payloads: Vec<Vec<u8>> = (0..10)
+        .map(|i| seed(|v| v["productId"] = json!(format!("down-{i}"))))
+        .collect();
+    p.register(&payloads).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lag = livros::services::s2::lag(&*p.bus, &p.pipeline.consumers)
+        .await
+        .unwrap();
+    assert_eq!(lag, 10, "nothing committed while the API is down");
+    assert!(
+        read_topic(&*p.bus, &p.topic(ERRO_PRODUTOS))
+            .await
+            .is_empty()
+    );
+
+    // The API comes up where the scheduler posts.
+    let listener = livros::api::bind(([127, 0, 0, 1], port).into())
+        .await
+        .unwrap();
+    let mut p = p;
+    p.pipeline
+        .serve_http(&Products, p.bus.clone(), listener, &p.settings);
+    p.settled().await;
+    assert_eq!(p.stores.relational.count_products().await.unwrap(), 10);
+    assert_eq!(
+        read_topic(&*p.bus, &p.topic(PRODUTOS_PERSISTIDOS))
+            .await
+            .len(),
+        10
+    );
+    assert!(
+        read_topic(&*p.bus, &p.topic(ERRO_PRODUTOS))
+            .await
+            .is_empty()
+    );
+    p.pipeline.stop().await.unwrap();
+}
+
+/// The same product posted many times at once, and changed versions of it: never a 5xx,
+/// one row, one version per change, each version announced once.
+#[tokio::test]
+async fn duplicate_posts_are_stored_once() {
+    let p = start(StoreConfig::default(), None, 0, true).await;
+    let url = format!("{}/products/", p.base);
+    let product = json!({"id": "dup-1", "name": "Garrafa Térmica", "description": null,
+        "pricing": {"amount": 59.9, "currency": "BRL"},
+        "availability": {"quantity": 10, "timestamp": "2026-11-23T10:00:00Z"},
+        "category": "Casa"});
+    let posts = (0..40).map(|i| {
+        let mut body = product.clone();
+        // Timestamps differ, as the scheduler's passes would: not a change.
+        body["availability"]["timestamp"] = json!(format!("2026-11-23T10:00:{:02}Z", i % 60));
+        let url = url.clone();
+        async move { post(&url, &body).await }
+    });
+    for (status, etag, body) in futures::future::join_all(posts).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(etag.as_deref(), Some("\"1\""));
+        assert_eq!(body["pricing"]["amount"], json!(59.9));
+    }
+    let mut changed = product.clone();
+    changed["availability"]["quantity"] = json!(9);
+    let (status, etag, body) = post(&url, &changed).await;
+    assert_eq!(
+        (status, etag.as_deref()),
+        (StatusCode::OK, Some("\"2\"")),
+        "{body}"
+    );
+    // `/products` without the slash takes the same request.
+    let (status, etag, _) = post(&format!("{}/products", p.base), &changed).await;
+    assert_eq!((status, etag.as_deref()), (StatusCode::OK, Some("\"2\"")));
+    p.settled().await;
+    assert_eq!(p.stores.relational.count_products().await.unwrap(), 1);
+    let out = read_topic(&*p.bus, &p.topic(PRODUTOS_PERSISTIDOS)).await;
+    let versions: Vec<&str> = out.iter().map(|m| m.header("version").unwrap()).collect();
+    assert_eq!(versions, ["1", "2"]);
+
+    // Listings: by category, by name words in any case, paged.
+    for (i, name) in [
+        "Cafeteira Elétrica Inox",
+        "Cafeteira Italiana",
+        "Chaleira Inox",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut body = product.clone();
+        body["id"] = json!(format!("list-{i}"));
+        body["name"] = json!(name);
+        body["category"] = json!("Cozinha");
+        assert_eq!(post(&url, &body).await.0, StatusCode::OK);
+    }
+    let ids = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, page) = get(&format!("{url}?category=Cozinha&name=INOX")).await;
+    assert_eq!(ids(&page), ["list-0", "list-2"]);
+    let (_, page) = get(&format!("{url}?name=cafeteira%20el%C3%A9trica")).await;
+    assert_eq!(ids(&page), ["list-0"]);
+    let (_, page) = get(&format!("{url}?per_page=2&page=2")).await;
+    assert_eq!(ids(&page), ["list-1", "list-2"]);
+    assert_eq!(page["has_more"], json!(false));
+
+    // Bad bodies are 4xx with a JSON reason.
+    let mut bad = product.clone();
+    bad["pricing"]["currency"] = json!("XXY");
+    let (status, _, body) = post(&url, &bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("pricing.currency"),
+        "{body}"
+    );
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, _) = get(&format!("{url}nobody")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    common::schemathesis(&p.base).await;
+    p.pipeline.stop().await.unwrap();
+}
+
+/// `livros` on `dir`, products only, quiet.
+fn livros(dir: &std::path::Path, config: &StoreConfig) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_livros"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("LIVROS_SYSTEMS", "products")
+        .env("LIVROS_DATA_DIR", dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Some(url) = &config.postgres_url {
+        cmd.env("LIVROS_POSTGRES_URL", url);
+    }
+    cmd
+}
+
+/// A child process killed when dropped, so a failing test leaves no `livros` running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The API dies right after committing a product, before its announcement is published
+/// (the fault flag aborts the process there, as a kill -9 would). After a restart the
+/// relay publishes it, once; the client's retry of the same product adds nothing.
+async fn crash_between_commit_and_publish(config: StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let http = format!("127.0.0.1:{port}");
+    let url = format!("http://{http}/products/");
+    let product = json!({"id": "crash-1", "name": "Air Fryer Aurora Preto",
+        "description": "4 litros", "pricing": {"amount": 499.9, "currency": "BRL"},
+        "availability": {"quantity": 3}, "category": "Eletrodomésticos"});
+
+    let mut api = Child(
+        livros(dir.path(), &config)
+            .args(["products-api", "--quiet", "--http", &http])
+            .args(["--fault", "crash-after-commit"])
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the API to listen", Duration::from_secs(30), || async {
+        reqwest::get(format!("http://{http}/health")).await.is_ok()
+    })
+    .await;
+    let answer = reqwest::Client::new()
+        .post(&url)
+        .json(&product)
+        .send()
+        .await;
+    assert!(
+        answer.is_err(),
+        "the process died before answering: {answer:?}"
+    );
+    let exit = api.0.wait().unwrap();
+    assert!(!exit.success(), "aborted, not exited: {exit}");
+
+    // Committed, and not published.
+    let mut settings = Settings::embedded(dir.path());
+    settings.stores = config.clone();
+    settings.systems = Systems(vec![Arc::new(Products)]);
+    let stores = livros::app::open_stores(&settings).await.unwrap();
+    let stored = stores.relational.product("crash-1").await.unwrap().unwrap();
+    assert_eq!(stored.version, 1);
+    assert_eq!(
+        livros::services::outbox::pending(&*stores.relational)
+            .await
+            .unwrap(),
+        1
+    );
+    let bus = livros::app::open_bus(&settings).await.unwrap();
+    assert!(read_topic(&*bus, PRODUTOS_PERSISTIDOS).await.is_empty());
+
+    // Restarted without the fault: the relay publishes it; the client's retry is a no-op.
+    let _api = Child(
+        livros(dir.path(), &config)
+            .args(["products-api", "--quiet", "--http", &http])
+            .spawn()
+            .unwrap(),
+    );
+    eventually(
+        "the API to listen again",
+        Duration::from_secs(30),
+        || async { reqwest::get(format!("http://{http}/health")).await.is_ok() },
+    )
+    .await;
+    let (status, etag, _) = post(&url, &product).await;
+    assert_eq!((status, etag.as_deref()), (StatusCode::OK, Some("\"1\"")));
+    eventually("the outbox to drain", Duration::from_secs(30), || async {
+        livros::services::outbox::pending(&*stores.relational)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    let out = read_topic(&*bus, PRODUTOS_PERSISTIDOS).await;
+    assert_eq!(out.len(), 1, "announced once");
+    assert_eq!(out[0].key.as_deref(), Some("crash-1"));
+    assert_eq!(out[0].header("version"), Some("1"));
+}
+
+#[tokio::test]
+async fn api_killed_between_commit_and_publish_embedded() {
+    crash_between_commit_and_publish(StoreConfig::default()).await;
+}
+
+#[tokio::test]
+async fn api_killed_between_commit_and_publish_postgres() {
+    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = TestDb::create(&url).await;
+    let config = StoreConfig {
+        postgres_url: Some(db.url.clone()),
+        ..StoreConfig::default()
+    };
+    crash_between_commit_and_publish(config).await;
+    db.drop_db().await;
+}
+
+/// `livros up` with the products system alone, some registrations invalid on purpose:
+/// every valid one stored and announced, every invalid one in `erro-produtos`, all logged.
+#[tokio::test]
+async fn up_runs_the_whole_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = livros(dir.path(), &StoreConfig::default())
+        .args(["up", "--count", "200", "--rate", "0", "--quiet"])
+        .args([
+            "--invalid-ratio",
+            "0.1",
+            "--seed",
+            "4",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().find(|l| l.starts_with("Done")).unwrap();
+    let sent = |what: &str| -> u64 {
+        let at = line
+            .find(&format!(" {what}"))
+            .unwrap_or_else(|| panic!("{line}"));
+        line[..at].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (valid, invalid) = (sent("products"), sent("invalid products"));
+    assert_eq!(valid + invalid, 200);
+    assert!(invalid > 0, "{line}");
+    assert!(line.contains(&format!("dead-lettered {invalid}")), "{line}");
+
+    let mut settings = Settings::embedded(dir.path());
+    settings.systems = Systems(vec![Arc::new(Products)]);
+    let bus = livros::app::open_bus(&settings).await.unwrap();
+    let stores = livros::app::open_stores(&settings).await.unwrap();
+    let announced = read_topic(&*bus, PRODUTOS_PERSISTIDOS).await;
+    let stored = stores.relational.count_products().await.unwrap();
+    // New versions of earlier products are announced too: at least one per product.
+    assert!(
+        announced.len() as i64 >= stored && stored > 0,
+        "{} {stored}",
+        announced.len()
+    );
+    assert_eq!(read_topic(&*bus, ERRO_PRODUTOS).await.len() as u64, invalid);
+    let log = std::fs::read_to_string(dir.path().join("messages.log")).unwrap();
+    let logged = |topic: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"topic\":\"{topic}\"")))
+            .count()
+    };
+    assert_eq!(logged(CADASTRO_PRODUTOS), 200);
+    assert_eq!(logged(PRODUTOS_PERSISTIDOS), announced.len());
+    assert_eq!(logged(ERRO_PRODUTOS) as u64, invalid);
+}
