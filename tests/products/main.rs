@@ -682,3 +682,86 @@ async fn up_runs_the_whole_pipeline() {
     assert_eq!(logged(PRODUTOS_PERSISTIDOS), announced.len());
     assert_eq!(logged(ERRO_PRODUTOS) as u64, invalid);
 }
+
+/// `livros produce-product`: seed-shaped registrations keyed by product id, the share
+/// asked for broken on purpose.
+#[tokio::test]
+async fn produce_product_publishes_seed_shaped_registrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = livros(dir.path(), &StoreConfig::default())
+        .args(["produce-product", "--count", "40", "--rate", "0", "--quiet"])
+        .args(["--invalid-ratio", "0.5", "--seed", "9"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let mut settings = Settings::embedded(dir.path());
+    settings.systems = Systems(vec![Arc::new(Products)]);
+    let bus = livros::app::open_bus(&settings).await.unwrap();
+    let sent = read_topic(&*bus, CADASTRO_PRODUTOS).await;
+    assert_eq!(sent.len(), 40);
+    let now = chrono::Utc::now();
+    let invalid = sent
+        .iter()
+        .filter(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            for field in [
+                "productName",
+                "price",
+                "currency",
+                "stockQuantity",
+                "category",
+            ] {
+                assert!(v.get(field).is_some(), "{v}");
+            }
+            if let Some(id) = v["productId"].as_str() {
+                assert_eq!(m.key.as_deref(), Some(id));
+            }
+            products::entities::parse_registration(&m.payload, now).is_err()
+        })
+        .count();
+    assert!((8..=32).contains(&invalid), "{invalid} of 40 invalid");
+    assert!(
+        stdout.contains(&format!("{invalid} invalid products")),
+        "{stdout}"
+    );
+}
+
+/// With a token, the API refuses writes without it, and the scheduler sends it.
+#[tokio::test]
+async fn writes_need_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path(), StoreConfig::default(), None);
+    settings.api.token = Some("s3cret".into());
+    let bus = livros::app::open_bus(&settings).await.unwrap();
+    let stores = livros::app::open_stores(&settings).await.unwrap();
+    let listener = livros::api::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    settings
+        .options
+        .insert(products::API_URL_OPTION.into(), format!("{base}/products/"));
+    let mut pipeline = Pipeline::start(bus.clone(), Some(stores.clone()), false, &settings, false);
+    pipeline.start_workers(&Products, bus.clone(), &settings);
+    pipeline.serve_http(&Products, bus.clone(), listener, &settings);
+    let product = json!({"id": "t-1", "name": "Mouse sem Fio",
+        "pricing": {"amount": 39.9, "currency": "BRL"}, "availability": {"quantity": 1}});
+    let (status, _, _) = post(&format!("{base}/products/"), &product).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(&format!("{base}/products/")).await.0, StatusCode::OK);
+    bus.publish(&[Record {
+        topic: CADASTRO_PRODUTOS.into(),
+        key: None,
+        headers: Vec::new(),
+        payload: SEED.as_bytes().to_vec(),
+    }])
+    .await
+    .unwrap();
+    eventually(
+        "the scheduler's post, with the token",
+        Duration::from_secs(30),
+        || async { stores.relational.count_products().await.unwrap() == 1 },
+    )
+    .await;
+    pipeline.stop().await.unwrap();
+}
