@@ -649,6 +649,23 @@ async fn stop_signal() {
     eprintln!("stopping: finishing in-flight batches…");
 }
 
+/// A token cancelled on Ctrl-C or SIGTERM, and the task waiting for them (abort it when
+/// done).
+fn cancel_on_stop_signal() -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stopper = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            shutdown.cancel();
+        })
+    };
+    (shutdown, stopper)
+}
+
 /// A progress bar over the counters, drawn only on a terminal.
 fn progress(counters: &Arc<Counters>, total: Option<u64>) -> tokio::task::JoinHandle<()> {
     let counters = counters.clone();
@@ -746,14 +763,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 topics: settings.topics.clone(),
             };
             let counters = Arc::new(Counters::default());
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let stopper = {
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    stop_signal().await;
-                    shutdown.cancel();
-                })
-            };
+            let (shutdown, stopper) = cancel_on_stop_signal();
             match via.via {
                 Via::Bus => {
                     // Every system's generator, on the bus.
@@ -898,14 +908,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&settings).await?;
             println!("[producer] publishing registrations on {}", bus.describe());
             let counters = Arc::new(Counters::default());
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let stopper = {
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    stop_signal().await;
-                    shutdown.cancel();
-                })
-            };
+            let (shutdown, stopper) = cancel_on_stop_signal();
             let sent = livros::systems::products::Products
                 .generate(bus, &settings, generate, counters, shutdown)
                 .await?;

@@ -256,3 +256,39 @@ pub async fn schemathesis(base: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `livros` on `dir` for `systems` only, quiet, on the stores `config` names.
+pub fn livros(dir: &std::path::Path, config: &StoreConfig, systems: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_livros"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .env("LIVROS_SYSTEMS", systems)
+        .env("LIVROS_DATA_DIR", dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Some(url) = &config.postgres_url {
+        cmd.env("LIVROS_POSTGRES_URL", url);
+    }
+    if let Some(url) = &config.redis_url {
+        cmd.env("LIVROS_REDIS_URL", url)
+            .env("LIVROS_REDIS_PREFIX", &config.redis_prefix);
+    }
+    if let Some(url) = &config.mongodb_url {
+        cmd.env("LIVROS_MONGODB_URL", url);
+    }
+    if let Some(database) = &config.mongodb_database {
+        cmd.env("LIVROS_MONGODB_DATABASE", database);
+    }
+    cmd
+}
+
+/// A child process killed when dropped, so a failing test leaves no `livros` running.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -20,7 +20,7 @@ use livros::systems::products::{self, Products};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use common::{TestDb, eventually, free_port, service_url};
+use common::{Child, TestDb, eventually, free_port, service_url};
 
 /// What the seed's `produce_message.py` sends.
 const SEED: &str = include_str!("../fixtures/seed/product.json");
@@ -60,8 +60,20 @@ async fn start(
     api_port: u16,
     serve_api: bool,
 ) -> Platform {
+    start_with(config, kafka, api_port, serve_api, |_| {}).await
+}
+
+/// [`start`] with the settings changed by `tweak` first.
+async fn start_with(
+    config: StoreConfig,
+    kafka: Option<String>,
+    api_port: u16,
+    serve_api: bool,
+    tweak: impl FnOnce(&mut Settings),
+) -> Platform {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path(), config, kafka);
+    tweak(&mut settings);
     let bus = livros::app::open_bus(&settings).await.unwrap();
     let stores = livros::app::open_stores(&settings).await.unwrap();
     let listener = if serve_api {
@@ -501,28 +513,7 @@ async fn duplicate_posts_are_stored_once() {
 
 /// `livros` on `dir`, products only, quiet.
 fn livros(dir: &std::path::Path, config: &StoreConfig) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_livros"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env("LIVROS_SYSTEMS", "products")
-        .env("LIVROS_DATA_DIR", dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    if let Some(url) = &config.postgres_url {
-        cmd.env("LIVROS_POSTGRES_URL", url);
-    }
-    cmd
-}
-
-/// A child process killed when dropped, so a failing test leaves no `livros` running.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    common::livros(dir, config, "products")
 }
 
 /// The API dies right after committing a product, before its announcement is published
@@ -731,19 +722,11 @@ async fn produce_product_publishes_seed_shaped_registrations() {
 /// With a token, the API refuses writes without it, and the scheduler sends it.
 #[tokio::test]
 async fn writes_need_the_token_when_one_is_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings(dir.path(), StoreConfig::default(), None);
-    settings.api.token = Some("s3cret".into());
-    let bus = livros::app::open_bus(&settings).await.unwrap();
-    let stores = livros::app::open_stores(&settings).await.unwrap();
-    let listener = livros::api::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    settings
-        .options
-        .insert(products::API_URL_OPTION.into(), format!("{base}/products/"));
-    let mut pipeline = Pipeline::start(bus.clone(), Some(stores.clone()), false, &settings, false);
-    pipeline.start_workers(&Products, bus.clone(), &settings);
-    pipeline.serve_http(&Products, bus.clone(), listener, &settings);
+    let p = start_with(StoreConfig::default(), None, 0, true, |settings| {
+        settings.api.token = Some("s3cret".into());
+    })
+    .await;
+    let (base, bus, stores) = (&p.base, &p.bus, &p.stores);
     let product = json!({"id": "t-1", "name": "Mouse sem Fio",
         "pricing": {"amount": 39.9, "currency": "BRL"}, "availability": {"quantity": 1}});
     let (status, _, _) = post(&format!("{base}/products/"), &product).await;
@@ -763,5 +746,5 @@ async fn writes_need_the_token_when_one_is_set() {
         || async { stores.relational.count_products().await.unwrap() == 1 },
     )
     .await;
-    pipeline.stop().await.unwrap();
+    p.pipeline.stop().await.unwrap();
 }

@@ -23,7 +23,7 @@ use livros::systems::streaming::users::Users;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use common::{RealStores, eventually};
+use common::{Child, RealStores, eventually};
 
 /// A running platform: the bus, the stores, S2 (processor + reply reader) and a gateway.
 struct Platform {
@@ -333,39 +333,9 @@ async fn round_trip_kafka_postgres_and_redis() {
 
 /// `livros` on `dir` for the streaming platform only, quiet, with no HTTP API.
 fn livros(dir: &std::path::Path, config: &StoreConfig) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_livros"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .env("LIVROS_SYSTEMS", "streaming")
-        .env("LIVROS_HTTP", "off")
-        .env("LIVROS_DATA_DIR", dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    if let Some(url) = &config.postgres_url {
-        cmd.env("LIVROS_POSTGRES_URL", url);
-    }
-    if let Some(url) = &config.redis_url {
-        cmd.env("LIVROS_REDIS_URL", url)
-            .env("LIVROS_REDIS_PREFIX", &config.redis_prefix);
-    }
-    if let Some(url) = &config.mongodb_url {
-        cmd.env("LIVROS_MONGODB_URL", url);
-    }
-    if let Some(database) = &config.mongodb_database {
-        cmd.env("LIVROS_MONGODB_DATABASE", database);
-    }
+    let mut cmd = common::livros(dir, config, "streaming");
+    cmd.env("LIVROS_HTTP", "off");
     cmd
-}
-
-/// A child process killed when dropped, so a failing test leaves no `livros` running.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The processor killed (-9) mid-run and restarted: every event has exactly one effect,
