@@ -292,3 +292,15 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+/// Points `settings` at the Kafka `brokers`, with topics and groups of this run only (the
+/// cluster is shared between tests).
+pub fn on_kafka(settings: &mut livros::app::Settings, brokers: String) {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    settings.kafka = Some(livros::bus::kafka::KafkaConfig {
+        brokers,
+        replication: 1,
+    });
+    settings.topics = livros::bus::Topics::new(format!("t{run}."));
+    settings.s2.group = format!("s2-{run}");
+}

@@ -40,14 +40,7 @@ fn settings(dir: &std::path::Path, config: StoreConfig, kafka: Option<String>) -
     settings.stores = config;
     settings.systems = Systems(vec![Arc::new(Products)]);
     if let Some(brokers) = kafka {
-        // Topics and groups of this run only: the cluster is shared.
-        let run = uuid::Uuid::new_v4().simple().to_string();
-        settings.kafka = Some(livros::bus::kafka::KafkaConfig {
-            brokers,
-            replication: 1,
-        });
-        settings.topics = livros::bus::Topics::new(format!("t{run}."));
-        settings.s2.group = format!("s2-{run}");
+        common::on_kafka(&mut settings, brokers);
     }
     settings
 }
@@ -334,6 +327,17 @@ async fn seed_flow(p: Platform) {
     p.pipeline.stop().await.unwrap();
 }
 
+/// A fresh PostgreSQL database and the store configuration using it; `None` (skip) when
+/// `LIVROS_TEST_POSTGRES_URL` is unset outside CI.
+async fn postgres() -> Option<(TestDb, StoreConfig)> {
+    let db = TestDb::create(&service_url("LIVROS_TEST_POSTGRES_URL")?).await;
+    let config = StoreConfig {
+        postgres_url: Some(db.url.clone()),
+        ..StoreConfig::default()
+    };
+    Some((db, config))
+}
+
 #[tokio::test]
 async fn seed_registration_end_to_end_embedded() {
     seed_flow(start(StoreConfig::default(), None, 0, true).await).await;
@@ -341,13 +345,8 @@ async fn seed_registration_end_to_end_embedded() {
 
 #[tokio::test]
 async fn seed_registration_end_to_end_postgres() {
-    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
+    let Some((db, config)) = postgres().await else {
         return;
-    };
-    let db = TestDb::create(&url).await;
-    let config = StoreConfig {
-        postgres_url: Some(db.url.clone()),
-        ..StoreConfig::default()
     };
     seed_flow(start(config, None, 0, true).await).await;
     db.drop_db().await;
@@ -355,16 +354,11 @@ async fn seed_registration_end_to_end_postgres() {
 
 #[tokio::test]
 async fn seed_registration_end_to_end_kafka_postgres() {
-    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
-        return;
-    };
     let Some(brokers) = service_url("LIVROS_TEST_KAFKA_BROKERS") else {
         return;
     };
-    let db = TestDb::create(&url).await;
-    let config = StoreConfig {
-        postgres_url: Some(db.url.clone()),
-        ..StoreConfig::default()
+    let Some((db, config)) = postgres().await else {
+        return;
     };
     seed_flow(start(config, Some(brokers), 0, true).await).await;
     db.drop_db().await;
@@ -602,13 +596,8 @@ async fn api_killed_between_commit_and_publish_embedded() {
 
 #[tokio::test]
 async fn api_killed_between_commit_and_publish_postgres() {
-    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
+    let Some((db, config)) = postgres().await else {
         return;
-    };
-    let db = TestDb::create(&url).await;
-    let config = StoreConfig {
-        postgres_url: Some(db.url.clone()),
-        ..StoreConfig::default()
     };
     crash_between_commit_and_publish(config).await;
     db.drop_db().await;

@@ -38,14 +38,7 @@ struct Platform {
 async fn start(config: StoreConfig, kafka: Option<String>) -> Platform {
     start_with(config, |settings| {
         if let Some(brokers) = kafka {
-            // Topics and groups of this run only: the cluster is shared.
-            let run = uuid::Uuid::new_v4().simple().to_string();
-            settings.kafka = Some(livros::bus::kafka::KafkaConfig {
-                brokers,
-                replication: 1,
-            });
-            settings.topics = livros::bus::Topics::new(format!("t{run}."));
-            settings.s2.group = format!("s2-{run}");
+            common::on_kafka(settings, brokers);
         }
     })
     .await
