@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 
 use super::entities::{Availability, Pricing, Product};
 use crate::services::outbox;
-use crate::store::{Page, RelationalStore, SqlRow, SqlValue, Statement, StoreResult};
+use crate::store::{self, Page, RelationalStore, SqlRow, SqlValue, Statement, StoreResult};
 
 /// The columns a product is read from, and its version.
 const SELECT: &str = "SELECT id, name, description, CAST(price AS TEXT) AS price, currency, \
@@ -62,24 +62,30 @@ fn stored(row: &SqlRow) -> Stored {
     }
 }
 
-/// The statements that store `product` and, when it changed, announce its new version on
-/// `topic` through the outbox. `write_id` must be new for every call.
-pub fn store_statements(product: &Product, topic: &str, write_id: &str) -> Vec<Statement> {
-    let p = product;
-    let upsert = Statement::new(
-        "INSERT INTO products (id, name, description, price, currency, quantity, available_at, \
-             category, search, version, write_id) \
-         VALUES ($1, $2, $3, CAST($4 AS NUMERIC), $5, $6, $7, $8, $9, 1, $10) \
-         ON CONFLICT (id) DO UPDATE SET name = excluded.name, description = excluded.description, \
-             price = excluded.price, currency = excluded.currency, quantity = excluded.quantity, \
-             available_at = excluded.available_at, category = excluded.category, \
-             search = excluded.search, version = products.version + 1, \
-             write_id = excluded.write_id, updated_at = CURRENT_TIMESTAMP \
-         WHERE (products.name, products.description, products.price, products.currency, \
-                products.quantity, products.category) \
-             IS DISTINCT FROM (excluded.name, excluded.description, excluded.price, \
-                excluded.currency, excluded.quantity, excluded.category)",
-        vec![
+/// How many columns [`store_statements`] writes per product.
+const WIDTH: usize = 10;
+
+/// The statements that store `products` — no id twice — and announce each product that
+/// changed, as its new version, on `topic` through the outbox; the last statement reads
+/// them back as stored (see [`stored_rows`]). `write_id` must be new for every call: the
+/// rows this write changed are those that carry it.
+pub fn store_statements(products: &[&Product], topic: &str, write_id: &str) -> Vec<Statement> {
+    let mut rows = Vec::with_capacity(products.len());
+    let mut args = Vec::with_capacity(products.len() * WIDTH + 1);
+    args.push(SqlValue::from(write_id));
+    for p in products {
+        let first = args.len() + 1;
+        let placeholders: Vec<String> = (first..first + WIDTH - 1)
+            .map(|i| {
+                if i == first + 3 {
+                    format!("CAST(${i} AS NUMERIC)")
+                } else {
+                    format!("${i}")
+                }
+            })
+            .collect();
+        rows.push(format!("({}, 1, $1)", placeholders.join(", ")));
+        args.extend([
             p.id.as_str().into(),
             p.name.as_str().into(),
             SqlValue::Text(p.description.clone()),
@@ -89,23 +95,42 @@ pub fn store_statements(product: &Product, topic: &str, write_id: &str) -> Vec<S
             crate::wire::format_timestamp(&p.availability.timestamp).into(),
             SqlValue::Text(p.category.clone()),
             p.name.to_lowercase().into(),
-            write_id.into(),
-        ],
+        ]);
+    }
+    let upsert = Statement::new(
+        format!(
+            "INSERT INTO products (id, name, description, price, currency, quantity,                  available_at, category, search, version, write_id) VALUES {}              ON CONFLICT (id) DO UPDATE SET name = excluded.name,                  description = excluded.description, price = excluded.price,                  currency = excluded.currency, quantity = excluded.quantity,                  available_at = excluded.available_at, category = excluded.category,                  search = excluded.search, version = products.version + 1,                  write_id = excluded.write_id, updated_at = CURRENT_TIMESTAMP              WHERE (products.name, products.description, products.price, products.currency,                     products.quantity, products.category)                  IS DISTINCT FROM (excluded.name, excluded.description, excluded.price,                     excluded.currency, excluded.quantity, excluded.category)",
+            rows.join(", ")
+        ),
+        args,
     );
-    // Only the write that made the version finds `write_id` on the row.
+    // Only the rows this write changed carry its `write_id`: one announcement per new
+    // version, none for a product sent again unchanged.
+    let mut args = vec![SqlValue::from(topic), SqlValue::from(write_id)];
+    let mut payloads = Vec::with_capacity(products.len());
+    for p in products {
+        payloads.push(format!("(${}, ${})", args.len() + 1, args.len() + 2));
+        args.extend([p.id.as_str().into(), p.to_json().into()]);
+    }
     let announce = Statement::new(
         format!(
-            "INSERT INTO {} SELECT $1, id, version, $2 FROM products WHERE id = $3 AND write_id = $4",
-            outbox::COLUMNS
+            "INSERT INTO {} SELECT $1, p.id, p.version, v.column2 FROM products p              JOIN (VALUES {}) AS v ON p.id = v.column1 WHERE p.write_id = $2",
+            outbox::COLUMNS,
+            payloads.join(", ")
         ),
-        vec![
-            topic.into(),
-            p.to_json().into(),
-            p.id.as_str().into(),
-            write_id.into(),
-        ],
+        args,
     );
-    vec![upsert, announce]
+    let ids: Vec<String> = products.iter().map(|p| p.id.clone()).collect();
+    let mut read = store::select_in(SELECT, "id", &ids);
+    debug_assert_eq!(read.len(), 1, "a batch of products fits one statement");
+    let mut statements = vec![upsert, announce];
+    statements.append(&mut read);
+    statements
+}
+
+/// The products as stored, from the rows [`store_statements`]'s last statement read.
+pub fn stored_rows(rows: &[SqlRow]) -> Vec<Stored> {
+    rows.iter().map(stored).collect()
 }
 
 /// Products, read through any [`RelationalStore`].

@@ -30,13 +30,13 @@ use crate::api::{
     ApiConfig, ApiError, Authorized, ErrorBody, HasApiConfig, JsonBody, Listing, Paging, Status,
     WriteErrors, deadline, filter_value, storable_id,
 };
-use crate::services::Outcome;
+use crate::services::Rejection;
 use crate::store::Stores;
 
 #[derive(Clone)]
 struct AppState {
     stores: Stores,
-    writer: Writer,
+    writer: Writer<Result<Stored, Rejection>>,
     config: Arc<ApiConfig>,
 }
 
@@ -70,16 +70,9 @@ async fn create_product(
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let timeout = state.config.store_timeout;
-    match deadline(timeout, state.writer.write(body.0)).await? {
-        Outcome::Stored { id, .. } => {
-            let stored = deadline(timeout, state.stores.relational.product(&id)).await?;
-            // Stored a moment ago; only a delete in between could take it away.
-            stored
-                .map(answer)
-                .ok_or_else(|| ApiError::not_found("product", &id))
-        }
-        Outcome::Rejected(rejection) => Err(ApiError::from(rejection).about("product")),
+    match deadline(state.config.store_timeout, state.writer.write(body.0)).await? {
+        Ok(stored) => Ok(answer(stored)),
+        Err(rejection) => Err(ApiError::from(rejection).about("product")),
     }
 }
 

@@ -10,14 +10,16 @@
 //! Nothing else decides where the products' data goes: the scheduler ([`super::scheduler`])
 //! only calls the API, and the API writes only through [`ProductWriter`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::catalog;
-use super::entities::parse_product;
-use crate::services::{Handler, Outcome, Rejection};
-use crate::store::{RelationalStore, StoreResult};
+use super::catalog::{self, Stored};
+use super::entities::{Product, parse_product};
+use crate::api::batch::Batch;
+use crate::services::Rejection;
+use crate::store::{RelationalStore, StoreError, StoreResult};
 use crate::systems::Workers;
 
 /// The seed's input topic: registrations.
@@ -47,7 +49,8 @@ impl Fault {
 }
 
 /// The API's write: validates each posted product and stores the valid ones, with their
-/// announcements, in one transaction; then wakes the relay.
+/// announcements, in one transaction; then wakes the relay. Each body gets the product as
+/// stored, or why it was refused.
 pub struct ProductWriter {
     /// The relational store.
     pub store: Arc<dyn RelationalStore>,
@@ -59,65 +62,103 @@ pub struct ProductWriter {
     pub fault: Option<Fault>,
 }
 
-#[async_trait]
-impl Handler for ProductWriter {
-    async fn handle(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Outcome>> {
-        let parsed: Vec<_> = payloads.iter().map(|p| parse_product(p)).collect();
-        let valid: Vec<_> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
-        let statements: Vec<_> = valid
+impl ProductWriter {
+    /// Stores `products` in one transaction: in rounds where no id comes twice (a second
+    /// version of a product in the same batch goes in the next round, so it follows the
+    /// first). Returns each one as stored, in order.
+    async fn store(&self, products: &[&Product]) -> StoreResult<Vec<Stored>> {
+        let mut rounds: Vec<Vec<&Product>> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut placed = Vec::with_capacity(products.len());
+        for p in products {
+            let round = seen.entry(p.id.as_str()).or_insert(0);
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
+            }
+            placed.push(*round);
+            rounds[*round].push(p);
+            *round += 1;
+        }
+        let statements: Vec<_> = rounds
             .iter()
-            .flat_map(|p| {
+            .flat_map(|round| {
                 let write_id = uuid::Uuid::new_v4().to_string();
-                catalog::store_statements(p, &self.topic, &write_id)
+                catalog::store_statements(round, &self.topic, &write_id)
             })
             .collect();
-        let mut refused = vec![None; parsed.len()];
-        match self.store.transaction(&statements).await {
-            Ok(_) => {}
+        let results = self.store.transaction(&statements).await?;
+        // Each round's last statement read its products back.
+        let per_round = statements.len() / rounds.len().max(1);
+        let stored: Vec<HashMap<String, Stored>> = results
+            .chunks(per_round)
+            .map(|round| {
+                catalog::stored_rows(round.last().map_or(&[][..], Vec::as_slice))
+                    .into_iter()
+                    .map(|s| (s.product.id.clone(), s))
+                    .collect()
+            })
+            .collect();
+        placed
+            .iter()
+            .zip(products)
+            .map(|(&round, p)| {
+                stored[round]
+                    .get(&p.id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::Fault {
+                        store: "relational",
+                        reason: format!("product `{}` was not there after writing it", p.id),
+                    })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Batch for ProductWriter {
+    type Output = Result<Stored, Rejection>;
+
+    async fn apply(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Self::Output>> {
+        let mut out: Vec<Result<Stored, Rejection>> = Vec::with_capacity(payloads.len());
+        let mut valid = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            match parse_product(payload) {
+                Ok(p) => {
+                    valid.push((i, p));
+                    out.push(Err(Rejection::Store(String::new())));
+                }
+                Err(invalid) => out.push(Err(invalid.into())),
+            }
+        }
+        if valid.is_empty() {
+            return Ok(out);
+        }
+        let products: Vec<&Product> = valid.iter().map(|(_, p)| p).collect();
+        match self.store(&products).await {
+            Ok(stored) => {
+                for ((i, _), s) in valid.iter().zip(stored) {
+                    out[*i] = Ok(s);
+                }
+            }
             Err(e) if e.is_rejection() && valid.len() > 1 => {
                 // One product broke a rule of the store: store them one by one, so only
                 // that one is refused.
-                let mut each = parsed.iter().enumerate().filter(|(_, p)| p.is_ok());
-                for (i, p) in each.by_ref() {
-                    let p = p.as_ref().expect("filtered");
-                    let write_id = uuid::Uuid::new_v4().to_string();
-                    match self
-                        .store
-                        .transaction(&catalog::store_statements(p, &self.topic, &write_id))
-                        .await
-                    {
-                        Ok(_) => {}
-                        Err(e) if e.is_rejection() => refused[i] = Some(e.to_string()),
+                for (i, p) in &valid {
+                    out[*i] = match self.store(&[p]).await {
+                        Ok(mut stored) => Ok(stored.remove(0)),
+                        Err(e) if e.is_rejection() => Err(Rejection::Store(e.to_string())),
                         Err(e) => return Err(e),
-                    }
+                    };
                 }
             }
-            Err(e) if e.is_rejection() => {
-                if let Some(i) = parsed.iter().position(|p| p.is_ok()) {
-                    refused[i] = Some(e.to_string());
-                }
-            }
+            Err(e) if e.is_rejection() => out[valid[0].0] = Err(Rejection::Store(e.to_string())),
             Err(e) => return Err(e),
         }
-        if !statements.is_empty() {
-            if self.fault == Some(Fault::CrashAfterCommit) {
-                eprintln!("fault injected: aborting after the commit, before the publish");
-                std::process::abort();
-            }
-            self.workers.wake();
+        if self.fault == Some(Fault::CrashAfterCommit) {
+            eprintln!("fault injected: aborting after the commit, before the publish");
+            std::process::abort();
         }
-        Ok(parsed
-            .into_iter()
-            .zip(refused)
-            .map(|(p, refused)| match (p, refused) {
-                (Err(invalid), _) => Outcome::Rejected(invalid.into()),
-                (Ok(_), Some(reason)) => Outcome::Rejected(Rejection::Store(reason)),
-                (Ok(p), None) => Outcome::Stored {
-                    id: p.id,
-                    label: p.name,
-                    out: Vec::new(),
-                },
-            })
-            .collect())
+        self.workers.wake();
+        Ok(out)
     }
 }
