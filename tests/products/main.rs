@@ -737,3 +737,82 @@ async fn writes_need_the_token_when_one_is_set() {
     .await;
     p.pipeline.stop().await.unwrap();
 }
+
+/// One batch of the API's writer holding several versions of a product: each stored in
+/// turn, each answered with its own version, each announced once.
+async fn versions_in_one_batch(config: StoreConfig) {
+    use livros::api::batch::Batch;
+    use livros::systems::products::routing::ProductWriter;
+    let p = start(config, None, 0, true).await;
+    let writer = ProductWriter {
+        store: p.stores.relational.clone(),
+        topic: p.topic(PRODUTOS_PERSISTIDOS),
+        workers: Default::default(),
+        fault: None,
+    };
+    let version = |quantity: i64, id: &str| {
+        json!({"id": id, "name": "Halteres 10kg", "pricing": {"amount": "149.90", "currency": "brl"},
+            "availability": {"quantity": quantity}})
+        .to_string()
+        .into_bytes()
+    };
+    let bodies = [
+        version(1, "v-1"),
+        version(2, "v-1"),
+        version(2, "v-1"),
+        version(5, "v-2"),
+        b"{}".to_vec(),
+        version(1, "v-1"),
+    ];
+    let payloads: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let out = writer.apply(&payloads).await.unwrap();
+    let versions: Vec<Option<i64>> = out
+        .iter()
+        .map(|r| r.as_ref().ok().map(|s| s.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [Some(1), Some(2), Some(2), Some(1), None, Some(3)]
+    );
+    let last = out[5].as_ref().unwrap();
+    assert_eq!(last.product.pricing.currency, "BRL");
+    assert_eq!(last.product.pricing.amount.to_string(), "149.9");
+    assert_eq!(last.product.availability.quantity, 1);
+    // Four versions written (v-1: 1, 2, 3; v-2: 1); the relay publishes them in order.
+    p.settled().await;
+    let out = read_topic(&*p.bus, &p.topic(PRODUTOS_PERSISTIDOS)).await;
+    let mut seen: Vec<(String, String)> = out
+        .iter()
+        .map(|m| {
+            (
+                m.key.clone().unwrap(),
+                m.header("version").unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen.iter()
+            .filter(|(k, _)| k == "v-1")
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>(),
+        ["1", "2", "3"]
+    );
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4);
+    p.pipeline.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn versions_in_one_batch_embedded() {
+    versions_in_one_batch(StoreConfig::default()).await;
+}
+
+#[tokio::test]
+async fn versions_in_one_batch_postgres() {
+    let Some((db, config)) = postgres().await else {
+        return;
+    };
+    versions_in_one_batch(config).await;
+    db.drop_db().await;
+}
