@@ -218,6 +218,7 @@ impl Pipeline {
         settings: &Settings,
         print_events: bool,
     ) -> Self {
+        crate::metrics::handle();
         let shutdown = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let mut tasks = tokio::task::JoinSet::new();

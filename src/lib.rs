@@ -7,20 +7,22 @@
 //!
 //! The systems, one folder each ([`systems`]), on one core that names no entity:
 //!
-//! - [`systems`]: the bookstore (seeds 1 and 2), each with its entities, **routing table**,
+//! - [`systems`]: the bookstore (seeds 1 and 2), the streaming platform (3 and 4) and the
+//!   products pipeline (5), each with its entities, **routing table**,
 //!   handlers, HTTP routes, generator and migrations; [`systems::System`] is what the core
 //!   needs of one.
 //! - [`bus`]: the `Bus` trait (Kafka's model), topic names, and its implementations.
 //! - [`store`]: one trait per kind of store (relational SQL, documents, key-value) and one
 //!   module per implementation (embedded SQLite files, PostgreSQL, MongoDB, Redis).
-//! - [`services`]: the consumer runtime (S2: poll → handler → dead letters → commit) and
-//!   the audit log (S3).
+//! - [`services`]: the consumer runtime (S2: poll → handler → dead letters → commit), the
+//!   audit log (S3) and the transactional outbox's relay.
 //! - [`api`]: HTTP plumbing every system's API uses: errors, body extractor, bearer token,
 //!   paging, health, docs, bind and serve.
 //! - [`app`]: wiring — opens what the settings name and runs the systems.
 //! - [`wire`]: reading records the way the seeds' programs write them (ids, texts, times).
 //! - [`envelope`]: the CloudEvents-style envelope generators wrap events in.
 //! - [`loadgen`]: requests from concurrent workers and their latencies, for the benchmarks.
+//! - [`metrics`]: the Prometheus metrics every service records, served at `/metrics`.
 //! - [`retry`], [`sqlite`]: backoff, and SQLite plumbing shared by the embedded parts.
 
 pub mod api;
@@ -28,6 +30,7 @@ pub mod app;
 pub mod bus;
 pub mod envelope;
 pub mod loadgen;
+pub mod metrics;
 pub mod retry;
 pub mod services;
 pub mod sqlite;

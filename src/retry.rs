@@ -39,6 +39,7 @@ impl Backoff {
         shutdown: &CancellationToken,
     ) -> bool {
         let delay = self.next;
+        crate::metrics::retried(what);
         tracing::warn!(
             "{what} failed (attempt {}), retrying in {delay:?}: {error}",
             self.attempt

@@ -255,6 +255,9 @@ pub async fn health() -> Json<Status> {
 pub struct Ops {
     stores: Stores,
     config: Arc<ApiConfig>,
+    /// The system's name, for the metrics.
+    system: &'static str,
+    /// The service's name in printed lines (`S2`).
     label: &'static str,
 }
 
@@ -318,6 +321,42 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// What this process has recorded, in Prometheus' text format (see [`crate::metrics`]).
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// Counts every request and its latency, by its route (the matched path, so ids do not
+/// multiply the series).
+async fn record_request(
+    State(state): State<Ops>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    crate::metrics::http_request(
+        state.system,
+        &method,
+        &route,
+        response.status().as_u16(),
+        started,
+    );
+    response
+}
+
 /// Prints `[S2] POST /customers → 201 (0.8 ms)` per request, like the seeds' servers.
 async fn print_request(
     State(state): State<Ops>,
@@ -354,15 +393,16 @@ impl utoipa::Modify for BearerAuth {
 }
 
 /// A system's routes (their state already given) made into the whole API: `/health`,
-/// `/ready`, `/openapi.json` (`doc`, with the bearer scheme) and the docs UI at `/docs`,
-/// JSON answers for unknown endpoints and methods, the body limit, and one printed line
-/// per request (labelled `label`) when the settings ask for it.
+/// `/ready`, `/metrics`, `/openapi.json` (`doc`, with the bearer scheme) and the docs UI at `/docs`,
+/// JSON answers for unknown endpoints and methods, the body limit, every request counted
+/// in the metrics under the system's name, and one printed line per request (labelled
+/// with the service's name, `S2`) when the settings ask for it.
 pub fn finish(
     routes: axum::Router,
     mut doc: utoipa::openapi::OpenApi,
     stores: Stores,
     config: Arc<ApiConfig>,
-    label: &'static str,
+    (system, label): (&'static str, &'static str),
 ) -> axum::Router {
     use utoipa::Modify;
     BearerAuth.modify(&mut doc);
@@ -370,22 +410,26 @@ pub fn finish(
     let ops = Ops {
         stores,
         config,
+        system,
         label,
     };
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .url("/openapi.json", doc)
         // The validator badge would call an external host; the UI must work offline.
         .config(utoipa_swagger_ui::Config::default().validator_url("none"));
+    crate::metrics::handle();
     let operations = axum::Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .with_state(ops.clone());
     routes
         .merge(operations)
         .merge(docs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(ops, print_request))
+        .layer(middleware::from_fn_with_state(ops.clone(), print_request))
+        .layer(middleware::from_fn_with_state(ops, record_request))
         .layer(DefaultBodyLimit::max(body_limit))
 }
 

@@ -158,74 +158,82 @@ impl Bus for EmbeddedBus {
     }
 
     async fn publish(&self, records: &[Record]) -> BusResult<Vec<(i32, i64)>> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut placed = Vec::with_capacity(records.len());
-        for r in records {
-            let n = self.partition_count(&r.topic).await?;
-            let fallback = self.round_robin.fetch_add(1, Ordering::Relaxed);
-            placed.push(super::partition_for(r.key.as_deref(), n, fallback));
-        }
-        let timestamp = now_ms();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(unavailable)?;
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
-        let mut result = Vec::with_capacity(records.len());
-        for (r, p) in records.iter().zip(&placed) {
-            let key = (r.topic.as_str(), *p);
-            if let std::collections::hash_map::Entry::Vacant(slot) = next.entry(key) {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?",
-                )
-                .bind(&r.topic)
-                .bind(p)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-                slot.insert(n);
+        let result = async {
+            if records.is_empty() {
+                return Ok(Vec::new());
             }
-            let offset = next.get_mut(&key).expect("just inserted");
-            result.push((*p, *offset));
-            *offset += 1;
-        }
-        for chunk in records
-            .iter()
-            .zip(&result)
-            .collect::<Vec<_>>()
-            .chunks(INSERT_CHUNK)
-        {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO messages (topic, partition, offset, key, headers, payload, timestamp_ms) ",
-            );
-            q.push_values(chunk, |mut row, (r, (p, o))| {
-                let headers = (!r.headers.is_empty())
-                    .then(|| serde_json::to_string(&r.headers).expect("strings serialize"));
-                row.push_bind(r.topic.clone())
-                    .push_bind(*p)
-                    .push_bind(*o)
-                    .push_bind(r.key.clone())
-                    .push_bind(headers)
-                    .push_bind(r.payload.clone())
-                    .push_bind(timestamp);
-            });
-            q.build().execute(&mut *tx).await.map_err(unavailable)?;
-        }
-        for ((topic, p), n) in &next {
-            sqlx::query("UPDATE partitions SET next_offset = ? WHERE topic = ? AND partition = ?")
-                .bind(n)
-                .bind(*topic)
-                .bind(p)
-                .execute(&mut *tx)
+            let mut placed = Vec::with_capacity(records.len());
+            for r in records {
+                let n = self.partition_count(&r.topic).await?;
+                let fallback = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                placed.push(super::partition_for(r.key.as_deref(), n, fallback));
+            }
+            let timestamp = now_ms();
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(unavailable)?;
+            let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+            let mut result = Vec::with_capacity(records.len());
+            for (r, p) in records.iter().zip(&placed) {
+                let key = (r.topic.as_str(), *p);
+                if let std::collections::hash_map::Entry::Vacant(slot) = next.entry(key) {
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?",
+                    )
+                    .bind(&r.topic)
+                    .bind(p)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                    slot.insert(n);
+                }
+                let offset = next.get_mut(&key).expect("just inserted");
+                result.push((*p, *offset));
+                *offset += 1;
+            }
+            for chunk in records
+                .iter()
+                .zip(&result)
+                .collect::<Vec<_>>()
+                .chunks(INSERT_CHUNK)
+            {
+                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                    "INSERT INTO messages (topic, partition, offset, key, headers, payload, timestamp_ms) ",
+                );
+                q.push_values(chunk, |mut row, (r, (p, o))| {
+                    let headers = (!r.headers.is_empty())
+                        .then(|| serde_json::to_string(&r.headers).expect("strings serialize"));
+                    row.push_bind(r.topic.clone())
+                        .push_bind(*p)
+                        .push_bind(*o)
+                        .push_bind(r.key.clone())
+                        .push_bind(headers)
+                        .push_bind(r.payload.clone())
+                        .push_bind(timestamp);
+                });
+                q.build().execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            for ((topic, p), n) in &next {
+                sqlx::query("UPDATE partitions SET next_offset = ? WHERE topic = ? AND partition = ?")
+                    .bind(n)
+                    .bind(*topic)
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            self.notify.notify_waiters();
+            Ok(result)
+
         }
-        tx.commit().await.map_err(unavailable)?;
-        self.notify.notify_waiters();
-        Ok(result)
+        .await;
+        if result.is_ok() {
+            super::count_published(records);
+        }
+        result
     }
 
     async fn subscribe(

@@ -259,42 +259,49 @@ impl Bus for KafkaBus {
     }
 
     async fn publish(&self, records: &[Record]) -> BusResult<Vec<(i32, i64)>> {
-        let unknown: Vec<String> = {
-            let known = self.known_topics.lock().expect("poisoned");
-            records
-                .iter()
-                .filter(|r| !known.contains(&r.topic))
-                .map(|r| r.topic.clone())
+        let result: BusResult<Vec<(i32, i64)>> = async {
+            let unknown: Vec<String> = {
+                let known = self.known_topics.lock().expect("poisoned");
+                records
+                    .iter()
+                    .filter(|r| !known.contains(&r.topic))
+                    .map(|r| r.topic.clone())
+                    .collect()
+            };
+            if !unknown.is_empty() {
+                self.require_topics(&unknown).await?;
+            }
+            let sends = records.iter().map(|r| {
+                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+                for (k, v) in &r.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                let mut record = FutureRecord::to(&r.topic)
+                    .payload(&r.payload)
+                    .headers(headers);
+                if let Some(key) = &r.key {
+                    record = record.key(key);
+                }
+                self.producer
+                    .send(record, rdkafka::util::Timeout::After(BROKER_TIMEOUT))
+            });
+            let results = futures::future::join_all(sends).await;
+            results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+                    Err((e, _)) => Err(unavailable(e)),
+                })
                 .collect()
-        };
-        if !unknown.is_empty() {
-            self.require_topics(&unknown).await?;
         }
-        let sends = records.iter().map(|r| {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k,
-                    value: Some(v),
-                });
-            }
-            let mut record = FutureRecord::to(&r.topic)
-                .payload(&r.payload)
-                .headers(headers);
-            if let Some(key) = &r.key {
-                record = record.key(key);
-            }
-            self.producer
-                .send(record, rdkafka::util::Timeout::After(BROKER_TIMEOUT))
-        });
-        let results = futures::future::join_all(sends).await;
-        results
-            .into_iter()
-            .map(|r| match r {
-                Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-                Err((e, _)) => Err(unavailable(e)),
-            })
-            .collect()
+        .await;
+        if result.is_ok() {
+            super::count_published(records);
+        }
+        result
     }
 
     async fn subscribe(

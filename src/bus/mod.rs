@@ -185,6 +185,17 @@ impl Topics {
     }
 }
 
+/// Counts `records`, acknowledged by a bus, in the metrics, per topic.
+fn count_published(records: &[Record]) {
+    let mut per_topic: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in records {
+        *per_topic.entry(r.topic.as_str()).or_default() += 1;
+    }
+    for (topic, n) in per_topic {
+        crate::metrics::published(topic, n);
+    }
+}
+
 /// The dead-letter topic of `topic`.
 pub fn dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")

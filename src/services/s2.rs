@@ -176,6 +176,8 @@ async fn consume(
 
         Counters::add(&counters.stored, messages.len() - rejected);
         Counters::add(&counters.dead_lettered, rejected);
+        crate::metrics::consumed("s2", topic, messages.len());
+        crate::metrics::dead_lettered(topic, dlq, rejected);
         if config.print_events {
             for (m, o) in messages.iter().zip(&outcomes) {
                 match o {

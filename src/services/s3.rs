@@ -201,6 +201,13 @@ pub async fn run(
             break;
         }
         Counters::add(&counters.logged, written);
+        let mut per_topic: std::collections::BTreeMap<&str, usize> = Default::default();
+        for m in &messages {
+            *per_topic.entry(m.topic.as_str()).or_default() += 1;
+        }
+        for (topic, n) in per_topic {
+            crate::metrics::consumed("s3", topic, n);
+        }
         if config.print_events {
             for m in &messages {
                 println!("[S3] Logged message from {}", m.topic);

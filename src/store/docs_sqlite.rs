@@ -131,22 +131,28 @@ impl DocumentStore for SqliteDocumentStore {
         collection: &str,
         docs: &[(String, Value)],
     ) -> StoreResult<Vec<StoreResult<()>>> {
-        let unique = super::last_by(docs, |(id, _)| id.clone());
-        match self.upsert_rows(collection, &unique).await {
-            Ok(()) => Ok(docs.iter().map(|_| Ok(())).collect()),
-            Err(e) if !e.is_rejection() => Err(e),
-            // The batch was refused: write one by one so only the bad documents fail.
-            Err(_) => {
-                let mut results = Vec::with_capacity(docs.len());
-                for doc in docs {
-                    match self.upsert_rows(collection, &[doc]).await {
-                        Err(e) if !e.is_rejection() => return Err(e),
-                        other => results.push(other),
+        let started = std::time::Instant::now();
+        let result = async {
+            let unique = super::last_by(docs, |(id, _)| id.clone());
+            match self.upsert_rows(collection, &unique).await {
+                Ok(()) => Ok(docs.iter().map(|_| Ok(())).collect()),
+                Err(e) if !e.is_rejection() => Err(e),
+                // The batch was refused: write one by one so only the bad documents fail.
+                Err(_) => {
+                    let mut results = Vec::with_capacity(docs.len());
+                    for doc in docs {
+                        match self.upsert_rows(collection, &[doc]).await {
+                            Err(e) if !e.is_rejection() => return Err(e),
+                            other => results.push(other),
+                        }
                     }
+                    Ok(results)
                 }
-                Ok(results)
             }
         }
+        .await;
+        crate::metrics::store_call("document", "embedded", started);
+        result
     }
 
     async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>> {

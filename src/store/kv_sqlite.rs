@@ -243,35 +243,41 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
 #[async_trait]
 impl KeyValueStore for SqliteKvStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-        purge_expired(&mut tx, now_ms()).await.map_err(err)?;
-        let mut pending = Pending::default();
-        for write in writes {
-            match write {
-                KvWrite::Set { key, value, ttl } => {
-                    let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
-                    pending.strings.push((key, value, expires));
-                }
-                KvWrite::HSet { key, fields } => {
-                    let object: serde_json::Map<String, serde_json::Value> = fields
-                        .iter()
-                        .map(|(f, v)| (f.clone(), v.clone().into()))
-                        .collect();
-                    pending
-                        .hashes
-                        .push((key, serde_json::Value::Object(object).to_string()));
-                }
-                KvWrite::SAdd { key, members } => {
-                    pending.members.extend(members.iter().map(|m| (key, m)));
-                }
-                other => {
-                    pending.flush(&mut tx).await.map_err(err)?;
-                    apply_one(&mut tx, other).await.map_err(err)?;
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            purge_expired(&mut tx, now_ms()).await.map_err(err)?;
+            let mut pending = Pending::default();
+            for write in writes {
+                match write {
+                    KvWrite::Set { key, value, ttl } => {
+                        let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
+                        pending.strings.push((key, value, expires));
+                    }
+                    KvWrite::HSet { key, fields } => {
+                        let object: serde_json::Map<String, serde_json::Value> = fields
+                            .iter()
+                            .map(|(f, v)| (f.clone(), v.clone().into()))
+                            .collect();
+                        pending
+                            .hashes
+                            .push((key, serde_json::Value::Object(object).to_string()));
+                    }
+                    KvWrite::SAdd { key, members } => {
+                        pending.members.extend(members.iter().map(|m| (key, m)));
+                    }
+                    other => {
+                        pending.flush(&mut tx).await.map_err(err)?;
+                        apply_one(&mut tx, other).await.map_err(err)?;
+                    }
                 }
             }
+            pending.flush(&mut tx).await.map_err(err)?;
+            tx.commit().await.map_err(err)
         }
-        pending.flush(&mut tx).await.map_err(err)?;
-        tx.commit().await.map_err(err)
+        .await;
+        crate::metrics::store_call("key-value", "embedded", started);
+        result
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>> {

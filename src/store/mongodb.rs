@@ -243,74 +243,80 @@ impl DocumentStore for MongoStore {
         collection: &str,
         docs: &[(String, Value)],
     ) -> StoreResult<Vec<StoreResult<()>>> {
-        if docs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
-        let foreign = self.foreign_ids(collection, &ids).await?;
-        let mut results: Vec<StoreResult<()>> = docs.iter().map(|_| Ok(())).collect();
-        let mut updates = Vec::with_capacity(docs.len());
-        let mut sent = Vec::with_capacity(docs.len());
-        for (i, (id, body)) in docs.iter().enumerate() {
-            // The driver would fail the whole command on it, not this document alone.
-            if let Some(name) = body.as_object().and_then(crate::wire::nul_field_name) {
-                results[i] = Err(StoreError::Rejected {
-                    store: STORE,
-                    reason: format!("field name {name:?} contains a NUL character"),
-                });
-                continue;
+        let started = std::time::Instant::now();
+        let result = async {
+            if docs.is_empty() {
+                return Ok(Vec::new());
             }
-            match ::mongodb::bson::to_document(body) {
-                Ok(mut document) => {
-                    let target = foreign
-                        .get(id)
-                        .cloned()
-                        .unwrap_or_else(|| Bson::String(id.clone()));
-                    document.insert("_id", target.clone());
-                    updates.push(doc! {"q": {"_id": target}, "u": document, "upsert": true});
-                    sent.push(i);
-                }
-                Err(e) => {
+            let ids: Vec<String> = docs.iter().map(|(id, _)| id.clone()).collect();
+            let foreign = self.foreign_ids(collection, &ids).await?;
+            let mut results: Vec<StoreResult<()>> = docs.iter().map(|_| Ok(())).collect();
+            let mut updates = Vec::with_capacity(docs.len());
+            let mut sent = Vec::with_capacity(docs.len());
+            for (i, (id, body)) in docs.iter().enumerate() {
+                // The driver would fail the whole command on it, not this document alone.
+                if let Some(name) = body.as_object().and_then(crate::wire::nul_field_name) {
                     results[i] = Err(StoreError::Rejected {
                         store: STORE,
-                        reason: format!("not storable as BSON: {e}"),
-                    })
+                        reason: format!("field name {name:?} contains a NUL character"),
+                    });
+                    continue;
+                }
+                match ::mongodb::bson::to_document(body) {
+                    Ok(mut document) => {
+                        let target = foreign
+                            .get(id)
+                            .cloned()
+                            .unwrap_or_else(|| Bson::String(id.clone()));
+                        document.insert("_id", target.clone());
+                        updates.push(doc! {"q": {"_id": target}, "u": document, "upsert": true});
+                        sent.push(i);
+                    }
+                    Err(e) => {
+                        results[i] = Err(StoreError::Rejected {
+                            store: STORE,
+                            reason: format!("not storable as BSON: {e}"),
+                        })
+                    }
                 }
             }
-        }
-        if updates.is_empty() {
-            return Ok(results);
-        }
-        let name = self.collection(collection).name().to_string();
-        let reply = self
-            .db
-            // Acknowledged only once journaled on a majority: S2 commits its offset after
-            // this returns, so "written" must mean "durable".
-            .run_command(doc! {
-                "update": name,
-                "updates": updates,
-                "ordered": false,
-                "writeConcern": {"w": "majority", "j": true},
-            })
-            .await
-            .map_err(err)?;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            for e in errors.iter().filter_map(Bson::as_document) {
-                let index = e.get_i32("index").unwrap_or(-1);
-                let code = e.get_i32("code").unwrap_or(0);
-                let message = e.get_str("errmsg").unwrap_or("write error").to_string();
-                if let Some(i) = usize::try_from(index).ok().and_then(|k| sent.get(k)) {
-                    results[*i] = Err(per_document(code, message));
+            if updates.is_empty() {
+                return Ok(results);
+            }
+            let name = self.collection(collection).name().to_string();
+            let reply = self
+                .db
+                // Acknowledged only once journaled on a majority: S2 commits its offset after
+                // this returns, so "written" must mean "durable".
+                .run_command(doc! {
+                    "update": name,
+                    "updates": updates,
+                    "ordered": false,
+                    "writeConcern": {"w": "majority", "j": true},
+                })
+                .await
+                .map_err(err)?;
+            if let Ok(errors) = reply.get_array("writeErrors") {
+                for e in errors.iter().filter_map(Bson::as_document) {
+                    let index = e.get_i32("index").unwrap_or(-1);
+                    let code = e.get_i32("code").unwrap_or(0);
+                    let message = e.get_str("errmsg").unwrap_or("write error").to_string();
+                    if let Some(i) = usize::try_from(index).ok().and_then(|k| sent.get(k)) {
+                        results[*i] = Err(per_document(code, message));
+                    }
                 }
             }
+            if let Ok(concern) = reply.get_document("writeConcernError") {
+                return Err(StoreError::Unavailable {
+                    store: STORE,
+                    reason: format!("write concern not met: {concern}"),
+                });
+            }
+            Ok(results)
         }
-        if let Ok(concern) = reply.get_document("writeConcernError") {
-            return Err(StoreError::Unavailable {
-                store: STORE,
-                reason: format!("write concern not met: {concern}"),
-            });
-        }
-        Ok(results)
+        .await;
+        crate::metrics::store_call("document", "mongodb", started);
+        result
     }
 
     async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>> {

@@ -126,20 +126,26 @@ fn decode(row: &PgRow) -> StoreResult<SqlRow> {
 #[async_trait]
 impl RelationalStore for PostgresStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        let mut results = Vec::with_capacity(statements.len());
-        for statement in statements {
-            let rows = bind(
-                sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
-                &statement.args,
-            )
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err)?;
-            results.push(rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?);
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            let mut results = Vec::with_capacity(statements.len());
+            for statement in statements {
+                let rows = bind(
+                    sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
+                    &statement.args,
+                )
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+                results.push(rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?);
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(results)
         }
-        tx.commit().await.map_err(err)?;
-        Ok(results)
+        .await;
+        crate::metrics::store_call("relational", "postgres", started);
+        result
     }
 
     async fn ping(&self) -> StoreResult<()> {

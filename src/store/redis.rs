@@ -97,62 +97,69 @@ impl RedisStore {
 #[async_trait]
 impl KeyValueStore for RedisStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        // MULTI/EXEC: all of the writes or none, as the embedded store's transaction.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for write in writes {
-            match write {
-                KvWrite::HSet { key, fields } if !fields.is_empty() => {
-                    pipe.hset_multiple(self.key(key), fields).ignore();
-                }
-                KvWrite::HIncrBy { key, field, by } => {
-                    pipe.hincr(self.key(key), field, *by).ignore();
-                }
-                KvWrite::SAdd { key, members } if !members.is_empty() => {
-                    pipe.sadd(self.key(key), members).ignore();
-                }
-                KvWrite::Set { key, value, ttl } => match ttl {
-                    Some(ttl) => {
-                        pipe.pset_ex(self.key(key), value, millis(*ttl)).ignore();
-                    }
-                    None => {
-                        pipe.set(self.key(key), value).ignore();
-                    }
-                },
-                KvWrite::ZAdd { key, members } if !members.is_empty() => {
-                    let pairs: Vec<(f64, &String)> = members.iter().map(|(m, s)| (*s, m)).collect();
-                    pipe.zadd_multiple(self.key(key), &pairs).ignore();
-                }
-                KvWrite::ZRaise { key, member, score } => {
-                    pipe.cmd("ZADD")
-                        .arg(self.key(key))
-                        .arg("GT")
-                        .arg(*score)
-                        .arg(member)
-                        .ignore();
-                }
-                KvWrite::ZRem { key, members } if !members.is_empty() => {
-                    pipe.zrem(self.key(key), members).ignore();
-                }
-                KvWrite::ZRemUpTo { key, max } => {
-                    pipe.zrembyscore(self.key(key), "-inf", *max).ignore();
-                }
-                KvWrite::Expire { key, ttl } => {
-                    pipe.cmd("PEXPIRE")
-                        .arg(self.key(key))
-                        .arg(millis(*ttl))
-                        .ignore();
-                }
-                KvWrite::Del { key } => {
-                    pipe.del(self.key(key)).ignore();
-                }
-                _ => {}
+        let started = std::time::Instant::now();
+        let result = async {
+            if writes.is_empty() {
+                return Ok(());
             }
+            // MULTI/EXEC: all of the writes or none, as the embedded store's transaction.
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for write in writes {
+                match write {
+                    KvWrite::HSet { key, fields } if !fields.is_empty() => {
+                        pipe.hset_multiple(self.key(key), fields).ignore();
+                    }
+                    KvWrite::HIncrBy { key, field, by } => {
+                        pipe.hincr(self.key(key), field, *by).ignore();
+                    }
+                    KvWrite::SAdd { key, members } if !members.is_empty() => {
+                        pipe.sadd(self.key(key), members).ignore();
+                    }
+                    KvWrite::Set { key, value, ttl } => match ttl {
+                        Some(ttl) => {
+                            pipe.pset_ex(self.key(key), value, millis(*ttl)).ignore();
+                        }
+                        None => {
+                            pipe.set(self.key(key), value).ignore();
+                        }
+                    },
+                    KvWrite::ZAdd { key, members } if !members.is_empty() => {
+                        let pairs: Vec<(f64, &String)> =
+                            members.iter().map(|(m, s)| (*s, m)).collect();
+                        pipe.zadd_multiple(self.key(key), &pairs).ignore();
+                    }
+                    KvWrite::ZRaise { key, member, score } => {
+                        pipe.cmd("ZADD")
+                            .arg(self.key(key))
+                            .arg("GT")
+                            .arg(*score)
+                            .arg(member)
+                            .ignore();
+                    }
+                    KvWrite::ZRem { key, members } if !members.is_empty() => {
+                        pipe.zrem(self.key(key), members).ignore();
+                    }
+                    KvWrite::ZRemUpTo { key, max } => {
+                        pipe.zrembyscore(self.key(key), "-inf", *max).ignore();
+                    }
+                    KvWrite::Expire { key, ttl } => {
+                        pipe.cmd("PEXPIRE")
+                            .arg(self.key(key))
+                            .arg(millis(*ttl))
+                            .ignore();
+                    }
+                    KvWrite::Del { key } => {
+                        pipe.del(self.key(key)).ignore();
+                    }
+                    _ => {}
+                }
+            }
+            pipe.exec_async(&mut self.conn.clone()).await.map_err(err)
         }
-        pipe.exec_async(&mut self.conn.clone()).await.map_err(err)
+        .await;
+        crate::metrics::store_call("key-value", "redis", started);
+        result
     }
 
     async fn hget_many(&self, fields: &[(String, String)]) -> StoreResult<Vec<Option<String>>> {

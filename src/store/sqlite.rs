@@ -75,22 +75,28 @@ fn decode(row: &SqliteRow) -> StoreResult<SqlRow> {
 #[async_trait]
 impl RelationalStore for SqliteStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
-        // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
-        // fails half-way on a lock another writer took meanwhile.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-        let mut results = Vec::with_capacity(statements.len());
-        for statement in statements {
-            let rows = bind(
-                sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
-                &statement.args,
-            )
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err)?;
-            results.push(rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?);
+        let started = std::time::Instant::now();
+        let result = async {
+            // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
+            // fails half-way on a lock another writer took meanwhile.
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            let mut results = Vec::with_capacity(statements.len());
+            for statement in statements {
+                let rows = bind(
+                    sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
+                    &statement.args,
+                )
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+                results.push(rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?);
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(results)
         }
-        tx.commit().await.map_err(err)?;
-        Ok(results)
+        .await;
+        crate::metrics::store_call("relational", "sqlite", started);
+        result
     }
 
     async fn ping(&self) -> StoreResult<()> {

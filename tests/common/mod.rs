@@ -304,3 +304,30 @@ pub fn on_kafka(settings: &mut livros::app::Settings, brokers: String) {
     settings.topics = livros::bus::Topics::new(format!("t{run}."));
     settings.s2.group = format!("s2-{run}");
 }
+
+/// The sum of the samples of `name` in a Prometheus text exposition whose labels include
+/// every one of `labels`; `None` when no sample matches.
+pub fn metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once("} ") {
+                Some((set, value)) => (set, value),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        let has = |(k, v): &(&str, &str)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\""));
+        if labels.iter().all(has) {
+            let value: f64 = value.trim().parse().unwrap_or(0.0);
+            found = Some(found.unwrap_or(0.0) + value);
+        }
+    }
+    found
+}

@@ -20,7 +20,7 @@ use livros::systems::products::{self, Products};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use common::{Child, TestDb, eventually, free_port, service_url};
+use common::{Child, TestDb, eventually, free_port, metric, service_url};
 
 /// What the seed's `produce_message.py` sends.
 const SEED: &str = include_str!("../fixtures/seed/product.json");
@@ -323,6 +323,74 @@ async fn seed_flow(p: Platform) {
             .await
             .len(),
         3
+    );
+
+    // What the pipeline did is in the metrics the API serves (this process's).
+    let response = reqwest::get(format!("{}/metrics", p.base)).await.unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    let at_least = |name: &str, labels: &[(&str, &str)], n: f64| {
+        let got = metric(&text, name, labels);
+        assert!(
+            got.is_some_and(|v| v >= n),
+            "{name} {labels:?}: {got:?}\n{text}"
+        );
+    };
+    let (cadastro, erro, persistidos) = (
+        p.topic(CADASTRO_PRODUTOS),
+        p.topic(ERRO_PRODUTOS),
+        p.topic(PRODUTOS_PERSISTIDOS),
+    );
+    at_least(
+        "livros_messages_consumed_total",
+        &[("service", "s2"), ("topic", &cadastro)],
+        (5 + bad.len()) as f64,
+    );
+    at_least(
+        "livros_dead_letters_total",
+        &[("topic", &cadastro), ("to", &erro)],
+        bad.len() as f64,
+    );
+    at_least(
+        "livros_messages_published_total",
+        &[("topic", &persistidos)],
+        3.0,
+    );
+    at_least(
+        "livros_store_seconds_count",
+        &[("store", "relational")],
+        1.0,
+    );
+    at_least(
+        "livros_http_requests_total",
+        &[
+            ("api", "products"),
+            ("method", "POST"),
+            ("route", "/products/"),
+            ("status", "200"),
+        ],
+        3.0,
+    );
+    get(&format!("{}/products/nobody", p.base)).await;
+    let text = reqwest::get(format!("{}/metrics", p.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &text,
+            "livros_http_requests_total",
+            &[("route", "/products/{id}"), ("status", "404")]
+        )
+        .is_some(),
+        "{text}"
     );
     p.pipeline.stop().await.unwrap();
 }

@@ -441,7 +441,13 @@ pub fn app(router: Router, config: ApiConfig) -> axum::Router {
         .route("/orders", axum::routing::post(create_order))
         .route("/orders/{id}", get(get_order))
         .with_state(state);
-    crate::api::finish(routes, ApiDoc::openapi(), stores, config, "S2")
+    crate::api::finish(
+        routes,
+        ApiDoc::openapi(),
+        stores,
+        config,
+        ("bookstore", "S2"),
+    )
 }
 
 #[cfg(test)]

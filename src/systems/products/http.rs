@@ -181,7 +181,13 @@ pub fn app(stores: Stores, writer: ProductWriter, config: ApiConfig) -> axum::Ro
         .route("/products", get(list_products).post(create_product))
         .route("/products/{id}", get(get_product))
         .with_state(state);
-    crate::api::finish(routes, ApiDoc::openapi(), stores, config, "API")
+    crate::api::finish(
+        routes,
+        ApiDoc::openapi(),
+        stores,
+        config,
+        ("products", "API"),
+    )
 }
 
 #[cfg(test)]

@@ -1223,5 +1223,11 @@ pub fn app(
             get(continuar_assistindo),
         )
         .with_state(gateway);
-    crate::api::finish(routes, ApiDoc::openapi(), stores, config, "S1")
+    crate::api::finish(
+        routes,
+        ApiDoc::openapi(),
+        stores,
+        config,
+        ("streaming", "S1"),
+    )
 }

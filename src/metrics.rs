@@ -1,0 +1,102 @@
+//! Prometheus metrics: one recorder per process (the `metrics` facade, rendered by
+//! `metrics-exporter-prometheus`), served at `/metrics` by every HTTP service
+//! ([`crate::api::finish`]). The names, and where each is recorded:
+//!
+//! | metric | labels | recorded by |
+//! |---|---|---|
+//! | `livros_messages_published_total` | `topic` | every bus, per record acknowledged |
+//! | `livros_messages_consumed_total` | `service` (`s2`, `s3`), `topic` | S2 and S3, per message committed |
+//! | `livros_dead_letters_total` | `topic` (where it came from), `to` | S2, per message dead-lettered |
+//! | `livros_batch_size` | `service`, `topic` | S2 and S3, per batch (histogram) |
+//! | `livros_store_seconds` | `store` (`relational`, `document`, `key-value`), `engine` | every store, per relational transaction (reads included), document upsert and key-value write batch (histogram) |
+//! | `livros_retries_total` | `what` | every retry with backoff |
+//! | `livros_http_requests_total` | `api` (the system), `method`, `route`, `status` | every HTTP service |
+//! | `livros_http_request_seconds` | `api`, `method`, `route` | every HTTP service (histogram) |
+//!
+//! Routes are the matched path (`/customers/{id}`), never the raw one, so the label set
+//! stays small. Counters count what this process did since it started.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: 0.1 ms to 10 s.
+const SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Batch-size buckets.
+const SIZES: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed by the first call. Should another recorder already be
+/// installed (an embedding program's), ours still renders, and stays empty.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = || {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZES))
+                .expect("the buckets are not empty")
+        };
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed: /metrics stays empty");
+        }
+        handle
+    })
+}
+
+/// Records `n` records published on `topic`.
+pub fn published(topic: &str, n: usize) {
+    metrics::counter!("livros_messages_published_total", "topic" => topic.to_string())
+        .increment(n as u64);
+}
+
+/// Records a batch of `n` messages from `topic` that `service` processed and committed.
+pub fn consumed(service: &'static str, topic: &str, n: usize) {
+    metrics::counter!("livros_messages_consumed_total", "service" => service, "topic" => topic.to_string())
+        .increment(n as u64);
+    metrics::histogram!("livros_batch_size", "service" => service, "topic" => topic.to_string())
+        .record(n as f64);
+}
+
+/// Records `n` messages from `topic` dead-lettered to `to`.
+pub fn dead_lettered(topic: &str, to: &str, n: usize) {
+    if n > 0 {
+        metrics::counter!("livros_dead_letters_total", "topic" => topic.to_string(), "to" => to.to_string())
+            .increment(n as u64);
+    }
+}
+
+/// Records a store call of `store` (`relational`…) on `engine` that started at `started`.
+pub fn store_call(store: &'static str, engine: &'static str, started: Instant) {
+    metrics::histogram!("livros_store_seconds", "store" => store, "engine" => engine)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Records one retry of `what`.
+pub fn retried(what: &str) {
+    metrics::counter!("livros_retries_total", "what" => what.to_string()).increment(1);
+}
+
+/// Records one HTTP request answered by `api`.
+pub fn http_request(api: &'static str, method: &str, route: &str, status: u16, started: Instant) {
+    let (method, route) = (method.to_string(), route.to_string());
+    metrics::counter!("livros_http_requests_total", "api" => api, "method" => method.clone(),
+        "route" => route.clone(), "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!("livros_http_request_seconds", "api" => api, "method" => method,
+        "route" => route)
+    .record(started.elapsed().as_secs_f64());
+}
+
+/// The Prometheus text exposition of everything recorded so far.
+pub fn render() -> String {
+    handle().render()
+}
