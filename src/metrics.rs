@@ -9,6 +9,7 @@
 //! | `livros_dead_letters_total` | `topic` (where it came from), `to` | S2, per message dead-lettered |
 //! | `livros_batch_size` | `service`, `topic` | S2 and S3, per batch (histogram) |
 //! | `livros_store_seconds` | `store` (`relational`, `document`, `key-value`), `engine` | every store, per relational transaction (reads included), document upsert and key-value write batch (histogram) |
+//! | `livros_consumer_lag` | `group`, `topic` (S3: `*`, every topic) | S2 and S3, after a commit, at most every [`LAG_EVERY`] (gauge) |
 //! | `livros_retries_total` | `what` | every retry with backoff |
 //! | `livros_http_requests_total` | `api` (the system), `method`, `route`, `status` | every HTTP service |
 //! | `livros_http_request_seconds` | `api`, `method`, `route` | every HTTP service (histogram) |
@@ -78,6 +79,42 @@ pub fn dead_lettered(topic: &str, to: &str, n: usize) {
 pub fn store_call(store: &'static str, engine: &'static str, started: Instant) {
     metrics::histogram!("livros_store_seconds", "store" => store, "engine" => engine)
         .record(started.elapsed().as_secs_f64());
+}
+
+/// How often a consumer measures its lag: asking the bus costs a round trip.
+pub const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Measures a consumer group's lag now and then, after its commits.
+pub struct LagGauge {
+    group: String,
+    topics: Vec<String>,
+    label: String,
+    last: Option<Instant>,
+}
+
+impl LagGauge {
+    /// A gauge of `group`'s lag on `topics`, labelled `label` (a topic, or `*`).
+    pub fn new(group: &str, topics: &[String], label: &str) -> Self {
+        Self {
+            group: group.to_string(),
+            topics: topics.to_vec(),
+            label: label.to_string(),
+            last: None,
+        }
+    }
+
+    /// Asks `bus` for the lag, unless it did less than [`LAG_EVERY`] ago. A bus that does
+    /// not answer leaves the last value.
+    pub async fn update(&mut self, bus: &dyn crate::bus::Bus) {
+        if self.last.is_some_and(|t| t.elapsed() < LAG_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        if let Ok(lag) = bus.lag(&self.group, &self.topics).await {
+            metrics::gauge!("livros_consumer_lag", "group" => self.group.clone(), "topic" => self.label.clone())
+                .set(lag as f64);
+        }
+    }
 }
 
 /// Records one retry of `what`.

@@ -126,6 +126,7 @@ async fn consume(
             StartFrom::Earliest,
         )
         .await?;
+    let mut lag = crate::metrics::LagGauge::new(&spec.group, std::slice::from_ref(topic), topic);
     while let Some(messages) =
         super::next_batch(&mut *consumer, config.batch_size, &shutdown).await?
     {
@@ -178,6 +179,7 @@ async fn consume(
         Counters::add(&counters.dead_lettered, rejected);
         crate::metrics::consumed("s2", topic, messages.len());
         crate::metrics::dead_lettered(topic, dlq, rejected);
+        lag.update(&*bus).await;
         if config.print_events {
             for (m, o) in messages.iter().zip(&outcomes) {
                 match o {

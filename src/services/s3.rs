@@ -179,6 +179,7 @@ pub async fn run(
     let mut consumer = bus
         .subscribe(&config.group, &config.topics, StartFrom::Earliest)
         .await?;
+    let mut lag = crate::metrics::LagGauge::new(&config.group, &config.topics, "*");
     while let Some(messages) =
         super::next_batch(&mut *consumer, config.batch_size, &shutdown).await?
     {
@@ -208,6 +209,7 @@ pub async fn run(
         for (topic, n) in per_topic {
             crate::metrics::consumed("s3", topic, n);
         }
+        lag.update(&*bus).await;
         if config.print_events {
             for m in &messages {
                 println!("[S3] Logged message from {}", m.topic);

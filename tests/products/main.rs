@@ -366,6 +366,10 @@ async fn seed_flow(p: Platform) {
         &[("store", "relational")],
         1.0,
     );
+    assert!(
+        metric(&text, "livros_consumer_lag", &[("topic", &cadastro)]).is_some(),
+        "{text}"
+    );
     at_least(
         "livros_http_requests_total",
         &[
