@@ -63,6 +63,9 @@ pub struct Settings {
     pub api: ApiConfig,
     /// The systems to run.
     pub systems: Systems,
+    /// Elasticsearch / OpenSearch to index the audit log into, beside the file: its URL
+    /// and index.
+    pub search: Option<(String, String)>,
 }
 
 impl Settings {
@@ -81,6 +84,7 @@ impl Settings {
             topics: Topics::default(),
             api: ApiConfig::default(),
             systems: Systems::default(),
+            search: None,
         }
     }
 }
@@ -160,6 +164,12 @@ pub fn describe(bus: &dyn Bus, stores: Option<&Stores>, settings: &Settings) -> 
         }
     }
     lines.push(format!("audit log: {}", settings.audit_log.display()));
+    if let Some((url, index)) = &settings.search {
+        lines.push(format!(
+            "audit log indexed into {} (index `{index}`)",
+            crate::store::redact(url)
+        ));
+    }
     lines
 }
 
@@ -249,6 +259,26 @@ impl Pipeline {
                 counters.clone(),
                 shutdown.clone(),
             ));
+            if let Some((url, index)) = &settings.search {
+                let systems = settings
+                    .systems
+                    .0
+                    .iter()
+                    .flat_map(|s| {
+                        s.topics(&settings.topics)
+                            .into_iter()
+                            .map(|t| (t, s.name()))
+                    })
+                    .collect();
+                let indexer =
+                    crate::services::index::Indexer::new(crate::services::index::IndexConfig {
+                        url: url.clone(),
+                        index: index.clone(),
+                        log_path: settings.audit_log.clone(),
+                        systems,
+                    });
+                tasks.spawn(indexer.run(shutdown.clone()));
+            }
         }
         Self {
             shutdown,

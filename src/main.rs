@@ -153,6 +153,16 @@ struct Global {
         default_value_t = livros::systems::products::DEFAULT_CONCURRENCY)]
     post_concurrency: usize,
 
+    /// Elasticsearch or OpenSearch (e.g. http://127.0.0.1:9200): S3 also indexes every
+    /// audit line there, back-filling from the file after an outage. Unset: the file only.
+    #[arg(long, env = "LIVROS_ELASTICSEARCH_URL", global = true)]
+    elasticsearch_url: Option<url::Url>,
+
+    /// The index S3 writes into.
+    #[arg(long, env = "LIVROS_ELASTICSEARCH_INDEX", global = true,
+        default_value = livros::services::index::DEFAULT_INDEX)]
+    elasticsearch_index: String,
+
     /// Testing only: a crash to inject (`crash-after-commit`: the products API aborts right
     /// after committing a product, before its announcement is published).
     #[arg(long, env = "LIVROS_FAULT", global = true, hide = true, value_parser = parse_fault)]
@@ -502,6 +512,10 @@ impl Global {
             products::CONCURRENCY_OPTION.into(),
             self.post_concurrency.max(1).to_string(),
         );
+        s.search = self
+            .elasticsearch_url
+            .as_ref()
+            .map(|url| (url.to_string(), self.elasticsearch_index.clone()));
         if let Some(fault) = &self.fault {
             s.options
                 .insert(products::FAULT_OPTION.into(), fault.clone());

@@ -11,6 +11,7 @@
 //! | `livros_store_seconds` | `store` (`relational`, `document`, `key-value`), `engine` | every store, per relational transaction (reads included), document upsert and key-value write batch (histogram) |
 //! | `livros_consumer_lag` | `group`, `topic` (S3: `*`, every topic) | S2 and S3, after a commit, at most every [`LAG_EVERY`] (gauge) |
 //! | `livros_retries_total` | `what` | every retry with backoff |
+//! | `livros_indexed_total`, `livros_index_refused_total` | — | the audit log's indexer |
 //! | `livros_http_requests_total` | `api` (the system), `method`, `route`, `status` | every HTTP service |
 //! | `livros_http_request_seconds` | `api`, `method`, `route` | every HTTP service (histogram) |
 //!
@@ -115,6 +116,16 @@ impl LagGauge {
                 .set(lag as f64);
         }
     }
+}
+
+/// Records `n` audit lines indexed into the search engine.
+pub fn indexed(n: usize) {
+    metrics::counter!("livros_indexed_total").increment(n as u64);
+}
+
+/// Records `n` documents the search engine refused.
+pub fn index_refused(n: usize) {
+    metrics::counter!("livros_index_refused_total").increment(n as u64);
 }
 
 /// Records one retry of `what`.

@@ -5,11 +5,14 @@
 //! - [`s2`]: the processor: for each consumer a system declares, poll a batch → its
 //!   [`Handler`] → dead letters → commit, with the guarantees in `ARCHITECTURE.md`.
 //! - [`s3`]: consumes every topic of every system and appends each message to the audit log.
+//! - [`index`]: the audit log followed into Elasticsearch / OpenSearch, back-filled after
+//!   an outage.
 //! - [`outbox`]: records written in the same transaction as the data they announce, and
 //!   the relay that publishes them.
 //!
 //! What a system's S1 (generator) does lives in the system's folder.
 
+pub mod index;
 pub mod outbox;
 pub mod s2;
 pub mod s3;
