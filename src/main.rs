@@ -54,7 +54,7 @@ struct Global {
     )]
     data_dir: PathBuf,
 
-    /// PostgreSQL URL for the relational data (customers; users, subscriptions, payments…) (e.g. postgres://user:pass@127.0.0.1:5432/livros).
+    /// PostgreSQL URL for the relational data (customers; users, subscriptions, payments…; products and the outbox) (e.g. postgres://user:pass@127.0.0.1:5432/livros).
     /// Unset: embedded SQLite in the data dir.
     #[arg(long, env = "LIVROS_POSTGRES_URL", global = true)]
     postgres_url: Option<String>,
