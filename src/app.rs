@@ -351,8 +351,8 @@ impl Pipeline {
     }
 
     /// Waits until S2 has committed everything published so far and the systems have
-    /// finished what they accepted (published their outbox), then until S3 has too.
-    pub async fn drain_all(&mut self, bus: &dyn Bus, settings: &Settings) -> Result<(), AppError> {
+    /// finished what they accepted (published their outbox).
+    pub async fn drain_work(&mut self, bus: &dyn Bus, settings: &Settings) -> Result<(), AppError> {
         let consumers = self.consumers.clone();
         let stores = self.stores.clone();
         self.drain(|| async {
@@ -368,7 +368,12 @@ impl Pipeline {
             }
             Ok(left)
         })
-        .await?;
+        .await
+    }
+
+    /// [`Pipeline::drain_work`], then waits until S3 has logged everything too.
+    pub async fn drain_all(&mut self, bus: &dyn Bus, settings: &Settings) -> Result<(), AppError> {
+        self.drain_work(bus, settings).await?;
         let all = settings.all_topics();
         self.drain(|| bus.lag(&settings.s3_group, &all)).await
     }

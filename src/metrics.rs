@@ -76,10 +76,17 @@ pub fn dead_lettered(topic: &str, to: &str, n: usize) {
     }
 }
 
-/// Records a store call of `store` (`relational`…) on `engine` that started at `started`.
-pub fn store_call(store: &'static str, engine: &'static str, started: Instant) {
+/// Runs a store call of `store` (`relational`…) on `engine`, recording how long it took.
+pub async fn timed_store<T>(
+    store: &'static str,
+    engine: &'static str,
+    call: impl std::future::Future<Output = T>,
+) -> T {
+    let started = Instant::now();
+    let result = call.await;
     metrics::histogram!("livros_store_seconds", "store" => store, "engine" => engine)
         .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// How often a consumer measures its lag: asking the bus costs a round trip.

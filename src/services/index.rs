@@ -176,6 +176,8 @@ pub struct Indexer {
     config: IndexConfig,
     client: reqwest::Client,
     position_path: PathBuf,
+    /// How far the log is indexed: read from the position file once, then kept.
+    position: Option<u64>,
     index_ready: bool,
 }
 
@@ -191,6 +193,7 @@ impl Indexer {
             config,
             client,
             position_path,
+            position: None,
             index_ready: false,
         }
     }
@@ -233,7 +236,11 @@ impl Indexer {
     /// nothing new).
     pub async fn index_once(&mut self) -> Result<usize, IndexError> {
         self.ensure_index().await?;
-        let position = read_position(&self.position_path)?;
+        let position = match self.position {
+            Some(p) => p,
+            None => read_position(&self.position_path)?,
+        };
+        self.position = Some(position);
         let (log, start) = (self.config.log_path.clone(), position);
         let (lines, end) = tokio::task::spawn_blocking(move || read_lines(&log, start))
             .await
@@ -260,6 +267,7 @@ impl Indexer {
             self.bulk(body).await?;
         }
         write_position(&self.position_path, end)?;
+        self.position = Some(end);
         crate::metrics::indexed(ids.len());
         Ok(lines.len())
     }

@@ -131,8 +131,7 @@ impl DocumentStore for SqliteDocumentStore {
         collection: &str,
         docs: &[(String, Value)],
     ) -> StoreResult<Vec<StoreResult<()>>> {
-        let started = std::time::Instant::now();
-        let result = async {
+        crate::metrics::timed_store("document", "embedded", async {
             let unique = super::last_by(docs, |(id, _)| id.clone());
             match self.upsert_rows(collection, &unique).await {
                 Ok(()) => Ok(docs.iter().map(|_| Ok(())).collect()),
@@ -149,10 +148,8 @@ impl DocumentStore for SqliteDocumentStore {
                     Ok(results)
                 }
             }
-        }
-        .await;
-        crate::metrics::store_call("document", "embedded", started);
-        result
+        })
+        .await
     }
 
     async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>> {

@@ -243,8 +243,7 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
 #[async_trait]
 impl KeyValueStore for SqliteKvStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
-        let started = std::time::Instant::now();
-        let result = async {
+        crate::metrics::timed_store("key-value", "embedded", async {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
             purge_expired(&mut tx, now_ms()).await.map_err(err)?;
             let mut pending = Pending::default();
@@ -274,10 +273,8 @@ impl KeyValueStore for SqliteKvStore {
             }
             pending.flush(&mut tx).await.map_err(err)?;
             tx.commit().await.map_err(err)
-        }
-        .await;
-        crate::metrics::store_call("key-value", "embedded", started);
-        result
+        })
+        .await
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<BTreeMap<String, String>> {

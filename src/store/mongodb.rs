@@ -243,8 +243,7 @@ impl DocumentStore for MongoStore {
         collection: &str,
         docs: &[(String, Value)],
     ) -> StoreResult<Vec<StoreResult<()>>> {
-        let started = std::time::Instant::now();
-        let result = async {
+        crate::metrics::timed_store("document", "mongodb", async {
             if docs.is_empty() {
                 return Ok(Vec::new());
             }
@@ -313,10 +312,8 @@ impl DocumentStore for MongoStore {
                 });
             }
             Ok(results)
-        }
-        .await;
-        crate::metrics::store_call("document", "mongodb", started);
-        result
+        })
+        .await
     }
 
     async fn get(&self, collection: &str, id: &str) -> StoreResult<Option<Value>> {

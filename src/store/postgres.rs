@@ -126,8 +126,7 @@ fn decode(row: &PgRow) -> StoreResult<SqlRow> {
 #[async_trait]
 impl RelationalStore for PostgresStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
-        let started = std::time::Instant::now();
-        let result = async {
+        crate::metrics::timed_store("relational", "postgres", async {
             let mut tx = self.pool.begin().await.map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
@@ -142,10 +141,8 @@ impl RelationalStore for PostgresStore {
             }
             tx.commit().await.map_err(err)?;
             Ok(results)
-        }
-        .await;
-        crate::metrics::store_call("relational", "postgres", started);
-        result
+        })
+        .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

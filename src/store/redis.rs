@@ -97,8 +97,7 @@ impl RedisStore {
 #[async_trait]
 impl KeyValueStore for RedisStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
-        let started = std::time::Instant::now();
-        let result = async {
+        crate::metrics::timed_store("key-value", "redis", async {
             if writes.is_empty() {
                 return Ok(());
             }
@@ -156,10 +155,8 @@ impl KeyValueStore for RedisStore {
                 }
             }
             pipe.exec_async(&mut self.conn.clone()).await.map_err(err)
-        }
-        .await;
-        crate::metrics::store_call("key-value", "redis", started);
-        result
+        })
+        .await
     }
 
     async fn hget_many(&self, fields: &[(String, String)]) -> StoreResult<Vec<Option<String>>> {

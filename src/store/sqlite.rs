@@ -75,8 +75,7 @@ fn decode(row: &SqliteRow) -> StoreResult<SqlRow> {
 #[async_trait]
 impl RelationalStore for SqliteStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
-        let started = std::time::Instant::now();
-        let result = async {
+        crate::metrics::timed_store("relational", "sqlite", async {
             // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
             // fails half-way on a lock another writer took meanwhile.
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
@@ -93,10 +92,8 @@ impl RelationalStore for SqliteStore {
             }
             tx.commit().await.map_err(err)?;
             Ok(results)
-        }
-        .await;
-        crate::metrics::store_call("relational", "sqlite", started);
-        result
+        })
+        .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -550,6 +550,21 @@ async fn duplicate_posts_are_stored_once() {
     assert_eq!(ids(&page), ["list-1", "list-2"]);
     assert_eq!(page["has_more"], json!(false));
 
+    // What the seed's own scheduler posts: a naive isoformat timestamp, read as UTC.
+    let seed_post: Value =
+        serde_json::from_str(include_str!("../fixtures/seed/product_posted.json")).unwrap();
+    let (status, etag, body) = post(&url, &seed_post).await;
+    assert_eq!(
+        (status, etag.as_deref()),
+        (StatusCode::OK, Some("\"1\"")),
+        "{body}"
+    );
+    assert_eq!(
+        body["availability"]["timestamp"],
+        "2026-11-23T10:15:30.123456Z"
+    );
+    assert_eq!(body["pricing"], seed_post["pricing"]);
+
     // Bad bodies are 4xx with a JSON reason.
     let mut bad = product.clone();
     bad["pricing"]["currency"] = json!("XXY");

@@ -14,7 +14,7 @@ use super::routing::PRODUTOS_PERSISTIDOS;
 use super::{API_URL_OPTION, Products};
 use crate::app::{self, AppError, Pipeline, Settings, Systems};
 use crate::loadgen::rate;
-use crate::services::{Counters, outbox, s2};
+use crate::services::{Counters, s2};
 use crate::systems::{GenConfig, System};
 
 /// What the benchmark measured.
@@ -113,14 +113,7 @@ pub async fn run(settings: &Settings, registrations: u64) -> Result<Report, AppE
     let consumers = pipeline.consumers.clone();
     pipeline.drain(|| s2::lag(&*bus, &consumers)).await?;
     let accepted = started.elapsed();
-    let relational = stores.relational.clone();
-    pipeline
-        .drain(|| async {
-            outbox::pending(&*relational)
-                .await
-                .map_err(|e| crate::bus::BusError::Unavailable(e.to_string()))
-        })
-        .await?;
+    pipeline.drain_work(&*bus, &settings).await?;
     let announced = started.elapsed();
     pipeline.stop().await?;
     let topic = settings.topics.name(PRODUTOS_PERSISTIDOS);

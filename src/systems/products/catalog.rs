@@ -62,8 +62,9 @@ fn stored(row: &SqlRow) -> Stored {
     }
 }
 
-/// How many columns [`store_statements`] writes per product.
-const WIDTH: usize = 10;
+/// How many values [`store_statements`] binds per product (`version` and `write_id` are
+/// written without one each).
+const BOUND: usize = 9;
 
 /// The statements that store `products` — no id twice — and announce each product that
 /// changed, as its new version, on `topic` through the outbox; the last statement reads
@@ -71,11 +72,11 @@ const WIDTH: usize = 10;
 /// rows this write changed are those that carry it.
 pub fn store_statements(products: &[&Product], topic: &str, write_id: &str) -> Vec<Statement> {
     let mut rows = Vec::with_capacity(products.len());
-    let mut args = Vec::with_capacity(products.len() * WIDTH + 1);
+    let mut args = Vec::with_capacity(products.len() * BOUND + 1);
     args.push(SqlValue::from(write_id));
     for p in products {
         let first = args.len() + 1;
-        let placeholders: Vec<String> = (first..first + WIDTH - 1)
+        let placeholders: Vec<String> = (first..first + BOUND)
             .map(|i| {
                 if i == first + 3 {
                     format!("CAST(${i} AS NUMERIC)")

@@ -119,41 +119,46 @@ impl Batch for ProductWriter {
     type Output = Result<Stored, Rejection>;
 
     async fn apply(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Self::Output>> {
-        let mut out: Vec<Result<Stored, Rejection>> = Vec::with_capacity(payloads.len());
-        let mut valid = Vec::new();
-        for (i, payload) in payloads.iter().enumerate() {
-            match parse_product(payload) {
-                Ok(p) => {
-                    valid.push((i, p));
-                    out.push(Err(Rejection::Store(String::new())));
-                }
-                Err(invalid) => out.push(Err(invalid.into())),
-            }
-        }
+        let parsed: Vec<_> = payloads.iter().map(|p| parse_product(p)).collect();
+        let valid: Vec<(usize, &Product)> = parsed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p)))
+            .collect();
         if valid.is_empty() {
-            return Ok(out);
+            return Ok(parsed
+                .into_iter()
+                .map(|p| Err(p.expect_err("none is valid").into()))
+                .collect());
         }
-        let products: Vec<&Product> = valid.iter().map(|(_, p)| p).collect();
-        match self.store(&products).await {
-            Ok(stored) => {
-                for ((i, _), s) in valid.iter().zip(stored) {
-                    out[*i] = Ok(s);
-                }
-            }
-            Err(e) if e.is_rejection() && valid.len() > 1 => {
+        let products: Vec<&Product> = valid.iter().map(|(_, p)| *p).collect();
+        // Per valid product, in order: stored, or refused by the store.
+        let outcomes: Vec<Result<Stored, Rejection>> = match self.store(&products).await {
+            Ok(stored) => stored.into_iter().map(Ok).collect(),
+            Err(e) if e.is_rejection() && products.len() > 1 => {
                 // One product broke a rule of the store: store them one by one, so only
                 // that one is refused.
-                for (i, p) in &valid {
-                    out[*i] = match self.store(&[p]).await {
+                let mut each = Vec::with_capacity(products.len());
+                for p in &products {
+                    each.push(match self.store(&[p]).await {
                         Ok(mut stored) => Ok(stored.remove(0)),
                         Err(e) if e.is_rejection() => Err(Rejection::Store(e.to_string())),
                         Err(e) => return Err(e),
-                    };
+                    });
                 }
+                each
             }
-            Err(e) if e.is_rejection() => out[valid[0].0] = Err(Rejection::Store(e.to_string())),
+            Err(e) if e.is_rejection() => vec![Err(Rejection::Store(e.to_string()))],
             Err(e) => return Err(e),
-        }
+        };
+        let mut outcomes = outcomes.into_iter();
+        let out = parsed
+            .into_iter()
+            .map(|p| match p {
+                Ok(_) => outcomes.next().expect("one outcome per valid product"),
+                Err(invalid) => Err(invalid.into()),
+            })
+            .collect();
         if self.fault == Some(Fault::CrashAfterCommit) {
             eprintln!("fault injected: aborting after the commit, before the publish");
             std::process::abort();
