@@ -13,6 +13,7 @@ use crate::api::ApiConfig;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::kafka::{KafkaBus, KafkaConfig};
 use crate::bus::{Bus, BusError, Topics};
+use crate::search::SearchEngine;
 use crate::services::s2::{ConsumerSpec, S2Config};
 use crate::services::s3::S3Config;
 use crate::services::{Counters, ServiceError, s2, s3};
@@ -113,6 +114,15 @@ impl Settings {
             .collect()
     }
 
+    /// Which system each topic (dead-letter topics included) belongs to.
+    pub fn topic_systems(&self) -> crate::search::TopicSystems {
+        self.systems
+            .0
+            .iter()
+            .flat_map(|s| s.topics(&self.topics).into_iter().map(|t| (t, s.name())))
+            .collect()
+    }
+
     /// The consumers S2 runs for every system, over `stores`.
     pub fn consumers(&self, stores: &Stores) -> Vec<ConsumerSpec> {
         self.systems
@@ -121,6 +131,81 @@ impl Settings {
             .flat_map(|s| s.consumers(stores, self))
             .collect()
     }
+}
+
+/// The search engines S3 keeps up to date: the embedded index beside the audit log,
+/// always, and Elasticsearch when configured.
+pub fn search_engines(
+    settings: &Settings,
+) -> Vec<Result<Arc<dyn SearchEngine>, crate::search::SearchError>> {
+    let embedded =
+        crate::search::embedded::Embedded::open(&crate::search::embedded_dir(&settings.audit_log))
+            .map(|e| Arc::new(e) as Arc<dyn SearchEngine>);
+    let mut engines = vec![embedded];
+    if let Some(engine) = search_server(settings) {
+        engines.push(Ok(engine));
+    }
+    engines
+}
+
+/// Elasticsearch, when the settings name one.
+pub fn search_server(settings: &Settings) -> Option<Arc<dyn SearchEngine>> {
+    settings.search.as_ref().map(|(url, index)| {
+        Arc::new(crate::search::elastic::Elastic::new(
+            url,
+            index,
+            &settings.audit_log,
+        )) as Arc<dyn SearchEngine>
+    })
+}
+
+/// Which index a search reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchChoice {
+    /// Elasticsearch when configured, the embedded index otherwise.
+    #[default]
+    Auto,
+    /// The embedded index.
+    Embedded,
+    /// Elasticsearch (an error when none is configured).
+    Server,
+}
+
+/// The engine a search reads, as `choice` says. The embedded index is first brought up to
+/// date with the audit log — unless an S3 is writing it, which keeps it current itself.
+pub async fn search_engine(
+    settings: &Settings,
+    choice: SearchChoice,
+) -> Result<Arc<dyn SearchEngine>, crate::search::SearchError> {
+    use crate::search::{Indexer, SearchError, embedded::Embedded};
+    if choice != SearchChoice::Embedded {
+        if let Some(engine) = search_server(settings) {
+            return Ok(engine);
+        }
+        if choice == SearchChoice::Server {
+            return Err(SearchError::Query(
+                "no Elasticsearch is configured: pass --elasticsearch-url (or set \
+                 LIVROS_ELASTICSEARCH_URL)"
+                    .into(),
+            ));
+        }
+    }
+    if !settings.audit_log.exists() {
+        return Err(SearchError::Query(format!(
+            "no audit log at {}: `livros up` or `livros s3` writes it (or pass --audit-log)",
+            settings.audit_log.display()
+        )));
+    }
+    let dir = crate::search::embedded_dir(&settings.audit_log);
+    // A writer of its own, dropped (with its lock) once caught up.
+    let writer = Arc::new(Embedded::open(&dir)?);
+    let mut indexer = Indexer::new(writer, settings.audit_log.clone(), settings.topic_systems());
+    match indexer.catch_up().await {
+        Ok(()) | Err(SearchError::Unavailable(_)) => {}
+        Err(e) => return Err(e),
+    }
+    drop(indexer);
+    Ok(Arc::new(Embedded::open(&dir)?))
 }
 
 /// Opens the bus the settings name, creating every topic the systems use.
@@ -259,25 +344,21 @@ impl Pipeline {
                 counters.clone(),
                 shutdown.clone(),
             ));
-            if let Some((url, index)) = &settings.search {
-                let systems = settings
-                    .systems
-                    .0
-                    .iter()
-                    .flat_map(|s| {
-                        s.topics(&settings.topics)
-                            .into_iter()
-                            .map(|t| (t, s.name()))
-                    })
-                    .collect();
-                let indexer =
-                    crate::services::index::Indexer::new(crate::services::index::IndexConfig {
-                        url: url.clone(),
-                        index: index.clone(),
-                        log_path: settings.audit_log.clone(),
-                        systems,
-                    });
-                tasks.spawn(indexer.run(shutdown.clone()));
+            for engine in search_engines(settings) {
+                match engine {
+                    Ok(engine) => {
+                        let indexer = crate::search::Indexer::new(
+                            engine,
+                            settings.audit_log.clone(),
+                            settings.topic_systems(),
+                        );
+                        let shutdown = shutdown.clone();
+                        tasks.spawn(async move { Ok(indexer.run(shutdown).await?) });
+                    }
+                    Err(e) => {
+                        tasks.spawn(async move { Err(e.into()) });
+                    }
+                }
             }
         }
         Self {

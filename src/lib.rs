@@ -22,7 +22,10 @@
 //! - [`wire`]: reading records the way the seeds' programs write them (ids, texts, times).
 //! - [`envelope`]: the CloudEvents-style envelope generators wrap events in.
 //! - [`loadgen`]: requests from concurrent workers and their latencies, for the benchmarks.
+//! - [`search`]: the audit log searchable — an embedded tantivy index S3 always keeps, and
+//!   Elasticsearch / OpenSearch when configured; one query language for both.
 //! - [`metrics`]: the Prometheus metrics every service records, served at `/metrics`.
+//! - [`trace`]: W3C trace context (`traceparent`) across HTTP and message headers.
 //! - [`retry`], [`sqlite`]: backoff, and SQLite plumbing shared by the embedded parts.
 
 pub mod api;
@@ -32,8 +35,10 @@ pub mod envelope;
 pub mod loadgen;
 pub mod metrics;
 pub mod retry;
+pub mod search;
 pub mod services;
 pub mod sqlite;
 pub mod store;
 pub mod systems;
+pub mod trace;
 pub mod wire;

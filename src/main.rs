@@ -160,7 +160,7 @@ struct Global {
 
     /// The index S3 writes into.
     #[arg(long, env = "LIVROS_ELASTICSEARCH_INDEX", global = true,
-        default_value = livros::services::index::DEFAULT_INDEX)]
+        default_value = livros::search::DEFAULT_INDEX)]
     elasticsearch_index: String,
 
     /// Testing only: a crash to inject (`crash-after-commit`: the products API aborts right
@@ -426,6 +426,12 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         per_page: u64,
     },
+    /// Search the audit log (every message of every topic, dead letters included):
+    /// Elasticsearch when --elasticsearch-url is set, the embedded index otherwise.
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
     /// Messages published and consumed per topic and group, and records per store.
     Stats {
         /// Print JSON instead of tables.
@@ -460,6 +466,75 @@ enum Command {
         #[arg(long)]
         in_data_dir: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum LogsCommand {
+    /// Messages matching a query, newest first. Terms: `field:value` (topic, key, system,
+    /// event_type, correlation_id, source, trace_id, partition, offset: exact; reason: its
+    /// words), free words (each must occur in the message, any case), `since:` and
+    /// `until:` (an RFC 3339 time, or a duration ago: 15m, 2h, 1day); every term must hold.
+    /// Put words holding a colon in quotes.
+    ///
+    /// Examples: `livros logs search topic:books machado`;
+    /// `livros logs search topic:user_events.dlq since:1h`.
+    Search {
+        /// The query (no query: the newest messages).
+        query: Vec<String>,
+        /// Most messages printed.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        read: LogsRead,
+    },
+    /// Every message of one request, in the order they happened: the request, its
+    /// response, dead letters — those whose correlation_id, or W3C trace id, is ID.
+    Trace {
+        /// A correlation id (streaming's `correlation_id`) or a trace id (of a
+        /// `traceparent`).
+        id: String,
+        #[command(flatten)]
+        read: LogsRead,
+    },
+}
+
+#[derive(clap::Args)]
+struct LogsRead {
+    /// Which index to read: `auto` (Elasticsearch when configured, else embedded),
+    /// `embedded` or `elasticsearch`.
+    #[arg(long, value_enum, default_value = "auto")]
+    index: IndexChoice,
+    /// Print each message as a JSON line (all its fields) instead of a summary line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IndexChoice {
+    Auto,
+    Embedded,
+    Elasticsearch,
+}
+
+impl From<IndexChoice> for app::SearchChoice {
+    fn from(c: IndexChoice) -> Self {
+        match c {
+            IndexChoice::Auto => app::SearchChoice::Auto,
+            IndexChoice::Embedded => app::SearchChoice::Embedded,
+            IndexChoice::Elasticsearch => app::SearchChoice::Server,
+        }
+    }
+}
+
+fn print_hits(hits: &[serde_json::Value], json: bool) -> anyhow::Result<()> {
+    for hit in hits {
+        if json {
+            println!("{}", serde_json::to_string(hit)?);
+        } else {
+            println!("{}", livros::search::summary(hit));
+        }
+    }
+    Ok(())
 }
 
 impl Global {
@@ -994,6 +1069,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!(
                     "no books match (page {page}); `livros stats` shows how many books are stored"
                 );
+            }
+        }
+        Command::Logs { command } => {
+            let settings = g.settings(None);
+            match command {
+                LogsCommand::Search { query, limit, read } => {
+                    let query = livros::search::Query::parse(&query.join(" "), *limit)?;
+                    let engine = app::search_engine(&settings, read.index.into()).await?;
+                    let found = engine.search(&query).await?;
+                    print_hits(&found.hits, read.json)?;
+                    eprintln!(
+                        "{} of {} matching messages, newest first ({})",
+                        found.hits.len(),
+                        found.total,
+                        engine.describe()
+                    );
+                }
+                LogsCommand::Trace { id, read } => {
+                    let engine = app::search_engine(&settings, read.index.into()).await?;
+                    let hits = livros::search::trace(&*engine, id).await?;
+                    print_hits(&hits, read.json)?;
+                    if hits.is_empty() {
+                        eprintln!(
+                            "no message carries `{id}` as its correlation_id or trace id ({})",
+                            engine.describe()
+                        );
+                    }
+                }
             }
         }
         Command::Stats { json, consume } => {

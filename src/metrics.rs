@@ -125,9 +125,9 @@ impl LagGauge {
     }
 }
 
-/// Records `n` audit lines indexed into the search engine.
-pub fn indexed(n: usize) {
-    metrics::counter!("livros_indexed_total").increment(n as u64);
+/// Records `n` audit lines indexed into a search engine (`embedded`, `elasticsearch`).
+pub fn indexed(engine: &'static str, n: usize) {
+    metrics::counter!("livros_indexed_total", "engine" => engine).increment(n as u64);
 }
 
 /// Records `n` documents the search engine refused.

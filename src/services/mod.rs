@@ -12,7 +12,6 @@
 //!
 //! What a system's S1 (generator) does lives in the system's folder.
 
-pub mod index;
 pub mod outbox;
 pub mod s2;
 pub mod s3;
@@ -48,6 +47,9 @@ pub enum ServiceError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Indexing the audit log failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Search(#[from] crate::search::SearchError),
 }
 
 /// What became of one message.

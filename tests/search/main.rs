@@ -4,7 +4,7 @@
 //! `.ci/run` installs) where `LIVROS_TEST_ELASTICSEARCH_URL` is set.
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::time::Duration;
 
@@ -158,3 +158,4 @@ async fn audit_log_is_indexed_and_back_filled_after_an_outage() {
         "`{word}` from `{title}`: {found:?}"
     );
 }
+mod engines;

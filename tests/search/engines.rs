@@ -1,0 +1,282 @@
+//! One query language, two engines, the same answers: a real audit log (every system,
+//! dead letters included) indexed into the embedded index and into Elasticsearch, then a
+//! battery of queries asked of both — same totals, same messages, same order. And the
+//! command line a user types: `livros logs search` / `logs trace` on the embedded index
+//! S3 keeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use livros::search::elastic::Elastic;
+use livros::search::embedded::Embedded;
+use livros::search::{Found, Indexer, Query, SearchEngine, TopicSystems};
+use livros::store::StoreConfig;
+use serde_json::Value;
+
+use crate::common::{self, eventually, service_url};
+
+fn systems() -> TopicSystems {
+    let settings = livros::app::Settings::embedded("unused");
+    settings.topic_systems()
+}
+
+/// Runs every system for `rounds` rounds into `dir` (a share of product registrations
+/// broken on purpose, so there are dead letters), and returns the audit lines.
+fn audit_log(dir: &std::path::Path, rounds: u32) -> Vec<Value> {
+    let status = common::livros(dir, &StoreConfig::default(), "bookstore,streaming,products")
+        .args([
+            "up",
+            "--count",
+            &rounds.to_string(),
+            "--rate",
+            "0",
+            "--quiet",
+        ])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--invalid-ratio",
+            "0.3",
+            "--seed",
+            "7",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(dir.join("messages.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ids(found: &Found) -> Vec<String> {
+    found
+        .hits
+        .iter()
+        .map(|h| {
+            format!(
+                "{}/{}/{}",
+                h["topic"].as_str().unwrap(),
+                h["partition"],
+                h["offset"]
+            )
+        })
+        .collect()
+}
+
+/// Queries that exercise every kind of term, built from what the log holds.
+fn battery(lines: &[Value]) -> Vec<String> {
+    let find = |pred: &dyn Fn(&Value) -> bool| lines.iter().find(|l| pred(l)).cloned().unwrap();
+    let view = find(&|l| l["message"]["event_type"] == "registrar_visualizacao");
+    let correlation = view["message"]["correlation_id"].as_str().unwrap();
+    let book = find(&|l| l["topic"] == "books");
+    let title = book["message"]["data"]["title"].as_str().unwrap();
+    let word = title
+        .split(|c: char| !c.is_alphanumeric())
+        .max_by_key(|w| w.chars().count())
+        .unwrap();
+    let dead = find(&|l| l["topic"] == "erro-produtos");
+    let reason_word = dead["headers"]["dlq.reason"]
+        .as_str()
+        .map(|r| {
+            livros::search::words(r)
+                .into_iter()
+                .max_by_key(|w| w.len())
+                .unwrap()
+        })
+        .unwrap_or_else(|| "price".into());
+    let keyed = find(&|l| l["key"].is_string());
+    let product = find(&|l| l["topic"] == "produtos-persistidos");
+    let product_word = livros::search::words(product["message"]["name"].as_str().unwrap())
+        .into_iter()
+        .max_by_key(|w| w.chars().count())
+        .unwrap();
+    let middle = &lines[lines.len() / 2]["timestamp"];
+    vec![
+        String::new(),
+        "topic:books".into(),
+        "topic:erro-produtos".into(),
+        format!("reason:{reason_word}"),
+        "event_type:criar_usuario".into(),
+        format!("correlation_id:{correlation}"),
+        "system:streaming partition:1".into(),
+        "offset:3".into(),
+        format!("key:{}", keyed["key"].as_str().unwrap()),
+        word.to_string(),
+        format!("topic:books {}", word.to_uppercase()),
+        format!("since:{}", middle.as_str().unwrap()),
+        format!("until:{} system:bookstore", middle.as_str().unwrap()),
+        "nothingmatchesthisword".into(),
+        format!("system:products {product_word}"),
+    ]
+}
+
+async fn refresh(base: &str, index: &str) {
+    reqwest::Client::new()
+        .post(format!("{base}/{index}/_refresh"))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn embedded_and_elasticsearch_answer_alike() {
+    let Some(base) = service_url("LIVROS_TEST_ELASTICSEARCH_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lines = audit_log(dir.path(), 25);
+    let log = dir.path().join("messages.log");
+    let index = format!("conformance_{}", uuid::Uuid::new_v4().simple());
+
+    let server = Arc::new(Elastic::new(&base, &index, &log));
+    let local = Arc::new(Embedded::open(&dir.path().join("fresh.index")).unwrap());
+    for engine in [server.clone() as Arc<dyn SearchEngine>, local.clone()] {
+        Indexer::new(engine, log.clone(), systems())
+            .catch_up()
+            .await
+            .unwrap();
+    }
+    refresh(&base, &index).await;
+    let all = Query::parse("", 5).unwrap();
+    assert_eq!(local.search(&all).await.unwrap().total, lines.len() as u64);
+
+    for text in battery(&lines) {
+        let query = Query::parse(&text, 40).unwrap();
+        let (a, b) = (
+            local.search(&query).await.unwrap(),
+            server.search(&query).await.unwrap(),
+        );
+        assert_eq!(a.total, b.total, "`{text}`: totals differ");
+        assert_eq!(ids(&a), ids(&b), "`{text}`: hits differ");
+        assert_eq!(a.hits, b.hits, "`{text}`: documents differ");
+        let nothing = text.contains("nothingmatches");
+        assert_eq!(a.total == 0, nothing, "`{text}` found {}", a.total);
+    }
+    let view = lines
+        .iter()
+        .find(|l| l["message"]["event_type"] == "registrar_visualizacao")
+        .unwrap();
+    let correlation = view["message"]["correlation_id"].as_str().unwrap();
+    let (a, b) = (
+        livros::search::trace(&*local, correlation).await.unwrap(),
+        livros::search::trace(&*server, correlation).await.unwrap(),
+    );
+    assert_eq!(a, b);
+    // The request and its answer on response_events, in publish-time order (the two may
+    // share a millisecond).
+    let mut topics: Vec<_> = a.iter().map(|h| h["topic"].as_str().unwrap()).collect();
+    let times: Vec<_> = a
+        .iter()
+        .map(|h| h["timestamp_ms"].as_i64().unwrap())
+        .collect();
+    assert!(times.is_sorted(), "{a:?}");
+    topics.sort();
+    assert_eq!(topics, ["response_events", "user_events"], "{a:?}");
+}
+
+fn logs(dir: &std::path::Path, args: &[&str]) -> (String, String) {
+    let out = common::livros(dir, &StoreConfig::default(), "bookstore,streaming,products")
+        .arg("logs")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test]
+async fn s3_keeps_the_embedded_index_and_the_cli_searches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = audit_log(dir.path(), 10);
+
+    let (out, summary) = logs(dir.path(), &["search", "topic:books", "--limit", "3"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.lines().all(|l| l.contains("  books/")), "{out}");
+    assert!(summary.starts_with("3 of 10 matching"), "{summary}");
+
+    // Every dead letter is there with its reason, as JSON lines.
+    let dead = lines
+        .iter()
+        .filter(|l| l["topic"] == "erro-produtos")
+        .count();
+    assert!(dead > 0);
+    let (out, _) = logs(
+        dir.path(),
+        &["search", "topic:erro-produtos", "--json", "--limit", "100"],
+    );
+    let hits: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), dead);
+    assert!(hits.iter().all(|h| h["reason"].is_string()), "{hits:?}");
+
+    // A request's trace: the event and the answer (in publish-time order; they may share a
+    // millisecond).
+    let view = lines
+        .iter()
+        .find(|l| l["message"]["event_type"] == "criar_usuario")
+        .unwrap();
+    let correlation = view["message"]["correlation_id"].as_str().unwrap();
+    let (out, _) = logs(dir.path(), &["trace", correlation]);
+    let mut topics: Vec<_> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    let times: Vec<_> = out
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert!(times.is_sorted(), "{out}");
+    topics.sort();
+    assert_eq!(topics, ["response_events", "user_events"], "{out}");
+
+    // A query that cannot be understood says how to write it.
+    let out = common::livros(dir.path(), &StoreConfig::default(), "bookstore")
+        .args(["logs", "search", "colour:red"])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("unknown field `colour`"), "{err}");
+
+    // Lines S3 appends later are indexed by the running S3, without a catch-up.
+    let _s3 = common::Child(
+        common::livros(dir.path(), &StoreConfig::default(), "bookstore")
+            .args(["s3", "--quiet"])
+            .spawn()
+            .unwrap(),
+    );
+    let produce = common::livros(dir.path(), &StoreConfig::default(), "bookstore")
+        .args(["s1", "--count", "5", "--rate", "0", "--quiet"])
+        .status()
+        .unwrap();
+    assert!(produce.success());
+    let index = Embedded::open(&livros::search::embedded_dir(
+        &dir.path().join("messages.log"),
+    ))
+    .unwrap();
+    let query = Query::parse("topic:books", 1).unwrap();
+    eventually(
+        "S3 to index the new books",
+        Duration::from_secs(60),
+        || async { index.search(&query).await.is_ok_and(|f| f.total == 15) },
+    )
+    .await;
+}
