@@ -205,7 +205,22 @@ pub async fn search_engine(
         Err(e) => return Err(e),
     }
     drop(indexer);
-    Ok(Arc::new(Embedded::open(&dir)?))
+    search_reader(settings, SearchChoice::Embedded)
+}
+
+/// The engine searches read, as [`search_engine`] without the catch-up: for a process
+/// whose own S3 keeps the index current (the dashboard in `livros up`).
+pub fn search_reader(
+    settings: &Settings,
+    choice: SearchChoice,
+) -> Result<Arc<dyn SearchEngine>, crate::search::SearchError> {
+    if choice != SearchChoice::Embedded
+        && let Some(engine) = search_server(settings)
+    {
+        return Ok(engine);
+    }
+    let dir = crate::search::embedded_dir(&settings.audit_log);
+    Ok(Arc::new(crate::search::embedded::Embedded::open(&dir)?))
 }
 
 /// Opens the bus the settings name, creating every topic the systems use.
@@ -406,6 +421,29 @@ impl Pipeline {
         });
     }
 
+    /// Serves the dashboard on `listener` over S2's stores until the pipeline stops;
+    /// `apis` are the systems' API base URLs, for its links.
+    pub fn serve_dashboard(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        bus: Arc<dyn Bus>,
+        settings: &Settings,
+        apis: Vec<(&'static str, String)>,
+    ) -> Result<(), AppError> {
+        let Some(stores) = &self.stores else {
+            return Ok(());
+        };
+        let search = search_reader(settings, SearchChoice::Auto).map_err(ServiceError::from)?;
+        let app = crate::dashboard::router(bus, stores.clone(), settings, search, apis);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            crate::api::serve(listener, app, shutdown)
+                .await
+                .map_err(ServiceError::Http)
+        });
+        Ok(())
+    }
+
     /// Waits until `lag` (messages not yet committed) reaches zero, or a service fails.
     pub async fn drain<F, Fut>(&mut self, lag: F) -> Result<(), AppError>
     where
@@ -495,8 +533,17 @@ impl Pipeline {
     }
 }
 
-/// Runs every system's S1, S2 and S3 in this process, and each system's HTTP API on the
-/// listener given for it. With `generate.count`, returns once every message each S1 sent
+/// Where `livros up` serves: each system's HTTP API (those given) and the dashboard.
+#[derive(Default)]
+pub struct Listeners {
+    /// A listener per system that serves its API.
+    pub http: Vec<(Arc<dyn System>, tokio::net::TcpListener)>,
+    /// The dashboard's, when it is served.
+    pub dashboard: Option<tokio::net::TcpListener>,
+}
+
+/// Runs every system's S1, S2 and S3 in this process, each system's HTTP API on the
+/// listener given for it, and the dashboard on its own. With `generate.count`, returns once every message each S1 sent
 /// has been stored (or dead-lettered) and logged; otherwise runs until `stop_signal`. On
 /// `stop_signal`, the S1s stop between events, S2 and S3 finish the batch they are on,
 /// and the APIs the requests in flight.
@@ -505,7 +552,7 @@ pub async fn up(
     stores: Stores,
     settings: &Settings,
     generate: GenConfig,
-    http: Vec<(Arc<dyn System>, tokio::net::TcpListener)>,
+    listeners: Listeners,
     stop_signal: impl std::future::Future<Output = ()> + Send + 'static,
     on_start: impl FnOnce(&Arc<Counters>),
 ) -> Result<UpReport, AppError> {
@@ -515,8 +562,16 @@ pub async fn up(
     for system in &settings.systems.0 {
         pipeline.start_workers(&**system, bus.clone(), settings);
     }
+    let Listeners { http, dashboard } = listeners;
+    let apis = http
+        .iter()
+        .filter_map(|(system, l)| Some((system.name(), format!("http://{}", l.local_addr().ok()?))))
+        .collect();
     for (system, listener) in http {
         pipeline.serve_http(&*system, bus.clone(), listener, settings);
+    }
+    if let Some(listener) = dashboard {
+        pipeline.serve_dashboard(listener, bus.clone(), settings, apis)?;
     }
     on_start(&pipeline.counters);
     let shutdown = pipeline.shutdown.clone();

@@ -18,6 +18,8 @@
 //!   audit log (S3) and the transactional outbox's relay.
 //! - [`api`]: HTTP plumbing every system's API uses: errors, body extractor, bearer token,
 //!   paging, health, docs, bind and serve.
+//! - [`dashboard`]: the live page on :8089 (pipelines, rates, lag, records, dead letters,
+//!   recent messages, search and trace), its assets compiled in.
 //! - [`app`]: wiring — opens what the settings name and runs the systems.
 //! - [`wire`]: reading records the way the seeds' programs write them (ids, texts, times).
 //! - [`envelope`]: the CloudEvents-style envelope generators wrap events in.
@@ -31,6 +33,7 @@
 pub mod api;
 pub mod app;
 pub mod bus;
+pub mod dashboard;
 pub mod envelope;
 pub mod loadgen;
 pub mod metrics;

@@ -285,6 +285,39 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
 }
 
 #[derive(Args, Clone)]
+struct DashboardArgs {
+    /// Where the dashboard listens (the pipelines live, dead letters, recent messages,
+    /// search and trace), or `off`.
+    #[arg(long, env = "LIVROS_DASHBOARD", default_value = livros::dashboard::DEFAULT_ADDR,
+          value_parser = parse_dashboard)]
+    dashboard: DashboardAddr,
+}
+
+/// Where the dashboard listens; `None`: `off`.
+#[derive(Clone, Copy, Debug)]
+struct DashboardAddr(Option<std::net::SocketAddr>);
+
+fn parse_dashboard(s: &str) -> Result<DashboardAddr, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(DashboardAddr(None));
+    }
+    s.parse()
+        .map(|a| DashboardAddr(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8089 (or `off`)"))
+}
+
+async fn bind_dashboard(args: &DashboardArgs) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match args.dashboard.0 {
+        None => Ok(None),
+        Some(addr) => Ok(Some(livros::api::bind(addr).await.with_context(|| {
+            format!(
+                "the dashboard cannot listen on {addr}: pass --dashboard ADDR or --dashboard off"
+            )
+        })?)),
+    }
+}
+
+#[derive(Args, Clone)]
 struct HttpArgs {
     /// Where the HTTP APIs listen (OpenAPI at /openapi.json, docs at /docs): `off`; one
     /// address for a single system, or port 0 for a free port each; or pairs
@@ -339,7 +372,15 @@ enum Command {
         #[command(flatten)]
         http: HttpArgs,
         #[command(flatten)]
+        dashboard: DashboardArgs,
+        #[command(flatten)]
         output: OutputArgs,
+    },
+    /// Serve the dashboard alone, beside services run apart (`s1`, `s2`, `s3`, …): it reads
+    /// the same bus, stores and audit log they do.
+    Dashboard {
+        #[command(flatten)]
+        dashboard: DashboardArgs,
     },
     /// Run S1 alone: every system's generator publishing on the bus, or (`--via http`) the
     /// bookstore's client posting to its HTTP API.
@@ -715,6 +756,12 @@ fn print_http(
     }
 }
 
+fn print_dashboard(listener: Option<&tokio::net::TcpListener>) {
+    if let Some(addr) = listener.and_then(|l| l.local_addr().ok()) {
+        println!("  Dashboard: http://{addr}");
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 async fn stop_signal() {
     let ctrl_c = async {
@@ -787,6 +834,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             produce,
             consume,
             http,
+            dashboard,
             output,
         } => {
             let mut settings = produce_settings(g.settings(Some(consume)), produce);
@@ -795,12 +843,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bus = app::open_bus(&settings).await?;
             let stores = app::open_stores(&settings).await?;
             let listeners = bind_http(http, &settings).await?;
+            let dashboard = bind_dashboard(dashboard).await?;
             scheduler_to_local_api(&mut settings, &listeners);
             println!("Livros & Dados — data in {}", settings.data_dir.display());
             for line in app::describe(&*bus, Some(&stores), &settings) {
                 println!("  {line}");
             }
             print_http(&listeners, &settings, "  ");
+            print_dashboard(dashboard.as_ref());
             let quiet = output.quiet;
             let per_round: u64 = settings
                 .systems
@@ -815,7 +865,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 stores,
                 &settings,
                 generate,
-                listeners,
+                app::Listeners {
+                    http: listeners,
+                    dashboard,
+                },
                 stop_signal(),
                 |counters| {
                     if quiet {
@@ -1070,6 +1123,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "no books match (page {page}); `livros stats` shows how many books are stored"
                 );
             }
+        }
+        Command::Dashboard { dashboard } => {
+            let settings = g.settings(None);
+            let bus = app::open_bus(&settings).await?;
+            let stores = app::open_stores(&settings).await?;
+            let Some(listener) = bind_dashboard(dashboard).await? else {
+                anyhow::bail!("--dashboard off: nothing to serve");
+            };
+            print_dashboard(Some(&listener));
+            let apis = settings
+                .systems
+                .0
+                .iter()
+                .map(|s| (s.name(), format!("http://{}", s.default_http())))
+                .collect();
+            let mut pipeline = app::Pipeline::start_with(
+                bus.clone(),
+                Some(stores),
+                Vec::new(),
+                false,
+                &settings,
+                false,
+            );
+            pipeline.serve_dashboard(listener, bus, &settings, apis)?;
+            pipeline.run_until(stop_signal()).await?;
         }
         Command::Logs { command } => {
             let settings = g.settings(None);

@@ -265,6 +265,8 @@ pub fn livros(dir: &std::path::Path, config: &StoreConfig, systems: &str) -> std
         .env("RUST_LOG", "warn")
         .env("LIVROS_SYSTEMS", systems)
         .env("LIVROS_DATA_DIR", dir)
+        // Tests run side by side; the one that looks at the dashboard asks for it.
+        .env("LIVROS_DASHBOARD", "off")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     if let Some(url) = &config.postgres_url {

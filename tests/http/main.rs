@@ -806,6 +806,7 @@ fn spawn_serving(data_dir: &Path, args: &[&str]) -> (Child, String) {
         // These tests are about the bookstore's API.
         .env("LIVROS_SYSTEMS", "bookstore")
         .env("LIVROS_DATA_DIR", data_dir)
+        .env("LIVROS_DASHBOARD", "off")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -148,6 +148,7 @@ fn livros(data_dir: &Path, backends: &Backends) -> Command {
         .env("LIVROS_DATA_DIR", data_dir)
         // Tests run in parallel: each API on a free port, never the default 5000.
         .env("LIVROS_HTTP", "127.0.0.1:0")
+        .env("LIVROS_DASHBOARD", "off")
         .stdin(Stdio::null());
     backends.apply(&mut cmd);
     cmd
