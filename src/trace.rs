@@ -7,6 +7,55 @@
 /// The header's name, in HTTP and in message headers alike.
 pub const HEADER: &str = "traceparent";
 
+tokio::task_local! {
+    /// The trace of the request being served (set by [`middleware`]).
+    static CURRENT: TraceParent;
+}
+
+/// The trace of the HTTP request this task serves, if any: what a handler puts, as a
+/// child, on the messages it publishes.
+pub fn current() -> Option<TraceParent> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The `traceparent` header for a message published now: a child of the request's trace.
+pub fn header_for_publish() -> Option<(String, String)> {
+    current().map(|t| (HEADER.to_string(), t.child().header()))
+}
+
+/// Axum middleware: continues the request's `traceparent` (or starts a trace) for the
+/// handler, and answers with the server span's `traceparent`, so a client learns the
+/// trace id it can search for (`livros logs trace`).
+pub async fn middleware(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let incoming = request.headers().get(HEADER).and_then(|v| v.to_str().ok());
+    let span = TraceParent::continue_or_start(incoming);
+    let value = span.header();
+    let mut response = CURRENT.scope(span, next.run(request)).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+        response.headers_mut().insert(HEADER, value);
+    }
+    response
+}
+
+/// Puts on each record `out` caused by `cause` (a consumed message's headers) the trace
+/// `cause` carries, as a child, unless the record has one already.
+pub fn propagate(cause: &[(String, String)], out: &mut crate::bus::Record) {
+    let Some(parent) = cause
+        .iter()
+        .find(|(k, _)| k == HEADER)
+        .and_then(|(_, v)| TraceParent::parse(v))
+    else {
+        return;
+    };
+    if !out.headers.iter().any(|(k, _)| k == HEADER) {
+        out.headers
+            .push((HEADER.to_string(), parent.child().header()));
+    }
+}
+
 /// One `traceparent` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceParent {

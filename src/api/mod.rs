@@ -430,6 +430,7 @@ pub fn finish(
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(ops.clone(), print_request))
         .layer(middleware::from_fn_with_state(ops, record_request))
+        .layer(middleware::from_fn(crate::trace::middleware))
         .layer(DefaultBodyLimit::max(body_limit))
 }
 

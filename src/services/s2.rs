@@ -151,9 +151,13 @@ async fn consume(
         // Replies and dead letters are durable on the bus before the offset moves on.
         let rejected = dead.len();
         let mut outgoing = dead;
-        for o in &outcomes {
+        for (m, o) in messages.iter().zip(&outcomes) {
             if let Outcome::Stored { out, .. } = o {
-                outgoing.extend(out.iter().cloned());
+                // A reply belongs to the trace of the message it answers.
+                outgoing.extend(out.iter().cloned().map(|mut r| {
+                    crate::trace::propagate(&m.headers, &mut r);
+                    r
+                }));
             }
         }
         if !outgoing.is_empty() {

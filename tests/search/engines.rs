@@ -280,3 +280,64 @@ async fn s3_keeps_the_embedded_index_and_the_cli_searches_it() {
     )
     .await;
 }
+
+/// W3C trace context end to end: a client's `traceparent` on `POST /usuarios` is
+/// continued in the answer, carried on the event the gateway publishes and on the
+/// processor's reply, and the trace id finds both in the audit log.
+#[tokio::test]
+async fn a_request_is_one_trace_from_gateway_to_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _up = common::Child(
+        common::livros(dir.path(), &StoreConfig::default(), "streaming")
+            .args(["up", "--rate", "5", "--quiet", "--http"])
+            .arg(format!("127.0.0.1:{port}"))
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}/usuarios?wait=10");
+    eventually("the gateway to answer", Duration::from_secs(60), || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .is_ok()
+    })
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let answered = response.headers()["traceparent"].to_str().unwrap();
+    assert!(
+        answered.starts_with(&format!("00-{trace_id}-")),
+        "{answered}"
+    );
+    assert!(
+        !answered.contains("00f067aa0ba902b7"),
+        "a span of its own: {answered}"
+    );
+
+    let mut hits: Vec<Value> = Vec::new();
+    eventually(
+        "the request and its reply in the index",
+        Duration::from_secs(30),
+        || {
+            let (out, _) = logs(dir.path(), &["trace", trace_id, "--json"]);
+            hits = out
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let found = hits.len() == 2;
+            async move { found }
+        },
+    )
+    .await;
+    let mut topics: Vec<_> = hits.iter().map(|h| h["topic"].as_str().unwrap()).collect();
+    topics.sort();
+    assert_eq!(topics, ["response_events", "user_events"]);
+    assert!(hits.iter().all(|h| h["trace_id"] == trace_id), "{hits:?}");
+    assert_eq!(hits[0]["correlation_id"], hits[1]["correlation_id"]);
+}

@@ -226,7 +226,8 @@ impl Gateway {
             fields.insert("user_id".into(), user_id.into());
         }
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let record = event_record(&self.topics, kind.name(), &correlation_id, &fields);
+        let mut record = event_record(&self.topics, kind.name(), &correlation_id, &fields);
+        record.headers.extend(crate::trace::header_for_publish());
         // The processor's own validation, before anything is published.
         let event = entities::parse_event(&record.payload)?;
         entities::command(&event).map_err(|e| ApiError::from(e).about(kind.name()))?;
