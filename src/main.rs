@@ -1342,7 +1342,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match livros::trace::init_export() {
+        Ok(true) => tracing::info!("exporting traces over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)"),
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("error: {e}; check OTEL_EXPORTER_OTLP_ENDPOINT, or unset it");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = runtime.block_on(run(cli));
+    livros::trace::shutdown_export();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

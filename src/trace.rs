@@ -3,6 +3,22 @@
 //! read it from a request (or start a trace) and put it on every message the request
 //! publishes; S2 carries it from a request message to its reply; the audit log keeps
 //! headers, so the trace id is searchable (`livros logs trace <trace id>`).
+//!
+//! **Export**: with `OTEL_EXPORTER_OTLP_ENDPOINT` set (and [`init_export`] called, as the
+//! binary does), each hop is also a span sent over OTLP/HTTP (protobuf) in batches: the
+//! API's server span, the producer span of each message it publishes, S2's consumer span
+//! of each traced message. A span's id is the one the next hop's `traceparent` names as
+//! its parent, so a collector joins them into one trace. Unset: nothing is exported and
+//! nothing is buffered.
+
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanProcessor};
 
 /// The header's name, in HTTP and in message headers alike.
 pub const HEADER: &str = "traceparent";
@@ -18,9 +34,25 @@ pub fn current() -> Option<TraceParent> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-/// The `traceparent` header for a message published now: a child of the request's trace.
-pub fn header_for_publish() -> Option<(String, String)> {
-    current().map(|t| (HEADER.to_string(), t.child().header()))
+/// The `traceparent` header for a message published now on `topic`: a child of the
+/// request's trace (the producer span).
+pub fn header_for_publish(topic: &str) -> Option<(String, String)> {
+    let request = current()?;
+    let send = request.child();
+    let now = SystemTime::now();
+    let attributes = vec![KeyValue::new(
+        "messaging.destination.name",
+        topic.to_string(),
+    )];
+    export(
+        format!("send {topic}"),
+        SpanKind::Producer,
+        &send,
+        Some(&request),
+        now,
+        attributes,
+    );
+    Some((HEADER.to_string(), send.header()))
 }
 
 /// Axum middleware: continues the request's `traceparent` (or starts a trace) for the
@@ -31,29 +63,147 @@ pub async fn middleware(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let incoming = request.headers().get(HEADER).and_then(|v| v.to_str().ok());
-    let span = TraceParent::continue_or_start(incoming);
+    let parent = incoming.and_then(TraceParent::parse);
+    let span = parent
+        .as_ref()
+        .map(TraceParent::child)
+        .unwrap_or_else(TraceParent::root);
     let value = span.header();
-    let mut response = CURRENT.scope(span, next.run(request)).await;
+    let started = SystemTime::now();
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let mut response = CURRENT.scope(span.clone(), next.run(request)).await;
     if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
         response.headers_mut().insert(HEADER, value);
     }
+    let attributes = vec![
+        KeyValue::new("http.request.method", method.clone()),
+        KeyValue::new("url.path", path.clone()),
+        KeyValue::new(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        ),
+    ];
+    export(
+        format!("{method} {path}"),
+        SpanKind::Server,
+        &span,
+        parent.as_ref(),
+        started,
+        attributes,
+    );
     response
 }
 
-/// Puts on each record `out` caused by `cause` (a consumed message's headers) the trace
-/// `cause` carries, as a child, unless the record has one already.
-pub fn propagate(cause: &[(String, String)], out: &mut crate::bus::Record) {
-    let Some(parent) = cause
+/// The consumer span of a traced message (`headers` holding a `traceparent`) processed
+/// from `started` until now: exported, and returned so what the processing publishes
+/// ([`propagate`]) joins the trace under it. `None` for a message with no trace.
+pub fn consumed(
+    topic: &str,
+    headers: &[(String, String)],
+    started: SystemTime,
+) -> Option<TraceParent> {
+    let parent = headers
         .iter()
         .find(|(k, _)| k == HEADER)
-        .and_then(|(_, v)| TraceParent::parse(v))
-    else {
+        .and_then(|(_, v)| TraceParent::parse(v))?;
+    let span = parent.child();
+    let attributes = vec![KeyValue::new(
+        "messaging.destination.name",
+        topic.to_string(),
+    )];
+    export(
+        format!("process {topic}"),
+        SpanKind::Consumer,
+        &span,
+        Some(&parent),
+        started,
+        attributes,
+    );
+    Some(span)
+}
+
+/// Puts on `out`, published because of a message processed in span `by`, a `traceparent`
+/// naming `by` as its parent, unless the record has one already.
+pub fn propagate(by: &TraceParent, out: &mut crate::bus::Record) {
+    if !out.headers.iter().any(|(k, _)| k == HEADER) {
+        out.headers.push((HEADER.to_string(), by.header()));
+    }
+}
+
+static EXPORTER: OnceLock<BatchSpanProcessor> = OnceLock::new();
+
+/// Starts exporting spans over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the
+/// exporter reads the standard `OTEL_EXPORTER_OTLP_*` variables, and `OTEL_SERVICE_NAME`
+/// names the service, `livros` by default). Returns whether it exports.
+pub fn init_export() -> Result<bool, String> {
+    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |v| v.is_empty()) {
+        return Ok(false);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| format!("OTLP exporter: {e}"))?;
+    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "livros".to_string());
+    processor.set_resource(
+        &opentelemetry_sdk::Resource::builder()
+            .with_service_name(service)
+            .build(),
+    );
+    let _ = EXPORTER.set(processor);
+    Ok(true)
+}
+
+/// Sends what is buffered and stops exporting (at exit).
+pub fn shutdown_export() {
+    if let Some(processor) = EXPORTER.get() {
+        let _ = processor.shutdown();
+    }
+}
+
+/// Hands one finished span to the exporter, if exporting.
+fn export(
+    name: String,
+    kind: SpanKind,
+    span: &TraceParent,
+    parent: Option<&TraceParent>,
+    started: SystemTime,
+    attributes: Vec<KeyValue>,
+) {
+    let Some(processor) = EXPORTER.get() else {
         return;
     };
-    if !out.headers.iter().any(|(k, _)| k == HEADER) {
-        out.headers
-            .push((HEADER.to_string(), parent.child().header()));
-    }
+    let (Ok(trace_id), Ok(span_id)) = (
+        TraceId::from_hex(&span.trace_id),
+        SpanId::from_hex(&span.parent_id),
+    ) else {
+        return;
+    };
+    let parent_span_id = parent
+        .and_then(|p| SpanId::from_hex(&p.parent_id).ok())
+        .unwrap_or(SpanId::INVALID);
+    processor.on_end(SpanData {
+        span_context: SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::new(span.flags),
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id,
+        parent_span_is_remote: parent.is_some(),
+        span_kind: kind,
+        name: name.into(),
+        start_time: started,
+        end_time: SystemTime::now(),
+        attributes,
+        dropped_attributes_count: 0,
+        events: Default::default(),
+        links: Default::default(),
+        status: Status::Unset,
+        instrumentation_scope: InstrumentationScope::builder("livros").build(),
+    });
 }
 
 /// One `traceparent` value.

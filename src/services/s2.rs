@@ -131,6 +131,7 @@ async fn consume(
         super::next_batch(&mut *consumer, config.batch_size, &shutdown).await?
     {
         let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+        let batch_started = std::time::SystemTime::now();
         let stored = retry::until_ok(
             &format!("storing a batch from `{topic}`"),
             &shutdown,
@@ -152,10 +153,13 @@ async fn consume(
         let rejected = dead.len();
         let mut outgoing = dead;
         for (m, o) in messages.iter().zip(&outcomes) {
+            let span = crate::trace::consumed(&m.topic, &m.headers, batch_started);
             if let Outcome::Stored { out, .. } = o {
                 // A reply belongs to the trace of the message it answers.
                 outgoing.extend(out.iter().cloned().map(|mut r| {
-                    crate::trace::propagate(&m.headers, &mut r);
+                    if let Some(span) = &span {
+                        crate::trace::propagate(span, &mut r);
+                    }
                     r
                 }));
             }

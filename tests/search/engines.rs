@@ -341,3 +341,79 @@ async fn a_request_is_one_trace_from_gateway_to_reply() {
     assert!(hits.iter().all(|h| h["trace_id"] == trace_id), "{hits:?}");
     assert_eq!(hits[0]["correlation_id"], hits[1]["correlation_id"]);
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the hops of a request are spans sent over
+/// OTLP/HTTP to that collector (here a local one that keeps what it receives): the
+/// gateway's server span, the producer span of the event, the processor's consumer span,
+/// all in the client's trace.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let collector = {
+        let received = received.clone();
+        axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().extend_from_slice(&body);
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _up = common::Child(
+        common::livros(dir.path(), &StoreConfig::default(), "streaming")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .args(["up", "--rate", "1", "--quiet", "--http"])
+            .arg(format!("127.0.0.1:{port}"))
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the gateway to answer", Duration::from_secs(60), || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .is_ok()
+    })
+    .await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/usuarios?wait=10"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let has = |bytes: &[u8], what: &[u8]| bytes.windows(what.len()).any(|w| w == what);
+    eventually(
+        "the spans at the collector",
+        Duration::from_secs(30),
+        || {
+            let got = received.lock().unwrap().clone();
+            let all = [
+                &id[..],
+                b"POST /usuarios",
+                b"send user_events",
+                b"process user_events",
+            ]
+            .iter()
+            .all(|what| has(&got, what));
+            async move { all }
+        },
+    )
+    .await;
+}

@@ -227,7 +227,9 @@ impl Gateway {
         }
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let mut record = event_record(&self.topics, kind.name(), &correlation_id, &fields);
-        record.headers.extend(crate::trace::header_for_publish());
+        record
+            .headers
+            .extend(crate::trace::header_for_publish(&record.topic));
         // The processor's own validation, before anything is published.
         let event = entities::parse_event(&record.payload)?;
         entities::command(&event).map_err(|e| ApiError::from(e).about(kind.name()))?;
