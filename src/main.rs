@@ -486,8 +486,10 @@ enum Command {
     Bench {
         /// Which system: `bookstore` (pipeline; POST and GET /customers), `streaming`
         /// (processor on mixed rounds, then views alone; `POST /usuarios?wait=5` round
-        /// trips and `GET /rankings/…`) or `products` (registrations from
-        /// `cadastro-produtos` through the scheduler and the API to `produtos-persistidos`).
+        /// trips and `GET /rankings/…`), `products` (registrations from
+        /// `cadastro-produtos` through the scheduler and the API to `produtos-persistidos`),
+        /// or `search` (the audit log indexed and searched: embedded, and Elasticsearch
+        /// when --elasticsearch-url is set).
         #[arg(long, default_value = "bookstore")]
         system: String,
         /// Events: bookstore, split evenly between customers, books and orders; streaming,
@@ -1311,11 +1313,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let report = livros::systems::products::bench::run(&settings, *events).await?;
                     print!("{report}");
                 }
+                ("search", false) => {
+                    let report = livros::search::bench::run(&settings, *events).await?;
+                    print!("{report}");
+                }
                 ("products", true) => anyhow::bail!(
                     "the products benchmark already goes through its API (the scheduler posts over HTTP); drop --http"
                 ),
                 (other, _) => anyhow::bail!(
-                    "no benchmark for system `{other}`: use --system bookstore, streaming or products"
+                    "no benchmark for `{other}`: use --system bookstore, streaming, products or search (with --http: bookstore or streaming)"
                 ),
             }
         }

@@ -257,6 +257,19 @@ impl SearchEngine for Elastic {
         })
     }
 
+    async fn refresh(&self) -> Result<(), SearchError> {
+        let response = self
+            .client
+            .post(format!("{}/{}/_refresh", self.url, self.index))
+            .send()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        match response.status() {
+            s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
+            s => Err(self.unavailable(format!("refresh answered {s}"))),
+        }
+    }
+
     fn batch_lines(&self) -> usize {
         BULK_LINES
     }

@@ -23,6 +23,7 @@
 //! compared without case, in both engines (Elasticsearch gets the same tokenizer in the
 //! index's settings).
 
+pub mod bench;
 pub mod elastic;
 pub mod embedded;
 
@@ -78,6 +79,12 @@ pub trait SearchEngine: Send + Sync {
     /// The documents matching `query`, newest first in the log's order, at most
     /// `query.limit`, and how many match in all.
     async fn search(&self, query: &Query) -> Result<Found, SearchError>;
+
+    /// Makes everything indexed so far visible to searches (Elasticsearch shows new
+    /// documents within a second by itself; the embedded index at once).
+    async fn refresh(&self) -> Result<(), SearchError> {
+        Ok(())
+    }
 
     /// Most lines worth one indexing batch.
     fn batch_lines(&self) -> usize;
