@@ -322,7 +322,8 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// What this process has recorded, in Prometheus' text format (see [`crate::metrics`]).
-async fn metrics() -> Response {
+/// `GET /metrics`: the process's metrics in Prometheus' text format.
+pub async fn metrics() -> Response {
     (
         [(
             header::CONTENT_TYPE,

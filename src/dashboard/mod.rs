@@ -123,15 +123,7 @@ pub fn router(
         .route("/api/events", get(events))
         .route("/api/search", get(search_handler))
         .route("/api/trace/{id}", get(trace_handler))
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    crate::metrics::render(),
-                )
-            }),
-        )
+        .route("/metrics", get(crate::api::metrics))
         .with_state(state)
 }
 

@@ -433,7 +433,9 @@ impl Indexer {
     }
 
     /// Indexes until `shutdown`: batch after batch while the log grows, then a look every
-    /// [`IDLE`]. An unavailable engine is retried with backoff, for as long as it takes.
+    /// [`IDLE`]. Any failure (an engine unavailable, another process writing the embedded
+    /// index, an unreadable log) is logged and retried with backoff, for as long as it
+    /// takes: indexing never stops S3.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SearchError> {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
@@ -444,15 +446,17 @@ impl Indexer {
                         continue;
                     }
                 }
-                Err(SearchError::Unavailable(e)) => {
+                // Whatever goes wrong with an index, S3 and the file carry on: the
+                // indexer says so and tries again, and catches up once it can.
+                Err(e) => {
                     // Asked again once it answers: it may have lost what it had.
                     self.position = None;
-                    if !backoff.wait("indexing the audit log", &e, &shutdown).await {
+                    let what = format!("indexing the audit log into {}", self.engine.describe());
+                    if !backoff.wait(&what, &e.to_string(), &shutdown).await {
                         break;
                     }
                     continue;
                 }
-                Err(e) => return Err(e),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -281,27 +281,35 @@ async fn s3_keeps_the_embedded_index_and_the_cli_searches_it() {
     .await;
 }
 
-/// W3C trace context end to end: a client's `traceparent` on `POST /usuarios` is
-/// continued in the answer, carried on the event the gateway publishes and on the
-/// processor's reply, and the trace id finds both in the audit log.
-#[tokio::test]
-async fn a_request_is_one_trace_from_gateway_to_reply() {
-    let dir = tempfile::tempdir().unwrap();
+/// `livros up` of the streaming platform (a slow generator beside), with `env`, once its
+/// gateway answers; and the gateway's port.
+async fn streaming_up(dir: &std::path::Path, env: &[(&str, &str)]) -> (common::Child, u16) {
     let port = common::free_port();
-    let _up = common::Child(
-        common::livros(dir.path(), &StoreConfig::default(), "streaming")
-            .args(["up", "--rate", "5", "--quiet", "--http"])
+    let up = common::Child(
+        common::livros(dir, &StoreConfig::default(), "streaming")
+            .envs(env.iter().copied())
+            .args(["up", "--rate", "2", "--quiet", "--http"])
             .arg(format!("127.0.0.1:{port}"))
             .spawn()
             .unwrap(),
     );
-    let url = format!("http://127.0.0.1:{port}/usuarios?wait=10");
     eventually("the gateway to answer", Duration::from_secs(60), || async {
         reqwest::get(format!("http://127.0.0.1:{port}/health"))
             .await
             .is_ok()
     })
     .await;
+    (up, port)
+}
+
+/// W3C trace context end to end: a client's `traceparent` on `POST /usuarios` is
+/// continued in the answer, carried on the event the gateway publishes and on the
+/// processor's reply, and the trace id finds both in the audit log.
+#[tokio::test]
+async fn a_request_is_one_trace_from_gateway_to_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_up, port) = streaming_up(dir.path(), &[]).await;
+    let url = format!("http://127.0.0.1:{port}/usuarios?wait=10");
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let response = reqwest::Client::new()
         .post(&url)
@@ -371,22 +379,11 @@ async fn spans_are_exported_over_otlp_when_an_endpoint_is_set() {
     tokio::spawn(async move { axum::serve(listener, collector).await });
 
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let _up = common::Child(
-        common::livros(dir.path(), &StoreConfig::default(), "streaming")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-            .args(["up", "--rate", "1", "--quiet", "--http"])
-            .arg(format!("127.0.0.1:{port}"))
-            .spawn()
-            .unwrap(),
-    );
-    eventually("the gateway to answer", Duration::from_secs(60), || async {
-        reqwest::get(format!("http://127.0.0.1:{port}/health"))
-            .await
-            .is_ok()
-    })
-    .await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let (_up, port) = streaming_up(dir.path(), &env).await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let response = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/usuarios?wait=10"))
