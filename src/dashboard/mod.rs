@@ -267,8 +267,11 @@ async fn events(State(d): Shared) -> Sse<impl futures::Stream<Item = Result<Even
                 tokio::time::sleep(TAIL_EVERY).await;
                 continue;
             };
-            // The backlog starts mid-line: the first (partial) line is skipped.
-            let skip = usize::from(std::mem::take(&mut mid_line) && !lines.is_empty());
+            // The backlog starts mid-line: the first (partial) line, once whole, is skipped.
+            let skip = usize::from(mid_line && !lines.is_empty());
+            if skip == 1 {
+                mid_line = false;
+            }
             position = end;
             let events: Vec<Result<Event, Infallible>> = lines
                 .iter()

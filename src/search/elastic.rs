@@ -274,6 +274,10 @@ impl SearchEngine for Elastic {
         BULK_LINES
     }
 
+    fn kind(&self) -> &'static str {
+        "elasticsearch"
+    }
+
     fn describe(&self) -> String {
         format!("elasticsearch ({}/{})", self.url, self.index)
     }

@@ -287,6 +287,10 @@ impl SearchEngine for Embedded {
         BATCH_LINES
     }
 
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
     fn describe(&self) -> String {
         format!("embedded ({})", self.inner.dir.display())
     }

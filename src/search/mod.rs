@@ -89,6 +89,9 @@ pub trait SearchEngine: Send + Sync {
     /// Most lines worth one indexing batch.
     fn batch_lines(&self) -> usize;
 
+    /// Which engine it is, for metrics: `embedded` or `elasticsearch`.
+    fn kind(&self) -> &'static str;
+
     /// A name for logs and output (`embedded (livros-data/messages.log.index)`).
     fn describe(&self) -> String;
 }
@@ -414,16 +417,8 @@ impl Indexer {
         let n = docs.len();
         self.engine.index(docs, end).await?;
         self.position = Some(end);
-        crate::metrics::indexed(self.engine_label(), n);
+        crate::metrics::indexed(self.engine.kind(), n);
         Ok(lines.len())
-    }
-
-    fn engine_label(&self) -> &'static str {
-        if self.engine.describe().starts_with("embedded") {
-            "embedded"
-        } else {
-            "elasticsearch"
-        }
     }
 
     /// Indexes until nothing is left; what a search run while S3 is stopped does first.
@@ -472,6 +467,7 @@ impl Indexer {
 pub async fn trace(engine: &dyn SearchEngine, id: &str) -> Result<Vec<Value>, SearchError> {
     const MOST: usize = 10_000;
     let mut hits: Vec<Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for field in ["correlation_id", "trace_id"] {
         let query = Query {
             terms: vec![(Field::Keyword(field), id.to_string())],
@@ -479,10 +475,7 @@ pub async fn trace(engine: &dyn SearchEngine, id: &str) -> Result<Vec<Value>, Se
             ..Query::default()
         };
         for hit in engine.search(&query).await?.hits {
-            if !hits
-                .iter()
-                .any(|h| h["log_position"] == hit["log_position"])
-            {
+            if seen.insert(hit["log_position"].as_u64()) {
                 hits.push(hit);
             }
         }
@@ -505,9 +498,9 @@ pub fn summary(hit: &Value) -> String {
         Some(Value::String(s)) if payload.as_object().is_some_and(|m| m.len() == 1) => s.clone(),
         _ => payload.to_string(),
     };
-    let mut message: String = message.chars().take(120).collect();
-    if message.len() < payload.to_string().len() && message.chars().count() == 120 {
-        message.push('…');
+    let mut short: String = message.chars().take(120).collect();
+    if short.len() < message.len() {
+        short.push('…');
     }
     let mut line = format!(
         "{}  {}/{}/{}  {}  {}  {}",
@@ -517,7 +510,7 @@ pub fn summary(hit: &Value) -> String {
         hit["offset"],
         text("event_type"),
         text("correlation_id"),
-        message
+        short
     );
     if let Some(reason) = hit["reason"].as_str() {
         line.push_str(&format!("  [dead letter: {reason}]"));

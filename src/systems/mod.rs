@@ -72,6 +72,19 @@ pub struct GenConfig {
     pub print_events: bool,
 }
 
+impl GenConfig {
+    /// How [`crate::services::send_rounds`] paces these rounds, `rounds_per_publish` at a
+    /// time when flat out.
+    pub fn pace(&self, rounds_per_publish: u64) -> crate::services::Pace {
+        crate::services::Pace {
+            count: self.count,
+            rate: self.rate,
+            rounds_per_publish,
+            print: self.print_events,
+        }
+    }
+}
+
 /// A system, as the core runs it.
 #[async_trait]
 pub trait System: Send + Sync {

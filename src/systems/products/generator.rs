@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::routing::CADASTRO_PRODUTOS;
 use crate::bus::{Bus, Record, Topics};
-use crate::services::{Counters, Pace, ServiceError, send_rounds};
+use crate::services::{Counters, ServiceError, send_rounds};
 
 /// Rounds (one registration each) per publish when running flat out.
 const ROUNDS_PER_PUBLISH: u64 = 500;
@@ -216,12 +216,7 @@ pub async fn run(
     // Whether each record in flight is valid, in the order they go out.
     let valid_flags = std::sync::Mutex::new(std::collections::VecDeque::new());
     let (mut valid, mut invalid) = (0_u64, 0_u64);
-    let pace = Pace {
-        count: config.count,
-        rate: config.rate,
-        rounds_per_publish: ROUNDS_PER_PUBLISH,
-        print: config.print_events,
-    };
+    let pace = config.pace(ROUNDS_PER_PUBLISH);
     send_rounds(
         &*bus,
         pace,

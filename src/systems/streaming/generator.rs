@@ -22,7 +22,7 @@ use super::catalog;
 use super::entities::{EventType, FORMAS_PAGAMENTO, PLANOS, cpf_with_check_digits};
 use super::routing::USER_EVENTS;
 use crate::bus::{Bus, Record, Topics};
-use crate::services::{Counters, Pace, ServiceError, send_rounds, short};
+use crate::services::{Counters, ServiceError, send_rounds, short};
 use crate::wire;
 
 /// Rounds per publish when running flat out: enough to amortize a durable commit.
@@ -302,12 +302,7 @@ pub async fn run(
     let mut fakes = Fakes::new(config.seed);
     let kinds = round_kinds();
     let mut sent = vec![0_u64; kinds.len()];
-    let pace = Pace {
-        count: config.count,
-        rate: config.rate,
-        rounds_per_publish: ROUNDS_PER_PUBLISH,
-        print: config.print_events,
-    };
+    let pace = config.pace(ROUNDS_PER_PUBLISH);
     send_rounds(
         &*bus,
         pace,
