@@ -133,21 +133,6 @@ impl Settings {
     }
 }
 
-/// The search engines S3 keeps up to date: the embedded index beside the audit log,
-/// always, and Elasticsearch when configured.
-pub fn search_engines(
-    settings: &Settings,
-) -> Vec<Result<Arc<dyn SearchEngine>, crate::search::SearchError>> {
-    let embedded =
-        crate::search::embedded::Embedded::open(&crate::search::embedded_dir(&settings.audit_log))
-            .map(|e| Arc::new(e) as Arc<dyn SearchEngine>);
-    let mut engines = vec![embedded];
-    if let Some(engine) = search_server(settings) {
-        engines.push(Ok(engine));
-    }
-    engines
-}
-
 /// Elasticsearch, when the settings name one.
 pub fn search_server(settings: &Settings) -> Option<Arc<dyn SearchEngine>> {
     settings.search.as_ref().map(|(url, index)| {
@@ -178,17 +163,15 @@ pub async fn search_engine(
     choice: SearchChoice,
 ) -> Result<Arc<dyn SearchEngine>, crate::search::SearchError> {
     use crate::search::{Indexer, SearchError, embedded::Embedded};
-    if choice != SearchChoice::Embedded {
-        if let Some(engine) = search_server(settings) {
-            return Ok(engine);
-        }
-        if choice == SearchChoice::Server {
-            return Err(SearchError::Query(
-                "no Elasticsearch is configured: pass --elasticsearch-url (or set \
-                 LIVROS_ELASTICSEARCH_URL)"
-                    .into(),
-            ));
-        }
+    if choice == SearchChoice::Server && settings.search.is_none() {
+        return Err(SearchError::Query(
+            "no Elasticsearch is configured: pass --elasticsearch-url (or set \
+             LIVROS_ELASTICSEARCH_URL)"
+                .into(),
+        ));
+    }
+    if choice != SearchChoice::Embedded && settings.search.is_some() {
+        return search_reader(settings, choice);
     }
     if !settings.audit_log.exists() {
         return Err(SearchError::Query(format!(
@@ -359,21 +342,26 @@ impl Pipeline {
                 counters.clone(),
                 shutdown.clone(),
             ));
-            for engine in search_engines(settings) {
-                match engine {
-                    Ok(engine) => {
-                        let indexer = crate::search::Indexer::new(
-                            engine,
-                            settings.audit_log.clone(),
-                            settings.topic_systems(),
-                        );
-                        let shutdown = shutdown.clone();
-                        tasks.spawn(async move { Ok(indexer.run(shutdown).await?) });
-                    }
-                    Err(e) => {
-                        tasks.spawn(async move { Err(e.into()) });
-                    }
-                }
+            // The indexes S3 keeps: the embedded one always, Elasticsearch when configured.
+            // An index that cannot be opened is said, and S3 goes on without it.
+            let mut engines: Vec<Arc<dyn SearchEngine>> =
+                search_server(settings).into_iter().collect();
+            let dir = crate::search::embedded_dir(&settings.audit_log);
+            match crate::search::embedded::Embedded::open(&dir) {
+                Ok(embedded) => engines.push(Arc::new(embedded)),
+                Err(e) => tracing::error!("the audit log is not searchable here: {e}"),
+            }
+            for engine in engines {
+                let indexer = crate::search::Indexer::new(
+                    engine,
+                    settings.audit_log.clone(),
+                    settings.topic_systems(),
+                );
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    indexer.run(shutdown).await;
+                    Ok(())
+                });
             }
         }
         Self {
@@ -543,8 +531,9 @@ pub struct Listeners {
 }
 
 /// Runs every system's S1, S2 and S3 in this process, each system's HTTP API on the
-/// listener given for it, and the dashboard on its own. With `generate.count`, returns once every message each S1 sent
-/// has been stored (or dead-lettered) and logged; otherwise runs until `stop_signal`. On
+/// listener given for it, and the dashboard on its own. With `generate.count`, returns
+/// once every message each S1 sent has been stored (or dead-lettered) and logged;
+/// otherwise runs until `stop_signal`. On
 /// `stop_signal`, the S1s stop between events, S2 and S3 finish the batch they are on,
 /// and the APIs the requests in flight.
 pub async fn up(

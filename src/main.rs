@@ -1140,16 +1140,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| (s.name(), format!("http://{}", s.default_http())))
                 .collect();
-            let mut pipeline = app::Pipeline::start_with(
-                bus.clone(),
-                Some(stores),
-                Vec::new(),
-                false,
-                &settings,
-                false,
-            );
-            pipeline.serve_dashboard(listener, bus, &settings, apis)?;
-            pipeline.run_until(stop_signal()).await?;
+            let search = app::search_reader(&settings, app::SearchChoice::Auto)?;
+            let dashboard = livros::dashboard::router(bus, stores, &settings, search, apis);
+            let (shutdown, stopper) = cancel_on_stop_signal();
+            livros::api::serve(listener, dashboard, shutdown).await?;
+            stopper.abort();
         }
         Command::Logs { command } => {
             let settings = g.settings(None);

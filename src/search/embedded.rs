@@ -66,6 +66,8 @@ fn index_error(e: impl std::fmt::Display) -> SearchError {
 struct Inner {
     dir: PathBuf,
     index: Index,
+    /// The index's schema, kept to look fields up without cloning it each time.
+    schema: Schema,
     reader: IndexReader,
     /// Taken on the first write; held (with tantivy's lock file) until dropped.
     writer: Mutex<Option<IndexWriter>>,
@@ -102,6 +104,7 @@ impl Embedded {
         Ok(Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                schema: index.schema(),
                 index,
                 reader,
                 writer: Mutex::new(None),
@@ -122,8 +125,7 @@ impl Embedded {
 
 impl Inner {
     fn field(&self, name: &str) -> tantivy::schema::Field {
-        self.index
-            .schema()
+        self.schema
             .get_field(name)
             .expect("every field is in the schema")
     }

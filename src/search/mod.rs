@@ -431,7 +431,7 @@ impl Indexer {
     /// [`IDLE`]. Any failure (an engine unavailable, another process writing the embedded
     /// index, an unreadable log) is logged and retried with backoff, for as long as it
     /// takes: indexing never stops S3.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), SearchError> {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             match self.index_once().await {
@@ -458,7 +458,6 @@ impl Indexer {
                 _ = tokio::time::sleep(IDLE) => {}
             }
         }
-        Ok(())
     }
 }
 
