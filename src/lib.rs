@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod bus;
 pub mod dashboard;
 pub mod envelope;

@@ -1,6 +1,7 @@
 //! `livros`: the command line. Parses flags (each with an environment variable), sets up
 //! logging, and calls into the library. Errors print as one line that says what to check.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -482,16 +483,20 @@ enum Command {
         consume: ConsumeArgs,
     },
     /// Run a system's pipeline on N events as fast as possible and print the throughput;
-    /// with --http, load its HTTP API instead and print requests/s and latencies.
+    /// with --http, load the HTTP APIs instead and print requests/s and latencies.
+    ///
+    /// With --http every system's API is served here as `livros s2` serves it and loaded
+    /// from a separate process (`livros loadgen`): first `GET /health`, the most that
+    /// server answers on this machine, then each write endpoint, printed as a share of it
+    /// (the goal: 50 % or more, p99 under 10 ms), then reads.
     Bench {
-        /// Which system: `bookstore` (pipeline; POST and GET /customers), `streaming`
-        /// (processor on mixed rounds, then views alone; `POST /usuarios?wait=5` round
-        /// trips and `GET /rankings/…`), `products` (registrations from
-        /// `cadastro-produtos` through the scheduler and the API to `produtos-persistidos`),
-        /// or `search` (the audit log indexed and searched: embedded, and Elasticsearch
-        /// when --elasticsearch-url is set).
-        #[arg(long, default_value = "bookstore")]
-        system: String,
+        /// Which system: `bookstore` (pipeline), `streaming` (processor on mixed rounds,
+        /// then views alone), `products` (registrations from `cadastro-produtos` through
+        /// the scheduler and the API to `produtos-persistidos`), or `search` (the audit log
+        /// indexed and searched: embedded, and Elasticsearch when --elasticsearch-url is
+        /// set). Default: `bookstore`; with --http, every system of --systems.
+        #[arg(long)]
+        system: Option<String>,
         /// Events: bookstore, split evenly between customers, books and orders; streaming,
         /// in the generator's rounds, then as many views; products, registrations.
         #[arg(long, default_value_t = 100_000)]
@@ -502,12 +507,26 @@ enum Command {
         /// Requests per phase, with --http.
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
-        /// Concurrent clients, with --http.
+        /// Concurrent connections, with --http.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
         /// Keep the data dir instead of using a fresh temporary one.
         #[arg(long)]
         in_data_dir: bool,
+    },
+    /// The load generator `livros bench --http` runs in its own process: sends a plan's
+    /// requests to an API and prints what it measured as JSON.
+    #[command(hide = true)]
+    Loadgen {
+        /// The server's address (host:port).
+        #[arg(long)]
+        target: SocketAddr,
+        /// The plan: JSON written by `livros bench --http`.
+        #[arg(long)]
+        plan: PathBuf,
+        /// Keep-alive connections, each sending one request at a time.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
     },
 }
 
@@ -1146,6 +1165,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             livros::api::serve(listener, dashboard, shutdown).await?;
             stopper.abort();
         }
+        Command::Loadgen {
+            target,
+            plan,
+            connections,
+        } => {
+            let plan = livros::loadgen::read_plan(plan)?;
+            let report =
+                livros::loadgen::run(*target, &plan, *connections, g.api_token.as_deref()).await?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
         Command::Logs { command } => {
             let settings = g.settings(None);
             match command {
@@ -1265,58 +1294,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     global.redis_prefix, global.topic_prefix
                 );
             }
-            match (system.as_str(), *http) {
-                ("bookstore", true) => {
-                    println!(
-                        "HTTP API: {requests} requests per phase from {concurrency} concurrent clients in this process"
+            if *http {
+                let mut settings = settings;
+                if let Some(name) = system {
+                    settings.systems.0.retain(|s| s.name() == name);
+                    anyhow::ensure!(
+                        !settings.systems.0.is_empty(),
+                        "no HTTP benchmark for `{name}`: use --system bookstore, streaming or products (or none, for all)"
                     );
-                    let (engine, reports) = livros::systems::bookstore::bench::http(
-                        &settings,
-                        *requests,
-                        (*concurrency).max(1),
-                    )
-                    .await?;
-                    println!("customers in: {engine}");
-                    for report in reports {
-                        print!("{report}");
-                    }
                 }
-                ("bookstore", false) => {
+                println!(
+                    "HTTP APIs served here, loaded from a separate process: {requests} requests per phase over {concurrency} connections"
+                );
+                let exe = std::env::current_exe().context("finding this program to run its load generator")?;
+                let reports = livros::bench::http(&settings, &exe, *requests, (*concurrency).max(1)).await?;
+                for report in &reports {
+                    print!("{report}");
+                }
+                println!(
+                    "goal for writes: ≥ {:.0} % of the same server's /health rate, p99 < {:?}, no errors",
+                    100.0 * livros::bench::WRITE_SHARE_GOAL,
+                    livros::bench::WRITE_P99_GOAL
+                );
+                return Ok(());
+            }
+            match system.as_deref().unwrap_or("bookstore") {
+                "bookstore" => {
                     let report = livros::systems::bookstore::bench::run(&settings, *events).await?;
                     print!("{report}");
                 }
-                ("streaming", true) => {
-                    println!(
-                        "gateway: {requests} round trips from {concurrency} concurrent clients in this process"
-                    );
-                    let (setup, reports) = livros::systems::streaming::bench::http(
-                        &settings,
-                        *requests,
-                        (*concurrency).max(1),
-                    )
-                    .await?;
-                    println!("setup: {setup}");
-                    for report in reports {
-                        print!("{report}");
-                    }
-                }
-                ("streaming", false) => {
+                "streaming" => {
                     let report = livros::systems::streaming::bench::run(&settings, *events).await?;
                     print!("{report}");
                 }
-                ("products", false) => {
+                "products" => {
                     let report = livros::systems::products::bench::run(&settings, *events).await?;
                     print!("{report}");
                 }
-                ("search", false) => {
+                "search" => {
                     let report = livros::search::bench::run(&settings, *events).await?;
                     print!("{report}");
                 }
-                ("products", true) => anyhow::bail!(
-                    "the products benchmark already goes through its API (the scheduler posts over HTTP); drop --http"
-                ),
-                (other, _) => anyhow::bail!(
-                    "no benchmark for `{other}`: use --system bookstore, streaming, products or search (with --http: bookstore or streaming)"
+                other => anyhow::bail!(
+                    "no benchmark for `{other}`: use --system bookstore, streaming, products or search"
                 ),
             }
         }

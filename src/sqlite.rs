@@ -9,11 +9,25 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-/// Opens a pool with the settings every embedded file uses: WAL (readers never block the
-/// writer), `synchronous=FULL` (a committed transaction survives power loss, not only
-/// kill -9), and a generous busy timeout because another process may hold the write lock
-/// for a whole batch.
-pub async fn open(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx::Error> {
+/// An embedded file's connections: one writer and a few readers.
+///
+/// SQLite lets one transaction write at a time, so more writer connections only queue on
+/// its lock; one keeps its page cache warm (a connection that did not make the last write
+/// must drop its cache and read the pages again). Readers never touch the write lock
+/// (WAL: they read the last committed state while the writer goes on).
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// The one connection every write transaction goes through.
+    pub writer: SqlitePool,
+    /// Connections for reads outside a write transaction.
+    pub reader: SqlitePool,
+}
+
+/// Opens a file's [`Pools`] (`readers` reading connections) with the settings every
+/// embedded file uses: WAL (readers never block the writer), `synchronous=FULL` (a
+/// committed transaction survives power loss, not only kill -9), and a generous busy
+/// timeout because another process may hold the write lock for a whole batch.
+pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
     let options = SqliteConnectOptions::from_str("sqlite://")?
         .filename(path)
         .create_if_missing(true)
@@ -22,11 +36,16 @@ pub async fn open(path: &Path, max_connections: u32) -> Result<SqlitePool, sqlx:
         .busy_timeout(Duration::from_secs(30))
         .pragma("cache_size", "-65536")
         .pragma("temp_store", "memory");
-    SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect_with(options)
-        .await
+    let pool = |n: u32| {
+        SqlitePoolOptions::new()
+            .max_connections(n)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+    };
+    // The writer first: it creates the file and switches it to WAL.
+    let writer = pool(1).await?;
+    let reader = pool(readers.max(1)).await?;
+    Ok(Pools { writer, reader })
 }
 
 /// Runs `CREATE … IF NOT EXISTS` statements in one write transaction, so processes starting

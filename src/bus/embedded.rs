@@ -79,7 +79,10 @@ fn pid_alive(pid: i64) -> bool {
 /// The embedded bus. Cheap to clone; clones share the pool and the wake-up signal.
 #[derive(Clone)]
 pub struct EmbeddedBus {
+    /// Reads outside a write transaction.
     pool: SqlitePool,
+    /// Every write transaction (publish, commit, leases, topics).
+    writer: SqlitePool,
     path: PathBuf,
     notify: Arc<Notify>,
     partitions: Arc<Mutex<HashMap<String, i32>>>,
@@ -92,12 +95,13 @@ impl EmbeddedBus {
         std::fs::create_dir_all(dir)
             .map_err(|e| BusError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("bus.db");
-        let pool = crate::sqlite::open(&path, 4).await.map_err(unavailable)?;
-        crate::sqlite::apply_schema(&pool, SCHEMA)
+        let pools = crate::sqlite::open(&path, 4).await.map_err(unavailable)?;
+        crate::sqlite::apply_schema(&pools.writer, SCHEMA)
             .await
             .map_err(unavailable)?;
         Ok(Self {
-            pool,
+            pool: pools.reader,
+            writer: pools.writer,
             path,
             notify: Arc::new(Notify::new()),
             partitions: Arc::default(),
@@ -127,7 +131,7 @@ impl EmbeddedBus {
 impl Bus for EmbeddedBus {
     async fn ensure_topics(&self, topics: &[String], partitions: i32) -> BusResult<()> {
         let mut tx = self
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
@@ -170,7 +174,7 @@ impl Bus for EmbeddedBus {
             }
             let timestamp = now_ms();
             let mut tx = self
-                .pool
+                .writer
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(unavailable)?;
@@ -324,7 +328,7 @@ impl EmbeddedConsumer {
     async fn claim(&self, topic: &str) -> BusResult<bool> {
         let mut tx = self
             .bus
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
@@ -521,7 +525,7 @@ impl Consumer for EmbeddedConsumer {
         }
         let mut tx = self
             .bus
-            .pool
+            .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
@@ -577,7 +581,7 @@ impl Consumer for EmbeddedConsumer {
         sqlx::query("DELETE FROM leases WHERE grp = ? AND owner = ?")
             .bind(&self.group)
             .bind(&self.owner)
-            .execute(&self.bus.pool)
+            .execute(&self.bus.writer)
             .await
             .map_err(unavailable)?;
         self.held.clear();

@@ -63,7 +63,7 @@ pub fn schema() -> Schema {
 /// Rows not yet published (written, and not marked published by any relay).
 pub async fn pending(store: &dyn RelationalStore) -> StoreResult<i64> {
     let rows = store
-        .query(&Statement::new(
+        .select(&Statement::new(
             "SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL",
             vec![],
         ))

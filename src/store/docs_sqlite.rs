@@ -76,7 +76,10 @@ fn err(e: sqlx::Error) -> StoreError {
 
 /// Documents in SQLite.
 pub struct SqliteDocumentStore {
+    /// Reads outside a write transaction.
     pool: SqlitePool,
+    /// Every write transaction.
+    writer: SqlitePool,
     path: PathBuf,
 }
 
@@ -100,15 +103,16 @@ impl SqliteDocumentStore {
             ));
         }
         let schema: Vec<&str> = schema.iter().map(String::as_str).collect();
-        let pool = super::open_embedded("document", path, &schema, &[]).await?;
+        let pools = super::open_embedded("document", path, &schema, &[]).await?;
         Ok(Self {
-            pool,
+            pool: pools.reader,
+            writer: pools.writer,
             path: path.to_path_buf(),
         })
     }
 
     async fn upsert_rows(&self, collection: &str, docs: &[&(String, Value)]) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         for chunk in docs.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO documents (collection, id, body) ");

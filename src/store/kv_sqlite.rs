@@ -61,16 +61,20 @@ fn err(e: sqlx::Error) -> StoreError {
 
 /// Hashes, sets, sorted sets and strings in SQLite.
 pub struct SqliteKvStore {
+    /// Reads outside a write transaction.
     pool: SqlitePool,
+    /// Every write transaction.
+    writer: SqlitePool,
     path: PathBuf,
 }
 
 impl SqliteKvStore {
     /// Opens (creating if needed) the store at `path`.
     pub async fn open(path: &Path) -> Result<Self, OpenError> {
-        let pool = super::open_embedded("key-value", path, SCHEMA, &[]).await?;
+        let pools = super::open_embedded("key-value", path, SCHEMA, &[]).await?;
         Ok(Self {
-            pool,
+            pool: pools.reader,
+            writer: pools.writer,
             path: path.to_path_buf(),
         })
     }
@@ -244,7 +248,7 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
 impl KeyValueStore for SqliteKvStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
         crate::metrics::timed_store("key-value", "embedded", async {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
             purge_expired(&mut tx, now_ms()).await.map_err(err)?;
             let mut pending = Pending::default();
             for write in writes {

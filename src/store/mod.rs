@@ -290,10 +290,15 @@ pub trait RelationalStore: Send + Sync {
     /// Runs `statements` in order in one transaction, returning the rows each produced
     /// (`SELECT`, or `RETURNING`); all of them or none take effect.
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>>;
-    /// The rows of one query.
+    /// The rows of one statement (any statement; one statement is atomic on its own).
     async fn query(&self, statement: &Statement) -> StoreResult<Vec<SqlRow>> {
         let mut results = self.transaction(std::slice::from_ref(statement)).await?;
         Ok(results.pop().unwrap_or_default())
+    }
+    /// The rows of one statement that only reads: it runs beside writes, never waiting for
+    /// a writer's lock, and sees what was committed before it started.
+    async fn select(&self, statement: &Statement) -> StoreResult<Vec<SqlRow>> {
+        self.query(statement).await
     }
     /// Answers when the store is reachable (for readiness checks).
     async fn ping(&self) -> StoreResult<()>;
@@ -317,6 +322,19 @@ pub struct Table {
 
 /// Most bound values in one statement: under SQLite's limit (32,766) and PostgreSQL's (65,535).
 const MAX_BOUND_VALUES: usize = 30_000;
+
+/// Every row of reading `statements` (as [`select_in`] makes them), each run with
+/// [`RelationalStore::select`].
+pub async fn select_rows<S: RelationalStore + ?Sized>(
+    store: &S,
+    statements: &[Statement],
+) -> StoreResult<Vec<SqlRow>> {
+    let mut rows = Vec::new();
+    for statement in statements {
+        rows.append(&mut store.select(statement).await?);
+    }
+    Ok(rows)
+}
 
 /// The statements that upsert `rows` into `table`: multi-row `INSERT … ON CONFLICT DO
 /// UPDATE`, updating only rows whose values changed (so a redelivery writes nothing), in
@@ -786,17 +804,17 @@ pub(crate) async fn open_embedded(
     path: &Path,
     schema: &[&str],
     migrations: &[&sqlx::migrate::Migrator],
-) -> Result<sqlx::SqlitePool, OpenError> {
+) -> Result<crate::sqlite::Pools, OpenError> {
     let open_error = |reason: String| OpenError {
         kind,
         location: path.display().to_string(),
         reason,
         hint: "Check that the data directory (--data-dir) is writable.".into(),
     };
-    let pool = crate::sqlite::open(path, 4)
+    let pools = crate::sqlite::open(path, 4)
         .await
         .map_err(|e| open_error(e.to_string()))?;
-    crate::sqlite::apply_schema(&pool, schema)
+    crate::sqlite::apply_schema(&pools.writer, schema)
         .await
         .map_err(|e| open_error(e.to_string()))?;
     if !migrations.is_empty() {
@@ -805,12 +823,12 @@ pub(crate) async fn open_embedded(
         let _guard = migration_lock(path).map_err(|e| open_error(e.to_string()))?;
         for migrator in migrations {
             migrator
-                .run(&pool)
+                .run(&pools.writer)
                 .await
                 .map_err(|e| open_error(format!("migration failed: {e}")))?;
         }
     }
-    Ok(pool)
+    Ok(pools)
 }
 
 /// Keeps one item per key, the last one, in the order items came: a batch may carry a

@@ -126,6 +126,10 @@ fn decode(row: &PgRow) -> StoreResult<SqlRow> {
 #[async_trait]
 impl RelationalStore for PostgresStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
+        if let [statement] = statements {
+            // One statement is atomic on its own: no BEGIN and COMMIT round trips.
+            return Ok(vec![self.query(statement).await?]);
+        }
         crate::metrics::timed_store("relational", "postgres", async {
             let mut tx = self.pool.begin().await.map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
@@ -141,6 +145,20 @@ impl RelationalStore for PostgresStore {
             }
             tx.commit().await.map_err(err)?;
             Ok(results)
+        })
+        .await
+    }
+
+    async fn query(&self, statement: &Statement) -> StoreResult<Vec<SqlRow>> {
+        crate::metrics::timed_store("relational", "postgres", async {
+            let rows = bind(
+                sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
+                &statement.args,
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+            rows.iter().map(decode).collect()
         })
         .await
     }

@@ -17,7 +17,10 @@ fn err(e: sqlx::Error) -> StoreError {
 
 /// SQL on SQLite.
 pub struct SqliteStore {
+    /// Reads outside a write transaction.
     pool: SqlitePool,
+    /// Every write transaction.
+    writer: SqlitePool,
     path: PathBuf,
 }
 
@@ -27,9 +30,10 @@ impl SqliteStore {
         path: &Path,
         migrations: &[&sqlx::migrate::Migrator],
     ) -> Result<Self, OpenError> {
-        let pool = super::open_embedded("relational", path, &[], migrations).await?;
+        let pools = super::open_embedded("relational", path, &[], migrations).await?;
         Ok(Self {
-            pool,
+            pool: pools.reader,
+            writer: pools.writer,
             path: path.to_path_buf(),
         })
     }
@@ -78,7 +82,7 @@ impl RelationalStore for SqliteStore {
         crate::metrics::timed_store("relational", "sqlite", async {
             // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
             // fails half-way on a lock another writer took meanwhile.
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
                 let rows = bind(
@@ -92,6 +96,20 @@ impl RelationalStore for SqliteStore {
             }
             tx.commit().await.map_err(err)?;
             Ok(results)
+        })
+        .await
+    }
+
+    async fn select(&self, statement: &Statement) -> StoreResult<Vec<SqlRow>> {
+        crate::metrics::timed_store("relational", "sqlite", async {
+            let rows = bind(
+                sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
+                &statement.args,
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+            rows.iter().map(decode).collect()
         })
         .await
     }

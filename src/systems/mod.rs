@@ -125,6 +125,11 @@ pub trait System: Send + Sync {
     ) -> axum::Router;
     /// Where its HTTP API listens unless told otherwise (its seed's port).
     fn default_http(&self) -> SocketAddr;
+    /// What `livros bench --http` sends its HTTP API, `requests` requests per phase: writes
+    /// of new records first (held to the write goal), then reads of what they wrote.
+    fn http_bench(&self, _settings: &Settings, _requests: usize) -> Vec<crate::loadgen::Plan> {
+        Vec::new()
+    }
     /// How many records it keeps, per store: `(kind, what, count)`, for `livros stats`.
     async fn records(&self, stores: &Stores) -> StoreResult<Vec<(StoreKind, &'static str, i64)>>;
     /// One stored record as JSON, by kind (`customer`) and id, for `livros get`.

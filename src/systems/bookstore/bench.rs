@@ -10,7 +10,7 @@ use super::generator::S1Config;
 use super::routing::{BookstoreTopics, Router};
 use crate::app::{self, AppError, Settings};
 use crate::bus::{Bus, StartFrom};
-use crate::loadgen::{LoadReport, load, rate};
+use crate::loadgen::{Plan, Request, rate};
 use crate::store::StoreKind;
 
 /// What a benchmark run measured.
@@ -165,85 +165,41 @@ async fn consume_ceiling(
     Ok(started.map(|s| s.elapsed()).unwrap_or_default())
 }
 
-/// Loads S2's HTTP API, served in this process over the stores `settings` name: first
-/// `requests` × `POST /customers` (new customers), then as many `GET /customers/{id}` of
-/// them, each from `concurrency` concurrent clients over keep-alive connections.
-pub async fn http(
-    settings: &Settings,
-    requests: usize,
-    concurrency: usize,
-) -> Result<(String, Vec<LoadReport>), AppError> {
-    let stores = app::open_stores(settings).await?;
-    let engine = stores.relational.describe();
-    let listener = crate::api::bind("127.0.0.1:0".parse().expect("a valid address"))
-        .await
-        .map_err(crate::services::ServiceError::Http)?;
-    let base = format!(
-        "http://{}",
-        listener
-            .local_addr()
-            .map_err(crate::services::ServiceError::Http)?
-    );
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let api = super::http::app(
-        Router::new(stores),
-        crate::api::ApiConfig {
-            token: settings.api.token.clone(),
-            ..crate::api::ApiConfig::default()
-        },
-    );
-    let server = tokio::spawn(crate::api::serve(listener, api, shutdown.clone()));
-
+/// What `livros bench --http` sends the bookstore's API: `requests` new customers, as many
+/// books (the catalogue, again and again: upserts) and orders of them, then reads of the
+/// customers in a spread order.
+pub fn http_plans(settings: &Settings, requests: usize) -> Vec<Plan> {
     let mut generator = super::generator::Generator::new(
         super::catalog::offline(),
         Some(1),
         settings.topics.clone(),
     );
-    let customers: Vec<super::entities::Customer> =
-        (0..requests).map(|_| generator.customer()).collect();
-    let ids: std::sync::Arc<Vec<String>> =
-        std::sync::Arc::new(customers.iter().map(|c| c.id.clone()).collect());
-    let customers: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
-        customers
-            .iter()
-            .map(|c| serde_json::to_vec(c).expect("customers serialize"))
-            .collect(),
-    );
-    let client = reqwest::Client::new();
-    let token = settings.api.token.clone();
+    let rounds: Vec<_> = (0..requests).map(|_| generator.entities()).collect();
+    let post = |what: &str, bodies: Vec<String>| Plan {
+        what: format!("POST {what}"),
+        expect: 201,
+        write: true,
+        requests: bodies.into_iter().map(|b| Request::post(what, b)).collect(),
+    };
+    let customers = rounds.iter().map(|(c, _, _)| json(c)).collect();
+    let books = rounds.iter().map(|(_, b, _)| json(b)).collect();
+    let orders = rounds.iter().map(|(_, _, o)| json(o)).collect();
+    let reads = (0..requests)
+        .map(|i| Request::get(format!("/customers/{}", rounds[(i * 7919) % requests].0.id)))
+        .collect();
+    vec![
+        post("/customers", customers),
+        post("/books", books),
+        post("/orders", orders),
+        Plan {
+            what: "GET /customers/{id}".into(),
+            expect: 200,
+            write: false,
+            requests: reads,
+        },
+    ]
+}
 
-    let post = {
-        let (client, base, customers) = (client.clone(), base.clone(), customers.clone());
-        load("POST /customers", requests, concurrency, move |i| {
-            let mut request = client
-                .post(format!("{base}/customers"))
-                .header("content-type", "application/json")
-                .body(customers[i].clone());
-            if let Some(token) = &token {
-                request = request.bearer_auth(token);
-            }
-            async move {
-                matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::CREATED)
-            }
-        })
-        .await
-    };
-    let get = {
-        let (client, base, ids) = (client.clone(), base.clone(), ids.clone());
-        load("GET /customers/{id}", requests, concurrency, move |i| {
-            // A spread of ids, not the order they were written in.
-            let id = &ids[(i * 7919) % ids.len()];
-            let request = client.get(format!("{base}/customers/{id}"));
-            async move {
-                match request.send().await {
-                    Ok(r) if r.status() == reqwest::StatusCode::OK => r.bytes().await.is_ok(),
-                    _ => false,
-                }
-            }
-        })
-        .await
-    };
-    shutdown.cancel();
-    let _ = server.await;
-    Ok((engine, vec![post, get]))
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("entities serialize")
 }

@@ -64,7 +64,7 @@ impl<S: RelationalStore + ?Sized> Customers for S {
 
     async fn customer(&self, id: &str) -> StoreResult<Option<Customer>> {
         let rows = self
-            .query(&Statement::new(
+            .select(&Statement::new(
                 format!("{SELECT} WHERE id = $1"),
                 vec![id.into()],
             ))
@@ -74,17 +74,16 @@ impl<S: RelationalStore + ?Sized> Customers for S {
 
     async fn existing_customers(&self, ids: &[String]) -> StoreResult<HashSet<String>> {
         let statements = store::select_in("SELECT id FROM customers", "id", ids);
-        let results = self.transaction(&statements).await?;
-        Ok(results
+        Ok(store::select_rows(self, &statements)
+            .await?
             .iter()
-            .flatten()
             .filter_map(|row| row.text("id"))
             .collect())
     }
 
     async fn customers(&self, email: Option<&str>, page: Page) -> StoreResult<Vec<Customer>> {
         let rows = self
-            .query(&Statement::new(
+            .select(&Statement::new(
                 format!(
                     "{SELECT} WHERE (CAST($1 AS TEXT) IS NULL OR email = $1) ORDER BY id LIMIT $2 OFFSET $3"
                 ),
@@ -100,7 +99,7 @@ impl<S: RelationalStore + ?Sized> Customers for S {
 
     async fn count_customers(&self) -> StoreResult<i64> {
         let rows = self
-            .query(&Statement::new(
+            .select(&Statement::new(
                 "SELECT COUNT(*) AS n FROM customers",
                 vec![],
             ))

@@ -132,6 +132,10 @@ impl System for Bookstore {
             .collect()
     }
 
+    fn http_bench(&self, settings: &Settings, requests: usize) -> Vec<crate::loadgen::Plan> {
+        bench::http_plans(settings, requests)
+    }
+
     fn http(
         &self,
         stores: &Stores,

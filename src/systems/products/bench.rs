@@ -13,7 +13,7 @@ use super::catalog::Products as _;
 use super::routing::PRODUTOS_PERSISTIDOS;
 use super::{API_URL_OPTION, Products};
 use crate::app::{self, AppError, Pipeline, Settings, Systems};
-use crate::loadgen::rate;
+use crate::loadgen::{Plan, Request, rate};
 use crate::services::{Counters, s2};
 use crate::systems::{GenConfig, System};
 
@@ -131,4 +131,38 @@ pub async fn run(settings: &Settings, registrations: u64) -> Result<Report, AppE
             .map_err(|e| AppError::Service(e.into()))?,
         announcements: stats.get(&topic).map_or(0, |t| t.published),
     })
+}
+
+/// What `livros bench --http` sends the products API: `requests` products as the
+/// scheduler posts them (new products and new versions of recent ones), then reads of them.
+pub fn http_plans(requests: usize) -> Vec<Plan> {
+    let mut generator = super::generator::Registrations::new(None, 0.0);
+    let now = chrono::Utc::now();
+    let products: Vec<_> = (0..requests)
+        .map(|_| {
+            let (registration, _) = generator.registration();
+            super::entities::parse_registration(registration.to_string().as_bytes(), now)
+                .expect("the generator's valid registrations parse")
+        })
+        .collect();
+    let reads = (0..requests)
+        .map(|i| Request::get(format!("/products/{}", products[(i * 7919) % requests].id)))
+        .collect();
+    vec![
+        Plan {
+            what: "POST /products/".into(),
+            expect: 200,
+            write: true,
+            requests: products
+                .iter()
+                .map(|p| Request::post("/products/", p.to_json()))
+                .collect(),
+        },
+        Plan {
+            what: "GET /products/{id}".into(),
+            expect: 200,
+            write: false,
+            requests: reads,
+        },
+    ]
 }

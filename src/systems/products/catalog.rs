@@ -155,7 +155,7 @@ pub trait Products {
 impl<S: RelationalStore + ?Sized> Products for S {
     async fn product(&self, id: &str) -> StoreResult<Option<Stored>> {
         let rows = self
-            .query(&Statement::new(
+            .select(&Statement::new(
                 format!("{SELECT} WHERE id = $1"),
                 vec![id.into()],
             ))
@@ -183,13 +183,13 @@ impl<S: RelationalStore + ?Sized> Products for S {
             sql.push_str(&format!(" AND search LIKE ${} ESCAPE '\\'", args.len()));
         }
         sql.push_str(" ORDER BY id LIMIT $2 OFFSET $3");
-        let rows = self.query(&Statement::new(sql, args)).await?;
+        let rows = self.select(&Statement::new(sql, args)).await?;
         Ok(rows.iter().map(stored).collect())
     }
 
     async fn count_products(&self) -> StoreResult<i64> {
         let rows = self
-            .query(&Statement::new(
+            .select(&Statement::new(
                 "SELECT COUNT(*) AS n FROM products",
                 vec![],
             ))

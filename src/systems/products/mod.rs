@@ -159,6 +159,10 @@ impl System for Products {
         ]
     }
 
+    fn http_bench(&self, _settings: &Settings, requests: usize) -> Vec<crate::loadgen::Plan> {
+        bench::http_plans(requests)
+    }
+
     fn http(
         &self,
         stores: &Stores,

@@ -1,7 +1,6 @@
 //! `livros bench --system streaming`: events per second through the processor (the
 //! generator's mixed rounds, then views alone, into the document and key-value stores),
-//! and with `--http` the latency of the correlation round trip (`POST /usuarios?wait=5`)
-//! and of the leaderboards (`GET /rankings/…`) under concurrent load.
+//! and what `livros bench --http` sends the gateway.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use super::routing::{RESPONSE_EVENTS, USER_EVENTS};
 use super::users::Users;
 use crate::app::{self, AppError, Pipeline, Settings, Systems};
 use crate::bus::Record;
-use crate::loadgen::{LoadReport, load, rate};
+use crate::loadgen::{Plan, Request, rate};
 use crate::services::{Counters, ServiceError};
 use crate::store::Page;
 use crate::systems::{GenConfig, System};
@@ -193,82 +192,40 @@ pub async fn run(settings: &Settings, events: u64) -> Result<ProcessorReport, Ap
     })
 }
 
-/// Loads the gateway, served in this process with the processor running: `requests` ×
-/// `POST /usuarios?wait=5` (a new user each, the reply awaited), from `concurrency`
-/// concurrent clients.
-pub async fn http(
-    settings: &Settings,
-    requests: usize,
-    concurrency: usize,
-) -> Result<(String, Vec<LoadReport>), AppError> {
-    let settings = &alone(settings);
-    let bus = app::open_bus(settings).await?;
-    let stores = app::open_stores(settings).await?;
-    let setup = format!(
-        "{}, {}, {}",
-        bus.describe(),
-        stores.describe(crate::store::StoreKind::Relational),
-        stores.describe(crate::store::StoreKind::KeyValue)
-    );
-    let mut pipeline = Pipeline::start(bus.clone(), Some(stores), false, settings, false);
-    // Something on the leaderboards: a few hundred users' rounds, processed.
-    Streaming
-        .generate(
-            bus.clone(),
-            settings,
-            GenConfig {
-                count: Some(300),
-                rate: 0.0,
-                seed: Some(3),
-                print_events: false,
-            },
-            Arc::new(Counters::default()),
-            CancellationToken::new(),
-        )
-        .await?;
-    let consumers = Streaming.consumers(&app::open_stores(settings).await?, settings);
-    pipeline
-        .drain(|| crate::services::s2::lag(&*bus, &consumers))
-        .await?;
-    let listener = crate::api::bind("127.0.0.1:0".parse().expect("a valid address"))
-        .await
-        .map_err(ServiceError::Http)?;
-    let base = format!(
-        "http://{}",
-        listener.local_addr().map_err(ServiceError::Http)?
-    );
-    pipeline.serve_http(&Streaming, bus.clone(), listener, settings);
-    let client = reqwest::Client::new();
-    let token = settings.api.token.clone();
-    let round_trip = {
-        let (client, base) = (client.clone(), base.clone());
-        load("POST /usuarios?wait=5", requests, concurrency, move |_| {
-            let mut request = client.post(format!("{base}/usuarios?wait=5"));
-            if let Some(token) = &token {
-                request = request.bearer_auth(token);
-            }
-            async move {
-                matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::CREATED)
-            }
-        })
-        .await
+/// What `livros bench --http` sends the gateway: `requests` user creations and as many
+/// views, published without waiting (the gateway's write: the request's status kept, the
+/// event on the bus), then round trips through the processor (`?wait=5`) and the
+/// leaderboards those views fed.
+pub fn http_plans(requests: usize) -> Vec<Plan> {
+    let publish = |what: &str, path: &str, expect: u16, write: bool| Plan {
+        what: what.into(),
+        expect,
+        write,
+        requests: vec![
+            Request {
+                method: "POST".into(),
+                path: path.into(),
+                body: None,
+            };
+            requests
+        ],
     };
-    let mut reports = vec![round_trip];
-    for path in [
-        "/rankings/mais-assistidos?limit=10",
-        "/rankings/mais-bem-avaliados?genero=drama&limit=10",
-    ] {
-        let (client, base) = (client.clone(), base.clone());
-        reports.push(
-            load(&format!("GET {path}"), requests, concurrency, move |_| {
-                let request = client.get(format!("{base}{path}"));
-                async move {
-                    matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::OK)
-                }
-            })
-            .await,
-        );
-    }
-    pipeline.stop().await?;
-    Ok((setup, reports))
+    let read = |path: &str| Plan {
+        what: format!("GET {path}"),
+        expect: 200,
+        write: false,
+        requests: vec![Request::get(path); requests],
+    };
+    vec![
+        publish("POST /usuarios", "/usuarios", 200, true),
+        publish(
+            "POST /historico-visualizacao",
+            "/historico-visualizacao",
+            200,
+            true,
+        ),
+        publish("POST /usuarios?wait=5 (round trip)", "/usuarios?wait=5", 201, false),
+        read("/rankings/mais-assistidos?limit=10"),
+        read("/rankings/mais-bem-avaliados?genero=drama&limit=10"),
+    ]
 }

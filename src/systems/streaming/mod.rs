@@ -143,6 +143,10 @@ impl System for Streaming {
         ]
     }
 
+    fn http_bench(&self, _settings: &Settings, requests: usize) -> Vec<crate::loadgen::Plan> {
+        bench::http_plans(requests)
+    }
+
     fn http(
         &self,
         stores: &Stores,

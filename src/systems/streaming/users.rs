@@ -198,11 +198,9 @@ impl<S: RelationalStore + ?Sized> Users for S {
             "correlation_id",
             correlation_ids,
         );
-        Ok(self
-            .transaction(&statements)
+        Ok(store::select_rows(self, &statements)
             .await?
             .iter()
-            .flatten()
             .filter_map(|row| {
                 let reply = serde_json::from_str(&row.text("resposta")?).ok()?;
                 Some((row.text("correlation_id")?, reply))
@@ -247,7 +245,7 @@ impl<S: RelationalStore + ?Sized> Users for S {
             return Ok(taken);
         }
         let rows = self
-            .query(&Statement::new(
+            .select(&Statement::new(
                 format!("{USUARIO} WHERE {}", conditions.join(" OR ")),
                 args,
             ))
@@ -312,7 +310,7 @@ impl<S: RelationalStore + ?Sized> Users for S {
 
     async fn users(&self, email: Option<&str>, page: Page) -> StoreResult<Vec<Usuario>> {
         let rows = self
-            .query(&Statement::new(
+            .select(&Statement::new(
                 format!(
                     "{USUARIO} WHERE (CAST($1 AS TEXT) IS NULL OR email = $1) ORDER BY user_id LIMIT $2 OFFSET $3"
                 ),

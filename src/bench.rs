@@ -1,0 +1,201 @@
+//! `livros bench --http`: every system's HTTP API served in this process as `livros s2`
+//! serves it (consumers, workers and all), loaded by `livros loadgen` in a separate
+//! process. Each write endpoint's rate is set against the same server's `GET /health` rate
+//! measured in the same run: the most that server answers at all on this machine, so the
+//! ratio says how much of it the write path keeps, whatever else the machine is doing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::app::{self, AppError, Pipeline, Settings};
+use crate::loadgen::{LoadReport, Plan, Request};
+use crate::services::ServiceError;
+
+/// A write endpoint meets its goal at this share of the `/health` rate or more…
+pub const WRITE_SHARE_GOAL: f64 = 0.5;
+/// …with its 99th-percentile latency under this.
+pub const WRITE_P99_GOAL: Duration = Duration::from_millis(10);
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The pipeline or the stores failed.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// The load generator could not be started or did not report.
+    #[error("the load generator ({what}): {reason}")]
+    Load {
+        /// The phase it was running.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// One system's API under load.
+#[derive(Debug, Clone)]
+pub struct SystemReport {
+    /// The system.
+    pub system: &'static str,
+    /// Where its API listened.
+    pub address: SocketAddr,
+    /// `GET /health`: the ceiling.
+    pub health: LoadReport,
+    /// Each phase and whether it is a write, held to the goal.
+    pub phases: Vec<(LoadReport, bool)>,
+}
+
+impl SystemReport {
+    /// A phase's rate as a share of the `/health` rate.
+    pub fn share(&self, phase: &LoadReport) -> f64 {
+        phase.rate() / self.health.rate().max(1e-9)
+    }
+
+    /// Whether every write phase met the goal.
+    pub fn writes_meet_goal(&self) -> bool {
+        self.phases
+            .iter()
+            .filter(|(_, write)| *write)
+            .all(|(p, _)| meets_goal(self.share(p), p))
+    }
+}
+
+fn meets_goal(share: f64, phase: &LoadReport) -> bool {
+    share >= WRITE_SHARE_GOAL && phase.p99 < WRITE_P99_GOAL && phase.errors == 0
+}
+
+impl std::fmt::Display for SystemReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} API on {}", self.system, self.address)?;
+        writeln!(f, "  {}   (the ceiling)", self.health)?;
+        for (phase, write) in &self.phases {
+            write!(f, "  {phase}")?;
+            if *write {
+                let share = self.share(phase);
+                write!(
+                    f,
+                    "   {:.0} % of /health: {}",
+                    100.0 * share,
+                    if meets_goal(share, phase) {
+                        "goal met"
+                    } else {
+                        "goal NOT met"
+                    }
+                )?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves every system of `settings` and loads each API in turn: `GET /health`, then the
+/// system's own phases ([`crate::systems::System::http_bench`]), `requests` requests each
+/// over `connections` connections, from `exe loadgen` (the `livros` binary).
+pub async fn http(
+    settings: &Settings,
+    exe: &Path,
+    requests: usize,
+    connections: usize,
+) -> Result<Vec<SystemReport>, BenchError> {
+    let bus = app::open_bus(settings).await?;
+    let stores = app::open_stores(settings).await?;
+    let mut pipeline = Pipeline::start(bus.clone(), Some(stores), false, settings, false);
+    for system in &settings.systems.0 {
+        pipeline.start_workers(&**system, bus.clone(), settings);
+    }
+    let mut served = Vec::new();
+    for system in &settings.systems.0 {
+        let plans = system.http_bench(settings, requests);
+        if plans.is_empty() {
+            continue;
+        }
+        let listener = crate::api::bind("127.0.0.1:0".parse().expect("a valid address"))
+            .await
+            .map_err(|e| AppError::from(ServiceError::Http(e)))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| AppError::from(ServiceError::Http(e)))?;
+        pipeline.serve_http(&**system, bus.clone(), listener, settings);
+        served.push((system.name(), address, plans));
+    }
+    let driver = Driver {
+        exe,
+        dir: settings.data_dir.clone(),
+        connections,
+        token: settings.api.token.clone(),
+    };
+    let mut reports = Vec::new();
+    for (system, address, plans) in served {
+        let health = Plan {
+            what: "GET /health".into(),
+            expect: 200,
+            write: false,
+            requests: vec![Request::get("/health"); requests],
+        };
+        let health = driver.run(address, &health).await?;
+        let mut phases = Vec::new();
+        for plan in plans {
+            phases.push((driver.run(address, &plan).await?, plan.write));
+        }
+        reports.push(SystemReport {
+            system,
+            address,
+            health,
+            phases,
+        });
+    }
+    pipeline.stop().await?;
+    Ok(reports)
+}
+
+/// Runs plans through `livros loadgen` in its own process.
+struct Driver<'a> {
+    exe: &'a Path,
+    dir: PathBuf,
+    connections: usize,
+    token: Option<String>,
+}
+
+impl Driver<'_> {
+    async fn run(&self, address: SocketAddr, plan: &Plan) -> Result<LoadReport, BenchError> {
+        let failed = |reason: String| BenchError::Load {
+            what: plan.what.clone(),
+            reason,
+        };
+        let file = self
+            .dir
+            .join(format!("loadgen-{}.json", uuid::Uuid::new_v4().simple()));
+        crate::loadgen::write_plan(plan, &file).map_err(|e| failed(e.to_string()))?;
+        let mut command = tokio::process::Command::new(self.exe);
+        command
+            .arg("loadgen")
+            .arg("--target")
+            .arg(address.to_string())
+            .arg("--plan")
+            .arg(&file)
+            .arg("--connections")
+            .arg(self.connections.to_string())
+            .env_remove("LIVROS_API_TOKEN")
+            .kill_on_drop(true);
+        if let Some(token) = &self.token {
+            command.env("LIVROS_API_TOKEN", token);
+        }
+        let output = command
+            .output()
+            .await
+            .map_err(|e| failed(format!("starting {}: {e}", self.exe.display())));
+        let _ = std::fs::remove_file(&file);
+        let output = output?;
+        if !output.status.success() {
+            return Err(failed(format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        serde_json::from_slice(&output.stdout)
+            .map_err(|e| failed(format!("its report is not JSON ({e})")))
+    }
+}
