@@ -199,3 +199,100 @@ impl Driver<'_> {
             .map_err(|e| failed(format!("its report is not JSON ({e})")))
     }
 }
+
+/// This process's resident memory, in bytes, from `/proc/self/status` (Linux; `None`
+/// elsewhere): all of it, and the anonymous part (heap and stacks: what a leak or an
+/// unbounded queue grows). The rest is file pages mapped in (the search index's segments,
+/// SQLite's files), which the kernel takes back under pressure.
+pub fn rss() -> Option<Rss> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(Rss {
+        total: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+    })
+}
+
+/// A reading of [`rss`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rss {
+    /// Every resident page.
+    pub total: u64,
+    /// Resident anonymous pages.
+    pub anon: u64,
+}
+
+/// Resident memory over a soak: where it started, where it stood once warmed up, its peak
+/// and where it ended.
+#[derive(Debug, Clone, Default)]
+pub struct RssWatch {
+    /// When the pipeline had started.
+    pub start: Rss,
+    /// After the warm-up (the first minute, or a tenth of the run if shorter).
+    pub warm: Option<Rss>,
+    /// The most seen (each part on its own).
+    pub peak: Rss,
+    /// The last reading.
+    pub end: Rss,
+}
+
+impl RssWatch {
+    /// A watch starting now.
+    pub fn new() -> Self {
+        let now = rss().unwrap_or_default();
+        Self {
+            start: now,
+            warm: None,
+            peak: now,
+            end: now,
+        }
+    }
+
+    /// Takes a reading; `warmed` says the warm-up is over (the first such reading is kept).
+    pub fn sample(&mut self, warmed: bool) {
+        let now = rss().unwrap_or_default();
+        self.peak.total = self.peak.total.max(now.total);
+        self.peak.anon = self.peak.anon.max(now.anon);
+        self.end = now;
+        if warmed && self.warm.is_none() {
+            self.warm = Some(now);
+        }
+    }
+}
+
+/// One part of an [`Rss`] reading.
+type Part = fn(&Rss) -> u64;
+
+impl std::fmt::Display for RssWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let parts: [(&str, Part); 2] = [("RSS", |r| r.total), ("anonymous", |r| r.anon)];
+        for (name, part) in parts {
+            if name != "RSS" {
+                write!(f, " | ")?;
+            }
+            write!(
+                f,
+                "{name} start {:.1} MB, peak {:.1} MB, end {:.1} MB",
+                mb(part(&self.start)),
+                mb(part(&self.peak)),
+                mb(part(&self.end))
+            )?;
+            if let Some(warm) = &self.warm {
+                let (warm, end) = (part(warm) as f64, part(&self.end) as f64);
+                write!(
+                    f,
+                    " (after warm-up {:.1} MB, then {:+.1} MB, {:+.1} %)",
+                    warm / (1024.0 * 1024.0),
+                    (end - warm) / (1024.0 * 1024.0),
+                    100.0 * (end - warm) / warm.max(1.0)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

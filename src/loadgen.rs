@@ -158,7 +158,10 @@ pub fn read_plan(path: &Path) -> Result<Plan, LoadError> {
 
 /// Writes `plan` where [`read_plan`] reads it.
 pub fn write_plan(plan: &Plan, path: &Path) -> std::io::Result<()> {
-    std::fs::write(path, serde_json::to_vec(plan).map_err(std::io::Error::other)?)
+    std::fs::write(
+        path,
+        serde_json::to_vec(plan).map_err(std::io::Error::other)?,
+    )
 }
 
 /// Sends every request of `plan` to `addr` over `connections` connections, with `token` as a
@@ -261,9 +264,10 @@ async fn connect(addr: SocketAddr) -> Result<Sender, String> {
         .await
         .map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
     tokio::spawn(conn);
     Ok(sender)
 }

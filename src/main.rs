@@ -513,6 +513,14 @@ enum Command {
         /// Keep the data dir instead of using a fresh temporary one.
         #[arg(long)]
         in_data_dir: bool,
+        /// A soak instead: every system's S1 at --rate events per second, S2 (with the
+        /// HTTP APIs) and S3 for this long (`10m`), printing the process's resident memory
+        /// (start, after warm-up, peak, end) and progress every 30 s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        soak: Option<Duration>,
+        /// Events per second per system's S1, with --soak.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
     },
     /// The load generator `livros bench --http` runs in its own process: sends a plan's
     /// requests to an API and prints what it measured as JSON.
@@ -702,6 +710,93 @@ fn scheduler_to_local_api(
             format!("http://{addr}/products/"),
         );
     }
+}
+
+/// `livros bench --soak`: every system at a fixed rate for `duration`, resident memory
+/// watched.
+async fn soak_run(mut settings: Settings, duration: Duration, rate: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0.0, "--soak needs a fixed --rate above 0");
+    let bus = app::open_bus(&settings).await?;
+    let stores = app::open_stores(&settings).await?;
+    let mut http = Vec::new();
+    for system in &settings.systems.0 {
+        http.push((
+            system.clone(),
+            livros::api::bind("127.0.0.1:0".parse().expect("a valid address")).await?,
+        ));
+    }
+    scheduler_to_local_api(&mut settings, &http);
+    println!(
+        "soak: every system's S1 at {rate} events/s for {}, with S2, the HTTP APIs and S3; data in {}",
+        humantime::format_duration(duration),
+        settings.data_dir.display()
+    );
+    let generate = GenConfig {
+        count: None,
+        rate,
+        seed: None,
+        print_events: false,
+    };
+    let watch = Arc::new(std::sync::Mutex::new(livros::bench::RssWatch::new()));
+    let warm_up = (duration / 10).min(Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    let sampler = {
+        let watch = watch.clone();
+        move |counters: &Arc<livros::services::Counters>| {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut reported = 0;
+                loop {
+                    tick.tick().await;
+                    let elapsed = started.elapsed();
+                    let mut w = watch.lock().expect("never poisoned");
+                    w.sample(elapsed >= warm_up);
+                    if elapsed.as_secs() / 30 > reported {
+                        reported = elapsed.as_secs() / 30;
+                        println!(
+                            "soak: {} of {}: {} sent, {} stored, {} logged; {}",
+                            humantime::format_duration(Duration::from_secs(elapsed.as_secs())),
+                            humantime::format_duration(duration),
+                            livros::services::Counters::get(&counters.sent),
+                            livros::services::Counters::get(&counters.stored),
+                            livros::services::Counters::get(&counters.logged),
+                            *w
+                        );
+                    }
+                }
+            });
+        }
+    };
+    let report = app::up(
+        bus,
+        stores,
+        &settings,
+        generate,
+        app::Listeners {
+            http,
+            dashboard: None,
+        },
+        async move {
+            tokio::select! {
+                _ = tokio::time::sleep(duration) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        },
+        sampler,
+    )
+    .await?;
+    let mut w = watch.lock().expect("never poisoned").clone();
+    w.sample(started.elapsed() >= warm_up);
+    println!(
+        "soak done after {}: {} stored, {} dead-lettered, {} logged",
+        humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),
+        report.stored,
+        report.dead_lettered,
+        report.logged
+    );
+    println!("{w}");
+    Ok(())
 }
 
 fn gen_config(p: &ProduceArgs, o: &OutputArgs) -> anyhow::Result<GenConfig> {
@@ -1263,6 +1358,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             requests,
             concurrency,
             in_data_dir,
+            soak,
+            rate,
         } => {
             let temp = tempfile::tempdir().context("creating a temporary data dir")?;
             let mut global = g.clone();
@@ -1279,7 +1376,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 global.redis_prefix = format!("livros-bench-{}:", uuid::Uuid::new_v4().simple());
             }
             let settings = global.settings(None);
-            if !*http {
+            if !*http && soak.is_none() {
                 println!(
                     "benchmark: {events} events, data in {}",
                     settings.data_dir.display()
@@ -1294,6 +1391,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     global.redis_prefix, global.topic_prefix
                 );
             }
+            if let Some(duration) = soak {
+                return soak_run(settings, *duration, *rate).await;
+            }
             if *http {
                 let mut settings = settings;
                 if let Some(name) = system {
@@ -1306,8 +1406,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "HTTP APIs served here, loaded from a separate process: {requests} requests per phase over {concurrency} connections"
                 );
-                let exe = std::env::current_exe().context("finding this program to run its load generator")?;
-                let reports = livros::bench::http(&settings, &exe, *requests, (*concurrency).max(1)).await?;
+                let exe = std::env::current_exe()
+                    .context("finding this program to run its load generator")?;
+                let reports =
+                    livros::bench::http(&settings, &exe, *requests, (*concurrency).max(1)).await?;
                 for report in &reports {
                     print!("{report}");
                 }

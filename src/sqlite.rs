@@ -9,6 +9,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+/// The writer connection's page cache, in KiB.
+pub const WRITER_CACHE_KIB: u32 = 8 * 1024;
+/// Each reader connection's page cache, in KiB.
+pub const READER_CACHE_KIB: u32 = 2 * 1024;
+
 /// An embedded file's connections: one writer and a few readers.
 ///
 /// SQLite lets one transaction write at a time, so more writer connections only queue on
@@ -34,17 +39,23 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(30))
-        .pragma("cache_size", "-65536")
         .pragma("temp_store", "memory");
-    let pool = |n: u32| {
+    // Page caches are per connection and grow with the file up to their size: the
+    // writer's, which random inserts walk, is larger; a file's memory is bounded by
+    // WRITER_CACHE_KIB + readers × READER_CACHE_KIB.
+    let pool = |n: u32, cache_kib: u32| {
         SqlitePoolOptions::new()
             .max_connections(n)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("cache_size", format!("-{cache_kib}")),
+            )
     };
     // The writer first: it creates the file and switches it to WAL.
-    let writer = pool(1).await?;
-    let reader = pool(readers.max(1)).await?;
+    let writer = pool(1, WRITER_CACHE_KIB).await?;
+    let reader = pool(readers.max(1), READER_CACHE_KIB).await?;
     Ok(Pools { writer, reader })
 }
 

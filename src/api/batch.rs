@@ -17,37 +17,41 @@ use crate::store::{StoreError, StoreResult};
 /// Most requests written in one batch.
 const MAX_BATCH: usize = 256;
 
-/// What a writer does with a batch of bodies: one output per body, in order; `Err` when
+/// What a writer does with a batch of writes: one output per write, in order; `Err` when
 /// the store failed for all of them.
 #[async_trait::async_trait]
 pub trait Batch: Send + Sync {
-    /// What each body becomes.
+    /// One write (a request's body…).
+    type Input: Send + Sync + 'static;
+    /// What each write becomes.
     type Output: Send + 'static;
-    /// Applies the bodies as one batch.
-    async fn apply(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Self::Output>>;
+    /// Applies the writes as one batch.
+    async fn apply(&self, inputs: &[Self::Input]) -> StoreResult<Vec<Self::Output>>;
 }
 
-/// A system's handler writes an API's batch as it writes one from the bus.
+/// A system's handler writes an API's batch of bodies as it writes one from the bus.
 #[async_trait::async_trait]
 impl<H: Handler + ?Sized> Batch for H {
+    type Input = Bytes;
     type Output = Outcome;
 
-    async fn apply(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Outcome>> {
-        self.handle(payloads).await
+    async fn apply(&self, bodies: &[Bytes]) -> StoreResult<Vec<Outcome>> {
+        let payloads: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+        self.handle(&payloads).await
     }
 }
 
-struct Job<O> {
-    payload: Bytes,
+struct Job<I, O> {
+    input: I,
     reply: oneshot::Sender<StoreResult<O>>,
 }
 
 /// The queue of one kind's writes.
-pub struct Writer<O = Outcome> {
-    queue: mpsc::Sender<Job<O>>,
+pub struct Writer<O = Outcome, I = Bytes> {
+    queue: mpsc::Sender<Job<I, O>>,
 }
 
-impl<O> Clone for Writer<O> {
+impl<O, I> Clone for Writer<O, I> {
     fn clone(&self) -> Self {
         Self {
             queue: self.queue.clone(),
@@ -55,24 +59,24 @@ impl<O> Clone for Writer<O> {
     }
 }
 
-impl<O: Send + 'static> Writer<O> {
+impl<O: Send + 'static, I: Send + Sync + 'static> Writer<O, I> {
     /// Starts a writer task over `batch`; it ends when every clone of the writer is gone.
-    pub fn spawn<B: Batch<Output = O> + ?Sized + 'static>(batch: Arc<B>) -> Self {
-        let (queue, mut jobs) = mpsc::channel::<Job<O>>(4 * MAX_BATCH);
+    pub fn spawn<B: Batch<Input = I, Output = O> + ?Sized + 'static>(batch: Arc<B>) -> Self {
+        let (queue, mut jobs) = mpsc::channel::<Job<I, O>>(4 * MAX_BATCH);
         tokio::spawn(async move {
-            let mut jobs_batch = Vec::with_capacity(MAX_BATCH);
-            while jobs.recv_many(&mut jobs_batch, MAX_BATCH).await > 0 {
-                let payloads: Vec<&[u8]> = jobs_batch.iter().map(|j| &j.payload[..]).collect();
-                let result = batch.apply(&payloads).await;
-                match result {
+            let mut taken = Vec::with_capacity(MAX_BATCH);
+            while jobs.recv_many(&mut taken, MAX_BATCH).await > 0 {
+                let (inputs, replies): (Vec<I>, Vec<_>) =
+                    taken.drain(..).map(|j| (j.input, j.reply)).unzip();
+                match batch.apply(&inputs).await {
                     Ok(outputs) => {
-                        for (job, output) in jobs_batch.drain(..).zip(outputs) {
-                            let _ = job.reply.send(Ok(output));
+                        for (reply, output) in replies.into_iter().zip(outputs) {
+                            let _ = reply.send(Ok(output));
                         }
                     }
                     Err(e) => {
-                        for job in jobs_batch.drain(..) {
-                            let _ = job.reply.send(Err(e.clone()));
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
                         }
                     }
                 }
@@ -81,15 +85,15 @@ impl<O: Send + 'static> Writer<O> {
         Self { queue }
     }
 
-    /// Writes one body; resolves once its batch is durable (or refused).
-    pub async fn write(&self, payload: Bytes) -> StoreResult<O> {
+    /// Writes one input; resolves once its batch is durable (or refused).
+    pub async fn write(&self, input: I) -> StoreResult<O> {
         let stopped = || StoreError::Unavailable {
             store: "api",
             reason: "the writer stopped; the server is shutting down".into(),
         };
         let (reply, output) = oneshot::channel();
         self.queue
-            .send(Job { payload, reply })
+            .send(Job { input, reply })
             .await
             .map_err(|_| stopped())?;
         output.await.map_err(|_| stopped())?

@@ -127,55 +127,27 @@ async fn consume(
         )
         .await?;
     let mut lag = crate::metrics::LagGauge::new(&spec.group, std::slice::from_ref(topic), topic);
-    while let Some(messages) =
-        super::next_batch(&mut *consumer, config.batch_size, &shutdown).await?
-    {
-        let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
-        let batch_started = std::time::SystemTime::now();
-        let stored = retry::until_ok(
-            &format!("storing a batch from `{topic}`"),
-            &shutdown,
-            StoreError::is_retryable,
-            || spec.handler.handle(&payloads),
-        )
-        .await?;
-        let Some(outcomes) = stored else { break };
-
-        let dead: Vec<Record> = messages
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(m, o)| match o {
-                Outcome::Rejected(reason) => Some(dead_letter(m, &reason.to_string(), dlq)),
-                Outcome::Stored { .. } => None,
-            })
-            .collect();
-        // Replies and dead letters are durable on the bus before the offset moves on.
-        let rejected = dead.len();
-        let mut outgoing = dead;
-        for (m, o) in messages.iter().zip(&outcomes) {
-            let span = crate::trace::consumed(&m.topic, &m.headers, batch_started);
-            if let Outcome::Stored { out, .. } = o {
-                // A reply belongs to the trace of the message it answers.
-                outgoing.extend(out.iter().cloned().map(|mut r| {
-                    if let Some(span) = &span {
-                        crate::trace::propagate(span, &mut r);
-                    }
-                    r
-                }));
-            }
-        }
-        if !outgoing.is_empty() {
-            let published = retry::until_ok(
-                &format!("publishing replies and dead letters of `{topic}`"),
-                &shutdown,
-                bus_transient,
-                || bus.publish(&outgoing),
-            )
-            .await?;
-            if published.is_none() {
-                break;
-            }
-        }
+    // The next batch, when it was already waiting on the bus while this one was stored.
+    let mut ready: Option<Vec<Message>> = None;
+    loop {
+        let messages = match ready.take() {
+            Some(messages) => messages,
+            None => match super::next_batch(&mut *consumer, config.batch_size, &shutdown).await? {
+                Some(messages) => messages,
+                None => break,
+            },
+        };
+        // Reading the bus overlaps the store's write: only what is already there is taken,
+        // so an idle topic never holds this batch's commit back. Nothing of it is committed
+        // before it has been stored in turn.
+        let (stored, prefetched) = tokio::join!(
+            store_batch(&*bus, &spec, &messages, &shutdown),
+            consumer.poll(config.batch_size, Duration::ZERO)
+        );
+        let Some((outcomes, rejected)) = stored? else {
+            break;
+        };
+        ready = prefetched.ok().filter(|m| !m.is_empty());
 
         if !super::commit(&mut *consumer, &next_offsets(&messages), &shutdown).await?
             && shutdown.is_cancelled()
@@ -207,6 +179,69 @@ async fn consume(
     }
     consumer.close().await?;
     Ok(())
+}
+
+/// Stores one batch by `spec`'s handler, then publishes its replies and dead letters:
+/// each message's outcome and how many were rejected, once all of it is durable; `None`
+/// when it stopped for shutdown.
+async fn store_batch(
+    bus: &dyn Bus,
+    spec: &ConsumerSpec,
+    messages: &[Message],
+    shutdown: &CancellationToken,
+) -> Result<Option<(Vec<Outcome>, usize)>, ServiceError> {
+    let topic = &spec.topic;
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    let batch_started = std::time::SystemTime::now();
+    let stored = retry::until_ok(
+        &format!("storing a batch from `{topic}`"),
+        shutdown,
+        StoreError::is_retryable,
+        || spec.handler.handle(&payloads),
+    )
+    .await?;
+    let Some(outcomes) = stored else {
+        return Ok(None);
+    };
+
+    let dead: Vec<Record> = messages
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(m, o)| match o {
+            Outcome::Rejected(reason) => {
+                Some(dead_letter(m, &reason.to_string(), &spec.dead_letters))
+            }
+            Outcome::Stored { .. } => None,
+        })
+        .collect();
+    // Replies and dead letters are durable on the bus before the offset moves on.
+    let rejected = dead.len();
+    let mut outgoing = dead;
+    for (m, o) in messages.iter().zip(&outcomes) {
+        let span = crate::trace::consumed(&m.topic, &m.headers, batch_started);
+        if let Outcome::Stored { out, .. } = o {
+            // A reply belongs to the trace of the message it answers.
+            outgoing.extend(out.iter().cloned().map(|mut r| {
+                if let Some(span) = &span {
+                    crate::trace::propagate(span, &mut r);
+                }
+                r
+            }));
+        }
+    }
+    if !outgoing.is_empty() {
+        let published = retry::until_ok(
+            &format!("publishing replies and dead letters of `{topic}`"),
+            shutdown,
+            bus_transient,
+            || bus.publish(&outgoing),
+        )
+        .await?;
+        if published.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(Some((outcomes, rejected)))
 }
 
 /// The dead-letter record for `m`: the original bytes, key and headers untouched, plus

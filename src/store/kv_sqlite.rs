@@ -248,7 +248,11 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
 impl KeyValueStore for SqliteKvStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
         crate::metrics::timed_store("key-value", "embedded", async {
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            let mut tx = self
+                .writer
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(err)?;
             purge_expired(&mut tx, now_ms()).await.map_err(err)?;
             let mut pending = Pending::default();
             for write in writes {

@@ -82,7 +82,11 @@ impl RelationalStore for SqliteStore {
         crate::metrics::timed_store("relational", "sqlite", async {
             // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
             // fails half-way on a lock another writer took meanwhile.
-            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            let mut tx = self
+                .writer
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
                 let rows = bind(

@@ -851,7 +851,7 @@ async fn versions_in_one_batch(config: StoreConfig) {
         b"{}".to_vec(),
         version(1, "v-1"),
     ];
-    let payloads: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    let payloads: Vec<axum::body::Bytes> = bodies.into_iter().map(Into::into).collect();
     let out = writer.apply(&payloads).await.unwrap();
     let versions: Vec<Option<i64>> = out
         .iter()

@@ -30,6 +30,9 @@ pub struct BenchReport {
     pub ceiling: Duration,
     /// Per store: records written and time spent writing.
     pub stores: Vec<(StoreKind, String, u64, Duration)>,
+    /// Per store: the same number of new records written straight to it afterwards, in
+    /// batches of S2's size, one after the other, with no bus: records and time taken.
+    pub store_ceilings: Vec<(StoreKind, u64, Duration)>,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -67,6 +70,19 @@ impl std::fmt::Display for BenchReport {
                 "{:<12} {:>10.0} records/s while writing ({records} records in {spent:.2?}; {engine})",
                 format!("{}:", kind.name()),
                 rate(*records, *spent)
+            )?;
+        }
+        // Each store's own bulk rate for the same rows, next to what the pipeline got out of
+        // it: a third of the events each, from the first publish until S2 had stored them.
+        let per_store = rate(n / 3, self.stored);
+        for (kind, records, spent) in &self.store_ceilings {
+            let ceiling = rate(*records, *spent);
+            writeln!(
+                f,
+                "{:<12} {:>10.0} records/s written straight, in batches, no bus; the pipeline reaches {:.0} % of it ({per_store:.0}/s)",
+                format!("{} ceiling:", kind.name()),
+                ceiling,
+                100.0 * per_store / ceiling.max(1e-9)
             )?;
         }
         Ok(())
@@ -120,6 +136,8 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
     let timings = router.timings();
     pipeline.stop().await?;
     let ceiling = consume_ceiling(&*bus, settings, rounds * 3).await?;
+    let store_ceilings =
+        store_ceilings(&app::open_stores(settings).await?, settings, rounds).await?;
     Ok(BenchReport {
         bus: bus.describe(),
         events: rounds * 3,
@@ -134,7 +152,78 @@ pub async fn run(settings: &Settings, events: u64) -> Result<BenchReport, AppErr
                 (kind, engine, n, spent)
             })
             .collect(),
+        store_ceilings,
     })
+}
+
+/// Writes `rounds` new customers, books and orders straight to their stores, `batch` at a
+/// time and one batch after the other, as S2 would with nothing else to do: each store's
+/// own bulk rate (a multi-row upsert, a bulk upsert, pipelined writes) for the same rows.
+async fn store_ceilings(
+    stores: &crate::store::Stores,
+    settings: &Settings,
+    rounds: u64,
+) -> Result<Vec<(StoreKind, u64, Duration)>, AppError> {
+    use super::customers::Customers as _;
+    let mut generator = super::generator::Generator::new(
+        super::catalog::offline(),
+        Some(2),
+        settings.topics.clone(),
+    );
+    let rounds: Vec<_> = (0..rounds).map(|_| generator.entities()).collect();
+    let batch = settings.s2.batch_size.max(1);
+    let failed =
+        |e: crate::store::StoreError| AppError::from(crate::services::ServiceError::from(e));
+
+    let started = Instant::now();
+    for chunk in rounds.chunks(batch) {
+        let customers: Vec<_> = chunk.iter().map(|(c, _, _)| c.clone()).collect();
+        stores
+            .relational
+            .upsert_customers(&customers)
+            .await
+            .map_err(failed)?;
+    }
+    let customers = started.elapsed();
+
+    let started = Instant::now();
+    for chunk in rounds.chunks(batch) {
+        let docs: Vec<(String, serde_json::Value)> = chunk
+            .iter()
+            .map(|(_, b, _)| {
+                (
+                    b.id.clone(),
+                    serde_json::to_value(b).expect("books serialize"),
+                )
+            })
+            .collect();
+        for result in stores
+            .document
+            .upsert(super::routing::BOOKS_COLLECTION, &docs)
+            .await
+            .map_err(failed)?
+        {
+            result.map_err(failed)?;
+        }
+    }
+    let books = started.elapsed();
+
+    let started = Instant::now();
+    for chunk in rounds.chunks(batch) {
+        let writes: Vec<_> = chunk
+            .iter()
+            .flat_map(|(_, _, o)| super::routing::order_writes(o))
+            .collect();
+        stores.key_value.write(&writes).await.map_err(failed)?;
+    }
+    let orders = started.elapsed();
+
+    let n = rounds.len() as u64;
+    Ok(vec![
+        (StoreKind::Relational, n, customers),
+        (StoreKind::Document, n, books),
+        (StoreKind::KeyValue, n, orders),
+    ])
 }
 
 /// How long a consumer in a fresh group takes to read `events` messages of the entity

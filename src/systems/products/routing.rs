@@ -116,9 +116,10 @@ impl ProductWriter {
 
 #[async_trait]
 impl Batch for ProductWriter {
+    type Input = axum::body::Bytes;
     type Output = Result<Stored, Rejection>;
 
-    async fn apply(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Self::Output>> {
+    async fn apply(&self, payloads: &[axum::body::Bytes]) -> StoreResult<Vec<Self::Output>> {
         let parsed: Vec<_> = payloads.iter().map(|p| parse_product(p)).collect();
         let valid: Vec<(usize, &Product)> = parsed
             .iter()

@@ -224,7 +224,12 @@ pub fn http_plans(requests: usize) -> Vec<Plan> {
             200,
             true,
         ),
-        publish("POST /usuarios?wait=5 (round trip)", "/usuarios?wait=5", 201, false),
+        publish(
+            "POST /usuarios?wait=5 (round trip)",
+            "/usuarios?wait=5",
+            201,
+            false,
+        ),
         read("/rankings/mais-assistidos?limit=10"),
         read("/rankings/mais-bem-avaliados?genero=drama&limit=10"),
     ]

@@ -30,11 +30,12 @@ use super::entities::{self, EventType, TIPOS, Usuario};
 use super::generator::{Fakes, event_record};
 use super::routing::{CATALOGO, Ranking, STATUS_TTL, pending, ranking_key, sessao_key, status_key};
 use super::users::Users;
+use crate::api::batch::{Batch, Writer};
 use crate::api::{
     ApiConfig, ApiError, Authorized, ErrorBody, HasApiConfig, Listing, Paging, Status, WriteErrors,
     deadline, filter_value,
 };
-use crate::bus::{Bus, Topics};
+use crate::bus::{Bus, Record, Topics};
 use crate::store::{self, KvWrite, Sort, Stores};
 
 /// Longest `?wait=` a request may ask for.
@@ -46,10 +47,46 @@ const WAIT_POLL: Duration = Duration::from_millis(10);
 struct Gateway {
     activity: Activity,
     stores: Stores,
-    bus: Arc<dyn Bus>,
     topics: Topics,
     config: Arc<ApiConfig>,
     fakes: Arc<std::sync::Mutex<Fakes>>,
+    publisher: Writer<(), (String, Record)>,
+}
+
+/// The gateway's write, group-committed: each request's status kept as pending, then its
+/// event published; the requests that arrive together share one key-value write and one
+/// publish (the status first, so a fast reply is never overwritten by it).
+struct Publish {
+    stores: Stores,
+    bus: Arc<dyn Bus>,
+}
+
+#[async_trait::async_trait]
+impl Batch for Publish {
+    /// The correlation id and its event.
+    type Input = (String, Record);
+    type Output = ();
+
+    async fn apply(&self, events: &[(String, Record)]) -> store::StoreResult<Vec<()>> {
+        let statuses: Vec<KvWrite> = events
+            .iter()
+            .map(|(correlation_id, _)| KvWrite::Set {
+                key: status_key(correlation_id),
+                value: pending().to_string(),
+                ttl: Some(STATUS_TTL),
+            })
+            .collect();
+        self.stores.key_value.write(&statuses).await?;
+        let records: Vec<Record> = events.iter().map(|(_, r)| r.clone()).collect();
+        self.bus
+            .publish(&records)
+            .await
+            .map_err(|e| store::StoreError::Unavailable {
+                store: "bus",
+                reason: format!("the bus did not take the event: {e}"),
+            })?;
+        Ok(vec![(); events.len()])
+    }
 }
 
 impl HasApiConfig for Gateway {
@@ -233,25 +270,11 @@ impl Gateway {
         // The processor's own validation, before anything is published.
         let event = entities::parse_event(&record.payload)?;
         entities::command(&event).map_err(|e| ApiError::from(e).about(kind.name()))?;
-        let timeout = self.config.store_timeout;
         deadline(
-            timeout,
-            self.stores.key_value.write(&[KvWrite::Set {
-                key: status_key(&correlation_id),
-                value: pending().to_string(),
-                ttl: Some(STATUS_TTL),
-            }]),
+            self.config.store_timeout,
+            self.publisher.write((correlation_id.clone(), record)),
         )
         .await?;
-        match tokio::time::timeout(timeout, self.bus.publish(std::slice::from_ref(&record))).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return Err(ApiError::unavailable(format!(
-                    "the bus did not take the event: {e}"
-                )));
-            }
-            Err(_) => return Err(ApiError::unavailable("the bus did not answer in time")),
-        }
         if !wait.is_zero()
             && let Some(reply) = self.await_reply(&correlation_id, wait).await?
         {
@@ -1191,10 +1214,13 @@ pub fn app(
     let gateway = Gateway {
         activity,
         stores: stores.clone(),
-        bus,
         topics,
         config: config.clone(),
         fakes: Arc::new(std::sync::Mutex::new(Fakes::new(None))),
+        publisher: Writer::spawn(Arc::new(Publish {
+            stores: stores.clone(),
+            bus,
+        })),
     };
     let routes = axum::Router::new()
         .route("/", get(home))
