@@ -285,6 +285,23 @@ pub fn livros(dir: &std::path::Path, config: &StoreConfig, systems: &str) -> std
     cmd
 }
 
+/// Runs `cmd` to the end and returns its standard output; fails the test, with both
+/// outputs, unless it succeeded.
+pub fn output_of(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("livros runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A child process killed when dropped, so a failing test leaves no `livros` running.
 pub struct Child(pub std::process::Child);
 

@@ -1046,3 +1046,110 @@ async fn concurrent_posts_each_get_their_own_answer() {
     assert_eq!(stores.relational.count_customers().await.unwrap(), stored);
     shutdown.cancel();
 }
+
+/// The load generator counts what was answered as planned and says what was not: new
+/// customers are created (201, and really stored), a plan expecting another status counts
+/// every answer as an error and quotes the first.
+#[tokio::test]
+async fn the_load_generator_counts_answers_and_reports_the_first_unexpected_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = embedded_stores(dir.path()).await;
+    let (base, shutdown) = serve(stores.clone(), ApiConfig::default()).await;
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let ids: Vec<String> = (0..50).map(|i| format!("load-{i}")).collect();
+    let plan = livros::loadgen::Plan {
+        what: "POST /customers".into(),
+        expect: 201,
+        write: true,
+        requests: ids
+            .iter()
+            .map(|id| {
+                livros::loadgen::Request::post(
+                    "/customers",
+                    customer(id, &format!("{id}@example.com")).to_string(),
+                )
+            })
+            .collect(),
+    };
+    let report = livros::loadgen::run(addr, &plan, 4, None).await.unwrap();
+    assert_eq!((report.ok, report.errors), (50, 0), "{report}");
+    assert!(report.p50 <= report.p99 && report.p99 <= report.max);
+    for id in &ids {
+        let (status, body) = get(&format!("{base}/customers/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{id}: {body}");
+    }
+
+    let wrong = livros::loadgen::Plan {
+        what: "GET /customers/{id}".into(),
+        expect: 201,
+        write: false,
+        requests: vec![livros::loadgen::Request::get("/customers/no-such-id"); 10],
+    };
+    let report = livros::loadgen::run(addr, &wrong, 2, None).await.unwrap();
+    assert_eq!((report.ok, report.errors), (0, 10));
+    let first = report.first_error.unwrap();
+    assert!(first.contains("404"), "{first}");
+    shutdown.cancel();
+}
+
+/// `livros bench --http` serves the APIs, loads them from its own `livros loadgen`
+/// process and prints each write as a share of the same server's `/health` rate.
+#[test]
+fn bench_http_prints_every_write_against_the_health_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = common::output_of(
+        common::livros(dir.path(), &StoreConfig::default(), "bookstore,products").args([
+            "bench",
+            "--http",
+            "--requests",
+            "300",
+            "--concurrency",
+            "4",
+        ]),
+    );
+    for phase in [
+        "GET /health",
+        "POST /customers",
+        "POST /books",
+        "POST /orders",
+        "GET /customers/{id}",
+        "POST /products/",
+        "GET /products/{id}",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(phase))
+            .unwrap_or_else(|| panic!("no `{phase}` line in:\n{stdout}"));
+        assert!(line.contains("req/s") && line.contains("p99"), "{line}");
+        assert!(!line.contains("errors"), "{line}");
+        if phase.starts_with("POST") {
+            assert!(line.contains("% of /health: goal"), "{line}");
+        }
+    }
+    assert!(stdout.contains("goal for writes: ≥ 50 %"), "{stdout}");
+}
+
+/// `livros bench --soak` runs every system at a fixed rate and prints resident memory.
+#[test]
+fn bench_soak_runs_at_a_fixed_rate_and_prints_resident_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = common::output_of(
+        common::livros(dir.path(), &StoreConfig::default(), "bookstore")
+            .args(["bench", "--soak", "3s", "--rate", "50"]),
+    );
+    let done = stdout
+        .lines()
+        .find(|l| l.starts_with("soak done"))
+        .unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
+    let stored: u64 = done
+        .split_whitespace()
+        .nth(4)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{done}"));
+    assert!(stored > 0, "{done}");
+    let memory = stdout.lines().last().unwrap();
+    assert!(
+        memory.starts_with("RSS start") && memory.contains("anonymous start"),
+        "{memory}"
+    );
+}
