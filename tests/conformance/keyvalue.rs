@@ -44,7 +44,8 @@ async fn strings(store: &dyn KeyValueStore) {
             set(
                 "status:short",
                 "soon gone",
-                Some(Duration::from_millis(300)),
+                // Long enough to outlive the checks below on a loaded CI machine.
+                Some(Duration::from_millis(1500)),
             ),
         ])
         .await
@@ -70,7 +71,7 @@ async fn strings(store: &dyn KeyValueStore) {
         Some("soon gone")
     );
     assert_eq!(store.count_prefix("status:").await.unwrap(), 3);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1900)).await;
     assert_eq!(store.get("status:short").await.unwrap(), None, "expired");
     assert_eq!(
         store.get("status:forever").await.unwrap().as_deref(),
@@ -197,19 +198,19 @@ async fn counters_rankings_and_expiry(store: &dyn KeyValueStore) {
             hset("session:1", &[("user", "7")]),
             KvWrite::Expire {
                 key: k("session:1"),
-                ttl: Duration::from_millis(400),
+                ttl: Duration::from_millis(1500),
             },
             KvWrite::Expire {
                 key: k("viewers:1"),
-                ttl: Duration::from_millis(400),
+                ttl: Duration::from_millis(1500),
             },
             KvWrite::Expire {
                 key: k("rank"),
-                ttl: Duration::from_millis(400),
+                ttl: Duration::from_millis(1500),
             },
             KvWrite::Expire {
                 key: k("never:written"),
-                ttl: Duration::from_millis(400),
+                ttl: Duration::from_millis(1500),
             },
             hset("session:1", &[("seen", "now")]),
             hset("session:2", &[("user", "8")]),
@@ -235,7 +236,8 @@ async fn counters_rankings_and_expiry(store: &dyn KeyValueStore) {
             .collect::<Vec<_>>(),
         ["new"]
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The checks above must come before the expiry, even on a loaded CI machine.
+    tokio::time::sleep(Duration::from_millis(1900)).await;
     assert!(
         store.hgetall("session:1").await.unwrap().is_empty(),
         "expired"
