@@ -1,10 +1,11 @@
 //! Group commit for the APIs' writes: concurrent POSTs of one kind share one store round
-//! trip. Each kind has a writer task; a request queues its body and waits for its own
-//! result. The writer takes whatever is queued (at least one, at most [`MAX_BATCH`]) and
+//! trip. Each kind has a writer task; a request queues its write (its body, or what the
+//! handler made of it) and waits for its own result. The writer takes whatever is queued (at least one, at most [`MAX_BATCH`]) and
 //! hands it to its [`Batch`] as one batch — for a system's [`Handler`], the same path,
 //! per-record isolation included, as a batch S2 consumes from the bus. Under no load a
 //! batch is one request and nothing waits; under load one fsync or one round trip serves
-//! many requests.
+//! many requests. One batch of a kind is written at a time: the next one grows meanwhile,
+//! which on two cores beat several smaller batches in flight (see ARCHITECTURE.md).
 
 use axum::body::Bytes;
 use tokio::sync::{mpsc, oneshot};
