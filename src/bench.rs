@@ -228,8 +228,12 @@ pub struct Rss {
 
 /// Resident memory over a soak: where it started, where it stood once warmed up, its peak
 /// and where it ended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RssWatch {
+    /// When the watch started.
+    started: std::time::Instant,
+    /// How long the warm-up lasts.
+    warm_up: Duration,
     /// When the pipeline had started.
     pub start: Rss,
     /// After the warm-up (the first minute, or a tenth of the run if shorter).
@@ -241,10 +245,12 @@ pub struct RssWatch {
 }
 
 impl RssWatch {
-    /// A watch starting now.
-    pub fn new() -> Self {
+    /// A watch starting now, whose warm-up lasts `warm_up`.
+    pub fn new(warm_up: Duration) -> Self {
         let now = rss().unwrap_or_default();
         Self {
+            started: std::time::Instant::now(),
+            warm_up,
             start: now,
             warm: None,
             peak: now,
@@ -252,13 +258,13 @@ impl RssWatch {
         }
     }
 
-    /// Takes a reading; `warmed` says the warm-up is over (the first such reading is kept).
-    pub fn sample(&mut self, warmed: bool) {
+    /// Takes a reading (the first one after the warm-up is kept as such).
+    pub fn sample(&mut self) {
         let now = rss().unwrap_or_default();
         self.peak.total = self.peak.total.max(now.total);
         self.peak.anon = self.peak.anon.max(now.anon);
         self.end = now;
-        if warmed && self.warm.is_none() {
+        if self.started.elapsed() >= self.warm_up && self.warm.is_none() {
             self.warm = Some(now);
         }
     }

@@ -737,8 +737,8 @@ async fn soak_run(mut settings: Settings, duration: Duration, rate: f64) -> anyh
         seed: None,
         print_events: false,
     };
-    let watch = Arc::new(std::sync::Mutex::new(livros::bench::RssWatch::new()));
     let warm_up = (duration / 10).min(Duration::from_secs(60));
+    let watch = Arc::new(std::sync::Mutex::new(livros::bench::RssWatch::new(warm_up)));
     let started = std::time::Instant::now();
     let sampler = {
         let watch = watch.clone();
@@ -751,7 +751,7 @@ async fn soak_run(mut settings: Settings, duration: Duration, rate: f64) -> anyh
                     tick.tick().await;
                     let elapsed = started.elapsed();
                     let mut w = watch.lock().expect("never poisoned");
-                    w.sample(elapsed >= warm_up);
+                    w.sample();
                     if elapsed.as_secs() / 30 > reported {
                         reported = elapsed.as_secs() / 30;
                         println!(
@@ -787,7 +787,7 @@ async fn soak_run(mut settings: Settings, duration: Duration, rate: f64) -> anyh
     )
     .await?;
     let mut w = watch.lock().expect("never poisoned").clone();
-    w.sample(started.elapsed() >= warm_up);
+    w.sample();
     println!(
         "soak done after {}: {} stored, {} dead-lettered, {} logged",
         humantime::format_duration(Duration::from_secs(started.elapsed().as_secs())),

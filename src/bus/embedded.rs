@@ -457,6 +457,10 @@ impl EmbeddedConsumer {
         if parts.is_empty() {
             return Ok(out);
         }
+        // Positions move only once every read succeeded: a read failing half-way must not
+        // leave this member past messages it never handed out (a later commit would skip
+        // them).
+        let mut moved = Vec::new();
         self.cursor = (self.cursor + 1) % parts.len();
         for i in 0..parts.len() {
             if out.len() >= max {
@@ -487,11 +491,11 @@ impl EmbeddedConsumer {
                     payload: row.get("payload"),
                     timestamp_ms: row.get("timestamp_ms"),
                 };
-                self.positions
-                    .insert((topic.clone(), *partition), message.offset + 1);
+                moved.push(((topic.clone(), *partition), message.offset + 1));
                 out.push(message);
             }
         }
+        self.positions.extend(moved);
         Ok(out)
     }
 }

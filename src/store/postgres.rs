@@ -123,6 +123,21 @@ fn decode(row: &PgRow) -> StoreResult<SqlRow> {
     Ok(SqlRow { columns })
 }
 
+/// The rows `statement` gives on `executor` (the pool, or a transaction).
+async fn rows<'e, E>(executor: E, statement: &Statement) -> StoreResult<Vec<SqlRow>>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let rows = bind(
+        sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
+        &statement.args,
+    )
+    .fetch_all(executor)
+    .await
+    .map_err(err)?;
+    rows.iter().map(decode).collect()
+}
+
 #[async_trait]
 impl RelationalStore for PostgresStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
@@ -134,14 +149,7 @@ impl RelationalStore for PostgresStore {
             let mut tx = self.pool.begin().await.map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
-                let rows = bind(
-                    sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
-                    &statement.args,
-                )
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
-                results.push(rows.iter().map(decode).collect::<StoreResult<Vec<_>>>()?);
+                results.push(rows(&mut *tx, statement).await?);
             }
             tx.commit().await.map_err(err)?;
             Ok(results)
@@ -151,14 +159,7 @@ impl RelationalStore for PostgresStore {
 
     async fn query(&self, statement: &Statement) -> StoreResult<Vec<SqlRow>> {
         crate::metrics::timed_store("relational", "postgres", async {
-            let rows = bind(
-                sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
-                &statement.args,
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
-            rows.iter().map(decode).collect()
+            rows(&self.pool, statement).await
         })
         .await
     }
