@@ -3,16 +3,25 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The writer connection's page cache, in KiB.
 pub const WRITER_CACHE_KIB: u32 = 8 * 1024;
 /// Each reader connection's page cache, in KiB.
 pub const READER_CACHE_KIB: u32 = 2 * 1024;
+
+/// How often a file's WAL is copied back into it, off the write path.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL pages after which the writer checkpoints by itself (SQLite's `wal_autocheckpoint`):
+/// only reached when the background checkpoint falls behind; it bounds the WAL (64 MiB).
+const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
 
 /// An embedded file's connections: one writer and a few readers.
 ///
@@ -26,12 +35,24 @@ pub struct Pools {
     pub writer: SqlitePool,
     /// Connections for reads outside a write transaction.
     pub reader: SqlitePool,
+    /// The file's background checkpoint: runs while a clone of this is kept.
+    pub checkpoint: Checkpoint,
 }
+
+/// Keeps a file's background checkpoint running; it stops once every clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Checkpoint(#[allow(dead_code)] Arc<DropGuard>);
 
 /// Opens a file's [`Pools`] (`readers` reading connections) with the settings every
 /// embedded file uses: WAL (readers never block the writer), `synchronous=FULL` (a
 /// committed transaction survives power loss, not only kill -9), and a generous busy
 /// timeout because another process may hold the write lock for a whole batch.
+///
+/// The WAL is checkpointed in the background ([`CHECKPOINT_EVERY`], a passive checkpoint
+/// on a reader connection) rather than by whichever commit crosses SQLite's threshold: a
+/// checkpoint writes the pages again and syncs the file, and done on the write path it
+/// stalls every writer queued behind that commit. Durability is the WAL's fsync at commit
+/// either way. The task ends when the last clone of [`Pools::checkpoint`] is dropped.
 pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
     let options = SqliteConnectOptions::from_str("sqlite://")?
         .filename(path)
@@ -39,7 +60,8 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(30))
-        .pragma("temp_store", "memory");
+        .pragma("temp_store", "memory")
+        .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string());
     // Page caches are per connection and grow with the file up to their size: the
     // writer's, which random inserts walk, is larger; a file's memory is bounded by
     // WRITER_CACHE_KIB + readers × READER_CACHE_KIB.
@@ -56,7 +78,37 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
     // The writer first: it creates the file and switches it to WAL.
     let writer = pool(1, WRITER_CACHE_KIB).await?;
     let reader = pool(readers.max(1), READER_CACHE_KIB).await?;
-    Ok(Pools { writer, reader })
+    let stop = CancellationToken::new();
+    tokio::spawn(checkpoint(reader.clone(), stop.clone()));
+    Ok(Pools {
+        writer,
+        reader,
+        checkpoint: Checkpoint(Arc::new(stop.drop_guard())),
+    })
+}
+
+/// Copies the WAL back into the file every [`CHECKPOINT_EVERY`] until `stop`.
+async fn checkpoint(pool: SqlitePool, stop: CancellationToken) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if pool.is_closed() {
+            return;
+        }
+        // PASSIVE: copies what no reader still needs, never waits on a lock. A failure
+        // (busy, closed during the call) leaves the WAL to the next round or the writer.
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+            && !pool.is_closed()
+        {
+            tracing::debug!(error = %e, "background checkpoint failed; the next one retries");
+        }
+    }
 }
 
 /// Runs `CREATE … IF NOT EXISTS` statements in one write transaction, so processes starting

@@ -83,6 +83,8 @@ pub struct EmbeddedBus {
     pool: SqlitePool,
     /// Every write transaction (publish, commit, leases, topics).
     writer: SqlitePool,
+    /// Keeps the file's background checkpoint running while this is open.
+    _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
     notify: Arc<Notify>,
     partitions: Arc<Mutex<HashMap<String, i32>>>,
@@ -102,6 +104,7 @@ impl EmbeddedBus {
         Ok(Self {
             pool: pools.reader,
             writer: pools.writer,
+            _checkpoint: pools.checkpoint,
             path,
             notify: Arc::new(Notify::new()),
             partitions: Arc::default(),

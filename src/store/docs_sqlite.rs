@@ -80,6 +80,8 @@ pub struct SqliteDocumentStore {
     pool: SqlitePool,
     /// Every write transaction.
     writer: SqlitePool,
+    /// Keeps the file's background checkpoint running while this is open.
+    _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
 }
 
@@ -107,6 +109,7 @@ impl SqliteDocumentStore {
         Ok(Self {
             pool: pools.reader,
             writer: pools.writer,
+            _checkpoint: pools.checkpoint,
             path: path.to_path_buf(),
         })
     }

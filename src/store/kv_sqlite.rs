@@ -65,6 +65,8 @@ pub struct SqliteKvStore {
     pool: SqlitePool,
     /// Every write transaction.
     writer: SqlitePool,
+    /// Keeps the file's background checkpoint running while this is open.
+    _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
 }
 
@@ -75,6 +77,7 @@ impl SqliteKvStore {
         Ok(Self {
             pool: pools.reader,
             writer: pools.writer,
+            _checkpoint: pools.checkpoint,
             path: path.to_path_buf(),
         })
     }

@@ -21,6 +21,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Every write transaction.
     writer: SqlitePool,
+    /// Keeps the file's background checkpoint running while this is open.
+    _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
 }
 
@@ -34,6 +36,7 @@ impl SqliteStore {
         Ok(Self {
             pool: pools.reader,
             writer: pools.writer,
+            _checkpoint: pools.checkpoint,
             path: path.to_path_buf(),
         })
     }

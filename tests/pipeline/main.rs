@@ -1079,3 +1079,34 @@ async fn mongodb_going_away_mid_run_is_waited_for_not_skipped() {
     // server's durability.
     survives_a_store_outage(backends, "books", port, start, terminate_any).await;
 }
+
+/// `livros bench` times S2 on a backlog and S3 after it, and prints each store's own bulk
+/// rate for the same rows beside what the pipeline got out of it.
+#[test]
+fn bench_times_s2_then_s3_and_prints_each_ceiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = common::output_of(
+        common::livros(dir.path(), &StoreConfig::default(), "bookstore")
+            .args(["bench", "--events", "300"]),
+    );
+    let line = |start: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no `{start}` line in:\n{stdout}"))
+    };
+    assert!(line("S2 stored:").contains("events/s"), "{stdout}");
+    assert!(line("S3 logged:").contains("events/s"), "{stdout}");
+    assert!(line("bus ceiling:").contains("S2 reaches"), "{stdout}");
+    for store in ["relational", "document", "key-value"] {
+        // S2 really wrote its third of the events to each store.
+        assert!(
+            line(&format!("{store}: ")).contains("(100 records in"),
+            "{stdout}"
+        );
+        assert!(
+            line(&format!("{store} ceiling:")).contains("the pipeline reaches"),
+            "{stdout}"
+        );
+    }
+}

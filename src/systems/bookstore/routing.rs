@@ -222,6 +222,50 @@ impl StoreTimings {
 pub struct Router {
     stores: Stores,
     timings: Arc<StoreTimings>,
+    known: Arc<Known>,
+}
+
+/// Customer and book ids known to be stored, so that an order's references need no read.
+///
+/// Nothing in the bookstore deletes a customer or a book, so an id seen stored stays
+/// stored: a hit is always right, and a miss only costs the read it saves. Bounded, so a
+/// long run keeps its memory flat (a forgotten id is read again once).
+struct Known {
+    customers: moka::sync::Cache<String, ()>,
+    books: moka::sync::Cache<String, ()>,
+}
+
+/// How many ids of each kind [`Known`] keeps: ~100 bytes each.
+const KNOWN_IDS: u64 = 100_000;
+
+impl Default for Known {
+    fn default() -> Self {
+        Self {
+            customers: moka::sync::Cache::new(KNOWN_IDS),
+            books: moka::sync::Cache::new(KNOWN_IDS),
+        }
+    }
+}
+
+impl Known {
+    fn remember<'a>(cache: &moka::sync::Cache<String, ()>, ids: impl Iterator<Item = &'a String>) {
+        for id in ids {
+            cache.insert(id.clone(), ());
+        }
+    }
+
+    /// `ids` split into those known to be stored and those to look up, each once.
+    fn split<'a>(
+        cache: &moka::sync::Cache<String, ()>,
+        ids: impl Iterator<Item = &'a String>,
+    ) -> (HashSet<String>, Vec<String>) {
+        let (known, unknown): (HashSet<&String>, HashSet<&String>) =
+            ids.partition(|id| cache.contains_key(*id));
+        (
+            known.into_iter().cloned().collect(),
+            unknown.into_iter().cloned().collect(),
+        )
+    }
 }
 
 /// How long to wait between looks for an order's customer or book.
@@ -233,6 +277,7 @@ impl Router {
         Self {
             stores,
             timings: Arc::default(),
+            known: Arc::default(),
         }
     }
 
@@ -292,6 +337,13 @@ impl Router {
                 async move { store.upsert_customers(&batch).await }
             })
             .await?;
+        Known::remember(
+            &self.known.customers,
+            valid
+                .iter()
+                .map(|c| &c.id)
+                .filter(|id| !failures.contains_key(*id)),
+        );
         Ok(outcomes(
             parsed,
             &failures,
@@ -327,6 +379,12 @@ impl Router {
             .zip(results)
             .filter_map(|((id, _), r)| r.err().map(|e| (id.clone(), e.to_string())))
             .collect();
+        Known::remember(
+            &self.known.books,
+            docs.iter()
+                .map(|(id, _)| id)
+                .filter(|id| !failures.contains_key(*id)),
+        );
         Ok(outcomes(
             parsed,
             &failures,
@@ -407,20 +465,42 @@ impl Router {
         grace: Duration,
     ) -> StoreResult<Vec<Result<Order, Invalid>>> {
         let deadline = Instant::now() + grace;
+        let known = &self.known;
         loop {
             let orders: Vec<&Order> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
-            let customer_ids: Vec<String> = unique(orders.iter().map(|o| o.customer_id.clone()));
-            let book_ids: Vec<String> = unique(orders.iter().map(|o| o.book_id.clone()));
-            let customers = self
-                .stores
-                .relational
-                .existing_customers(&customer_ids)
-                .await?;
-            let books = self
-                .stores
-                .document
-                .existing(BOOKS_COLLECTION, &book_ids)
-                .await?;
+            let (mut customers, customer_ids) =
+                Known::split(&known.customers, orders.iter().map(|o| &o.customer_id));
+            let (mut books, book_ids) =
+                Known::split(&known.books, orders.iter().map(|o| &o.book_id));
+            // Both reads at once: they go to different stores.
+            let (customers_read, books_read) = futures::try_join!(
+                async {
+                    match customer_ids.is_empty() {
+                        true => Ok(HashSet::new()),
+                        false => {
+                            self.stores
+                                .relational
+                                .existing_customers(&customer_ids)
+                                .await
+                        }
+                    }
+                },
+                async {
+                    match book_ids.is_empty() {
+                        true => Ok(HashSet::new()),
+                        false => {
+                            self.stores
+                                .document
+                                .existing(BOOKS_COLLECTION, &book_ids)
+                                .await
+                        }
+                    }
+                },
+            )?;
+            Known::remember(&known.customers, customers_read.iter());
+            Known::remember(&known.books, books_read.iter());
+            customers.extend(customers_read);
+            books.extend(books_read);
             let missing = |o: &Order| -> Option<Invalid> {
                 if !customers.contains(&o.customer_id) {
                     Some(Invalid::UnknownReference {
@@ -470,11 +550,6 @@ impl HasId for Order {
     fn id(&self) -> &str {
         &self.id
     }
-}
-
-fn unique(ids: impl Iterator<Item = String>) -> Vec<String> {
-    let set: HashSet<String> = ids.collect();
-    set.into_iter().collect()
 }
 
 fn outcomes<T>(
