@@ -123,3 +123,39 @@ pub async fn apply_schema(pool: &SqlitePool, statements: &[&str]) -> Result<(), 
     }
     tx.commit().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Committed pages reach the database file without any commit checkpointing: the
+    /// writer's own threshold (64 MiB of WAL) is far above what this writes.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let pools = open(&path, 1).await.unwrap();
+        apply_schema(&pools.writer, &["CREATE TABLE t (v TEXT NOT NULL)"])
+            .await
+            .unwrap();
+        let mut tx = pools.writer.begin().await.unwrap();
+        for _ in 0..1000 {
+            sqlx::query("INSERT INTO t (v) VALUES (?)")
+                .bind("x".repeat(1000))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() < 1_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file is still {} bytes: nothing checkpointed its WAL",
+                size()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

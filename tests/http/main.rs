@@ -655,6 +655,47 @@ async fn embedded_stores(dir: &Path) -> Stores {
 
 on_every_engine!(round_trip, round_trip_embedded, round_trip_real_stores);
 
+/// An order's customer and book stored by another server (whose ids this one has never
+/// seen) are found in the stores; a customer nobody stored is refused, however many orders
+/// of known customers came before.
+async fn references_stored_elsewhere(stores: Stores) {
+    let (first, stop_first) = serve(stores.clone(), ApiConfig::default()).await;
+    let (second, stop_second) = serve(stores, ApiConfig::default()).await;
+    assert_eq!(
+        post(
+            &format!("{first}/customers"),
+            customer("c1", "c1@example.com")
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post(
+            &format!("{first}/books"),
+            book("b1", "9788535910663", "Machado de Assis")
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+    for id in ["o1", "o2"] {
+        let (status, body) = post(&format!("{second}/orders"), order(id, "c1", "b1")).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = post(&format!("{second}/orders"), order("o3", "ghost", "b1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("ghost"), "{body}");
+    stop_first.cancel();
+    stop_second.cancel();
+}
+
+on_every_engine!(
+    references_stored_elsewhere,
+    references_stored_elsewhere_embedded,
+    references_stored_elsewhere_real_stores
+);
+
 on_every_engine!(bad_input, bad_input_embedded, bad_input_real_stores);
 
 #[tokio::test]

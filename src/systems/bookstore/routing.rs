@@ -235,8 +235,8 @@ struct Known {
     books: moka::sync::Cache<String, ()>,
 }
 
-/// How many ids of each kind [`Known`] keeps: ~100 bytes each.
-const KNOWN_IDS: u64 = 100_000;
+/// How many ids of each kind [`Known`] keeps (a few hundred bytes each, with the cache's own).
+const KNOWN_IDS: u64 = 50_000;
 
 impl Default for Known {
     fn default() -> Self {
