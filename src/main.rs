@@ -485,6 +485,11 @@ enum Command {
     /// Run a system's pipeline on N events as fast as possible and print the throughput;
     /// with --http, load the HTTP APIs instead and print requests/s and latencies.
     ///
+    /// Each runs in a temporary data dir (printed) unless --in-data-dir. The bookstore's
+    /// events are published first, then S2 is timed on them, then S3; then the bus's
+    /// consume ceiling and each store's own bulk rate for the same rows, with the share of
+    /// each the pipeline reached.
+    ///
     /// With --http every system's API is served here as `livros s2` serves it and loaded
     /// from a separate process (`livros loadgen`): first `GET /health`, the most that
     /// server answers on this machine, then each write endpoint, printed as a share of it
