@@ -90,6 +90,8 @@ struct Pending<'a> {
     hashes: Vec<(&'a String, String)>,
     members: Vec<(&'a String, &'a String)>,
     strings: Vec<(&'a String, &'a String, Option<i64>)>,
+    /// `SET … NX`: kept apart from the rest, since they do not commute with `strings`.
+    absent: Vec<(&'a String, &'a String, Option<i64>)>,
 }
 
 impl Pending<'_> {
@@ -125,9 +127,30 @@ impl Pending<'_> {
             );
             q.build().execute(&mut *conn).await?;
         }
+        for chunk in self.absent.chunks(CHUNK) {
+            // The transaction purged expired keys first, so a key still here is live; as in
+            // Redis, a key holding a hash, set or sorted set is not absent either. Of two
+            // rows for one key the first is inserted, the second conflicts: as two NX in turn.
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO kv_string (key, value, expires_at) SELECT column1, column2, column3 FROM (",
+            );
+            q.push_values(chunk, |mut row, (key, value, expires)| {
+                row.push_bind((*key).clone())
+                    .push_bind((*value).clone())
+                    .push_bind(*expires);
+            });
+            q.push(
+                ") AS v WHERE NOT EXISTS (SELECT 1 FROM kv_hash h WHERE h.key = v.column1)
+                   AND NOT EXISTS (SELECT 1 FROM kv_set s WHERE s.key = v.column1)
+                   AND NOT EXISTS (SELECT 1 FROM kv_zset z WHERE z.key = v.column1)
+                 ON CONFLICT (key) DO NOTHING",
+            );
+            q.build().execute(&mut *conn).await?;
+        }
         self.hashes.clear();
         self.members.clear();
         self.strings.clear();
+        self.absent.clear();
         Ok(())
     }
 }
@@ -240,7 +263,10 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
             .await?;
         }
         KvWrite::Del { key } => delete_key(conn, key).await?,
-        KvWrite::HSet { .. } | KvWrite::SAdd { .. } | KvWrite::Set { .. } => {
+        KvWrite::HSet { .. }
+        | KvWrite::SAdd { .. }
+        | KvWrite::Set { .. }
+        | KvWrite::SetIfAbsent { .. } => {
             unreachable!("batched by Pending")
         }
     }
@@ -259,6 +285,14 @@ impl KeyValueStore for SqliteKvStore {
             purge_expired(&mut tx, now_ms()).await.map_err(err)?;
             let mut pending = Pending::default();
             for write in writes {
+                // `SET … NX` rows and the others are batched apart, each group in turn.
+                let absent = matches!(write, KvWrite::SetIfAbsent { .. });
+                let others = !pending.hashes.is_empty()
+                    || !pending.members.is_empty()
+                    || !pending.strings.is_empty();
+                if (absent && others) || (!absent && !pending.absent.is_empty()) {
+                    pending.flush(&mut tx).await.map_err(err)?;
+                }
                 match write {
                     KvWrite::Set { key, value, ttl } => {
                         let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
@@ -275,6 +309,10 @@ impl KeyValueStore for SqliteKvStore {
                     }
                     KvWrite::SAdd { key, members } => {
                         pending.members.extend(members.iter().map(|m| (key, m)));
+                    }
+                    KvWrite::SetIfAbsent { key, value, ttl } => {
+                        let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
+                        pending.absent.push((key, value, expires));
                     }
                     other => {
                         pending.flush(&mut tx).await.map_err(err)?;

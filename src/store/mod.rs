@@ -544,6 +544,16 @@ pub enum KvWrite {
         /// How long it lives; `None`: until overwritten.
         ttl: Option<std::time::Duration>,
     },
+    /// `SET key value NX [PX ttl]`: a string, only if the key holds none (an expired one
+    /// counts as none). For a placeholder that a later write may have replaced already.
+    SetIfAbsent {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// How long it lives; `None`: until overwritten.
+        ttl: Option<std::time::Duration>,
+    },
     /// `ZADD key score member …`: set members' scores in a sorted set.
     ZAdd {
         /// The sorted set's key.

@@ -123,6 +123,13 @@ impl KeyValueStore for RedisStore {
                             pipe.set(self.key(key), value).ignore();
                         }
                     },
+                    KvWrite::SetIfAbsent { key, value, ttl } => {
+                        let set = pipe.cmd("SET").arg(self.key(key)).arg(value).arg("NX");
+                        if let Some(ttl) = ttl {
+                            set.arg("PX").arg(millis(*ttl));
+                        }
+                        set.ignore();
+                    }
                     KvWrite::ZAdd { key, members } if !members.is_empty() => {
                         let pairs: Vec<(f64, &String)> =
                             members.iter().map(|(m, s)| (*s, m)).collect();

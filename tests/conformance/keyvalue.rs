@@ -82,6 +82,60 @@ async fn strings(store: &dyn KeyValueStore) {
     assert_eq!(store.existing(&keys).await.unwrap().len(), 1);
 }
 
+/// `SET … NX`: written when the key holds nothing (or only something expired), never over
+/// a value, nor over a key of another kind; in order with the writes around it.
+async fn strings_if_absent(store: &dyn KeyValueStore) {
+    use std::time::Duration;
+    let if_absent = |key: &str, value: &str, ttl: Option<Duration>| KvWrite::SetIfAbsent {
+        key: key.into(),
+        value: value.into(),
+        ttl,
+    };
+    store
+        .write(&[
+            set("nx:replied", "{\"status\":\"success\"}", None),
+            set("nx:stale", "old", Some(Duration::from_millis(300))),
+            hset("nx:hash", &[("f", "v")]),
+        ])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    store
+        .write(&[
+            if_absent("nx:replied", "pending", Some(Duration::from_secs(60))),
+            if_absent("nx:new", "pending", Some(Duration::from_secs(60))),
+            if_absent("nx:stale", "fresh", None),
+            if_absent("nx:hash", "string", None),
+            // Later writes of the same batch see it.
+            if_absent("nx:new", "second", None),
+            set("nx:then", "after", None),
+        ])
+        .await
+        .unwrap();
+    let get = |key: &'static str| async move { store.get(key).await.unwrap() };
+    assert_eq!(
+        get("nx:replied").await.as_deref(),
+        Some("{\"status\":\"success\"}"),
+        "a value is never overwritten"
+    );
+    assert_eq!(get("nx:new").await.as_deref(), Some("pending"));
+    assert_eq!(
+        get("nx:stale").await.as_deref(),
+        Some("fresh"),
+        "expired is absent"
+    );
+    assert_eq!(get("nx:then").await.as_deref(), Some("after"));
+    assert_eq!(
+        store
+            .hgetall("nx:hash")
+            .await
+            .unwrap()
+            .get("f")
+            .map(String::as_str),
+        Some("v")
+    );
+}
+
 /// Counters, sorted sets (leaderboards), expiry of any key, deletion, and a batch
 /// applied in order.
 async fn counters_rankings_and_expiry(store: &dyn KeyValueStore) {
@@ -275,6 +329,7 @@ async fn counters_rankings_and_expiry(store: &dyn KeyValueStore) {
 async fn suite(store: &dyn KeyValueStore) {
     counters_rankings_and_expiry(store).await;
     strings(store).await;
+    strings_if_absent(store).await;
     store.ping().await.unwrap();
     assert!(store.hgetall("order:none").await.unwrap().is_empty());
     assert!(
