@@ -50,6 +50,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// When a write with time to live `ttl` expires, in the Unix milliseconds `expires_at` holds.
+fn expires_at(ttl: std::time::Duration) -> i64 {
+    now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A JSON path for a hash field, quoted so any field name is taken literally.
 fn field_path(field: &str) -> String {
     format!("$.\"{}\"", field.replace('\\', "\\\\").replace('"', "\\\""))
@@ -244,7 +249,7 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
                 .await?;
         }
         KvWrite::Expire { key, ttl } => {
-            let at = now_ms().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            let at = expires_at(*ttl);
             sqlx::query("UPDATE kv_string SET expires_at = ? WHERE key = ?")
                 .bind(at)
                 .bind(key)
@@ -295,7 +300,7 @@ impl KeyValueStore for SqliteKvStore {
                 }
                 match write {
                     KvWrite::Set { key, value, ttl } => {
-                        let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
+                        let expires = ttl.map(expires_at);
                         pending.strings.push((key, value, expires));
                     }
                     KvWrite::HSet { key, fields } => {
@@ -311,7 +316,7 @@ impl KeyValueStore for SqliteKvStore {
                         pending.members.extend(members.iter().map(|m| (key, m)));
                     }
                     KvWrite::SetIfAbsent { key, value, ttl } => {
-                        let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
+                        let expires = ttl.map(expires_at);
                         pending.absent.push((key, value, expires));
                     }
                     other => {

@@ -125,6 +125,11 @@ async fn strings_if_absent(store: &dyn KeyValueStore) {
         "expired is absent"
     );
     assert_eq!(get("nx:then").await.as_deref(), Some("after"));
+    // Redis answers a GET of a hash's key with WRONGTYPE; either way no string was set.
+    assert!(
+        !matches!(store.get("nx:hash").await, Ok(Some(_))),
+        "a hash's key is not absent"
+    );
     assert_eq!(
         store
             .hgetall("nx:hash")
