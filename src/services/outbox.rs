@@ -13,7 +13,10 @@
 //! its own transaction (see [`COLUMNS`]).
 //!
 //! **The relay** ([`Relay`]) claims the oldest unpublished rows with a lease, publishes
-//! them (keyed, in id order), then marks them published. Several relays (API replicas)
+//! them (keyed, in id order), then marks them published — a running relay in the same
+//! transaction as its next claim, so a busy relay commits once per batch, and after a
+//! short batch it lingers ([`RelayConfig::linger`]) so that writes arriving one by one
+//! share a claim. Several relays (API replicas)
 //! can share one table: a claim skips rows another relay holds a live lease on, so in the
 //! normal case each row is published once. A relay that dies after publishing and before
 //! marking leaves its rows to be published again when the lease runs out: delivery is
@@ -82,6 +85,10 @@ pub struct RelayConfig {
     pub idle: Duration,
     /// How long published rows are kept before they are deleted.
     pub retention: Duration,
+    /// How long a busy relay waits after a batch smaller than `batch` before its next
+    /// claim: rows committed meanwhile go out in one claim rather than one claim (and one
+    /// more commit in the store the writes share) per write.
+    pub linger: Duration,
 }
 
 impl Default for RelayConfig {
@@ -91,6 +98,7 @@ impl Default for RelayConfig {
             lease: Duration::from_secs(30),
             idle: Duration::from_millis(250),
             retention: Duration::from_secs(3600),
+            linger: Duration::from_millis(10),
         }
     }
 }
@@ -109,6 +117,15 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Marks the rows of `claim` published. Only rows still under that claim: if its lease ran
+/// out meanwhile, another relay has them and publishes them again (at-least-once).
+fn mark(claim: &str) -> Statement {
+    Statement::new(
+        "UPDATE outbox SET published_at = $1 WHERE claimed_by = $2 AND published_at IS NULL",
+        vec![now_ms().into(), claim.into()],
+    )
 }
 
 impl Relay {
@@ -131,27 +148,47 @@ impl Relay {
     /// Claims, publishes and marks one batch; returns how many rows it published (0: the
     /// outbox had nothing this relay may take).
     pub async fn relay_once(&self) -> Result<usize, ServiceError> {
+        let (claim, n) = self.claim_and_publish(None).await?;
+        if n > 0 {
+            self.store.query(&mark(&claim)).await?;
+        }
+        Ok(n)
+    }
+
+    /// In one transaction, marks the rows of `published` (an earlier claim of this relay,
+    /// whose rows the bus has taken) and claims the next batch; then publishes that batch.
+    /// Returns the new claim and how many rows it published. Marking with the next claim
+    /// makes a busy relay's cycle one commit instead of two; on SQLite every commit takes
+    /// the one writer the API's writes wait for.
+    async fn claim_and_publish(
+        &self,
+        published: Option<&str>,
+    ) -> Result<(String, usize), ServiceError> {
         let claim = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let until = now + self.config.lease.as_millis() as i64;
+        let mut statements: Vec<Statement> = published.map(mark).into_iter().collect();
+        statements.push(Statement::new(
+            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
+             WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until < $3) ORDER BY id LIMIT $4) \
+               AND published_at IS NULL AND (claimed_until IS NULL OR claimed_until < $3) \
+             RETURNING id, topic, msg_key, version, payload",
+            vec![
+                claim.as_str().into(),
+                until.into(),
+                now.into(),
+                (self.config.batch.max(1) as i64).into(),
+            ],
+        ));
         let rows = self
             .store
-            .query(&Statement::new(
-                "UPDATE outbox SET claimed_by = $1, claimed_until = $2 \
-                 WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL \
-                     AND (claimed_until IS NULL OR claimed_until < $3) ORDER BY id LIMIT $4) \
-                   AND published_at IS NULL AND (claimed_until IS NULL OR claimed_until < $3) \
-                 RETURNING id, topic, msg_key, version, payload",
-                vec![
-                    claim.as_str().into(),
-                    until.into(),
-                    now.into(),
-                    (self.config.batch.max(1) as i64).into(),
-                ],
-            ))
-            .await?;
+            .transaction(&statements)
+            .await?
+            .pop()
+            .unwrap_or_default();
         if rows.is_empty() {
-            return Ok(0);
+            return Ok((claim, 0));
         }
         let mut rows: Vec<_> = rows
             .iter()
@@ -173,15 +210,7 @@ impl Relay {
         rows.sort_by_key(|(id, _)| *id);
         let records: Vec<Record> = rows.into_iter().map(|(_, r)| r).collect();
         self.bus.publish(&records).await?;
-        // Only rows still under this claim: if the lease ran out meanwhile, another relay
-        // has them and publishes them again (at-least-once).
-        self.store
-            .query(&Statement::new(
-                "UPDATE outbox SET published_at = $1 WHERE claimed_by = $2 AND published_at IS NULL",
-                vec![now_ms().into(), claim.as_str().into()],
-            ))
-            .await?;
-        Ok(records.len())
+        Ok((claim, records.len()))
     }
 
     /// Deletes rows published longer ago than the retention.
@@ -202,12 +231,22 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
         let mut backoff = Backoff::default();
         let mut last_prune = std::time::Instant::now();
+        // Published and not yet marked: marked with the next claim.
+        let mut unmarked: Option<String> = None;
         while !shutdown.is_cancelled() {
-            match self.relay_once().await {
-                Ok(n) => {
+            // On an error `unmarked` stays: marking a claim twice changes nothing.
+            match self.claim_and_publish(unmarked.as_deref()).await {
+                Ok((claim, n)) => {
                     backoff = Backoff::default();
+                    unmarked = (n > 0).then_some(claim);
                     if n > 0 {
                         tracing::debug!(rows = n, "outbox rows published");
+                        if n < self.config.batch {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(self.config.linger) => {}
+                            }
+                        }
                         continue;
                     }
                 }
@@ -230,6 +269,12 @@ impl Relay {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.config.idle) => {}
             }
+        }
+        if let Some(claim) = unmarked
+            && let Err(e) = self.store.query(&mark(&claim)).await
+        {
+            // Left to the lease: the next relay publishes those rows again.
+            tracing::warn!("marking published outbox rows on the way out: {e}");
         }
         Ok(())
     }
