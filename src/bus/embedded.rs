@@ -15,7 +15,7 @@
 //! found dead. Commits are fenced by the lease. Scaling one group across machines is Kafka's
 //! job, not this module's. Messages are kept forever (it is also the audit trail).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -176,27 +176,55 @@ impl Bus for EmbeddedBus {
                 placed.push(super::partition_for(r.key.as_deref(), n, fallback));
             }
             let timestamp = now_ms();
+            // How many records go to each partition, in the order first seen.
+            let mut counts: Vec<((&str, i32), i64)> = Vec::new();
+            for (r, p) in records.iter().zip(&placed) {
+                match counts.iter_mut().find(|(k, _)| *k == (r.topic.as_str(), *p)) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push(((r.topic.as_str(), *p), 1)),
+                }
+            }
             let mut tx = self
                 .writer
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(unavailable)?;
-            let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+            // Every partition's offsets reserved in one statement (one trip to SQLite's
+            // thread rather than a read and a write per partition): the new end of each,
+            // less what this batch adds there, is where the batch starts.
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "UPDATE partitions SET next_offset = partitions.next_offset + v.column3 FROM (",
+            );
+            q.push_values(&counts, |mut row, ((topic, p), n)| {
+                row.push_bind(*topic).push_bind(*p).push_bind(*n);
+            });
+            q.push(
+                ") AS v WHERE partitions.topic = v.column1 AND partitions.partition = v.column2 \
+                 RETURNING topic, partition, next_offset",
+            );
+            let ends: Vec<(String, i32, i64)> = q
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let mut next: HashMap<(&str, i32), i64> = HashMap::with_capacity(counts.len());
+            for ((topic, p), n) in &counts {
+                let end = ends
+                    .iter()
+                    .find(|(t, q, _)| t == topic && q == p)
+                    .map(|(_, _, end)| *end)
+                    .ok_or_else(|| {
+                        BusError::Unavailable(format!(
+                            "partition {p} of topic `{topic}` is missing from the bus's file"
+                        ))
+                    })?;
+                next.insert((*topic, *p), end - n);
+            }
             let mut result = Vec::with_capacity(records.len());
             for (r, p) in records.iter().zip(&placed) {
-                let key = (r.topic.as_str(), *p);
-                if let std::collections::hash_map::Entry::Vacant(slot) = next.entry(key) {
-                    let n: i64 = sqlx::query_scalar(
-                        "SELECT next_offset FROM partitions WHERE topic = ? AND partition = ?",
-                    )
-                    .bind(&r.topic)
-                    .bind(p)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                    slot.insert(n);
-                }
-                let offset = next.get_mut(&key).expect("just inserted");
+                let offset = next
+                    .get_mut(&(r.topic.as_str(), *p))
+                    .expect("every partition was counted");
                 result.push((*p, *offset));
                 *offset += 1;
             }
@@ -221,15 +249,6 @@ impl Bus for EmbeddedBus {
                         .push_bind(timestamp);
                 });
                 q.build().execute(&mut *tx).await.map_err(unavailable)?;
-            }
-            for ((topic, p), n) in &next {
-                sqlx::query("UPDATE partitions SET next_offset = ? WHERE topic = ? AND partition = ?")
-                    .bind(n)
-                    .bind(*topic)
-                    .bind(p)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
             }
             tx.commit().await.map_err(unavailable)?;
             self.notify.notify_waiters();
@@ -536,34 +555,37 @@ impl Consumer for EmbeddedConsumer {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
-        let topics: HashSet<&String> = offsets.keys().map(|(t, _)| t).collect();
-        for topic in topics {
-            let owner: Option<String> =
-                sqlx::query_scalar("SELECT owner FROM leases WHERE grp = ? AND topic = ?")
-                    .bind(&self.group)
-                    .bind(topic)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            if owner.as_deref() != Some(self.owner.as_str()) {
-                return Err(BusError::Fenced(format!(
-                    "group `{}` no longer owns topic `{topic}` here; its messages will be redelivered",
-                    self.group
-                )));
-            }
-        }
-        for ((topic, partition), next) in offsets {
-            sqlx::query(
-                "INSERT INTO group_offsets (grp, topic, partition, next_offset) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (grp, topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-            )
-            .bind(&self.group)
-            .bind(topic)
-            .bind(partition)
-            .bind(next)
+        // Every offset in one statement, each only where this member holds its topic's
+        // lease: fewer rows written than offsets given means a topic was taken over, and
+        // the transaction is dropped (rolled back) with nothing committed.
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO group_offsets (grp, topic, partition, next_offset) SELECT ",
+        );
+        q.push_bind(&self.group)
+            .push(", v.column1, v.column2, v.column3 FROM (");
+        q.push_values(offsets, |mut row, ((topic, partition), next)| {
+            row.push_bind(topic).push_bind(partition).push_bind(next);
+        });
+        q.push(") AS v WHERE EXISTS (SELECT 1 FROM leases l WHERE l.grp = ")
+            .push_bind(&self.group)
+            .push(" AND l.topic = v.column1 AND l.owner = ")
+            .push_bind(&self.owner)
+            .push(
+                ") ON CONFLICT (grp, topic, partition) \
+                 DO UPDATE SET next_offset = excluded.next_offset",
+            );
+        let written = q
+            .build()
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .rows_affected();
+        if written < offsets.len() as u64 {
+            let topics: Vec<&str> = offsets.keys().map(|(t, _)| t.as_str()).collect();
+            return Err(BusError::Fenced(format!(
+                "group `{}` no longer owns all of {topics:?} here; their messages will be redelivered",
+                self.group
+            )));
         }
         tx.commit().await.map_err(unavailable)
     }

@@ -93,6 +93,12 @@ fn battery(lines: &[Value]) -> Vec<String> {
         .max_by_key(|w| w.chars().count())
         .unwrap();
     let middle = &lines[lines.len() / 2]["timestamp"];
+    // Just after a book was logged: S3 logs the systems' topics in no fixed order, so the
+    // log's middle line may come before every bookstore line.
+    let after_book = chrono::DateTime::parse_from_rfc3339(book["timestamp"].as_str().unwrap())
+        .unwrap()
+        + chrono::Duration::milliseconds(1);
+    let after_book = after_book.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     vec![
         String::new(),
         "topic:books".into(),
@@ -106,7 +112,7 @@ fn battery(lines: &[Value]) -> Vec<String> {
         word.to_string(),
         format!("topic:books {}", word.to_uppercase()),
         format!("since:{}", middle.as_str().unwrap()),
-        format!("until:{} system:bookstore", middle.as_str().unwrap()),
+        format!("until:{after_book} system:bookstore"),
         "nothingmatchesthisword".into(),
         format!("system:products {product_word}"),
     ]
