@@ -466,6 +466,7 @@ async fn kafka_unreachable_mid_run_loses_and_duplicates_nothing() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(common::Child)
         .expect("tansu is installed where LIVROS_TEST_KAFKA_BROKERS is set (.ci/run installs it)");
     eventually(
         "the private broker to listen",
@@ -509,7 +510,7 @@ async fn kafka_unreachable_mid_run_loses_and_duplicates_nothing() {
     );
     verify(dir.path(), &backends, 900, None).await;
     proxy.cut();
-    kill9(&mut broker);
+    kill9(&mut broker.0);
     backends.cleanup().await;
 }
 
