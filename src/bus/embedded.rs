@@ -176,13 +176,10 @@ impl Bus for EmbeddedBus {
                 placed.push(super::partition_for(r.key.as_deref(), n, fallback));
             }
             let timestamp = now_ms();
-            // How many records go to each partition, in the order first seen.
-            let mut counts: Vec<((&str, i32), i64)> = Vec::new();
+            // How many records go to each partition.
+            let mut counts: HashMap<(&str, i32), i64> = HashMap::new();
             for (r, p) in records.iter().zip(&placed) {
-                match counts.iter_mut().find(|(k, _)| *k == (r.topic.as_str(), *p)) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push(((r.topic.as_str(), *p), 1)),
-                }
+                *counts.entry((r.topic.as_str(), *p)).or_default() += 1;
             }
             let mut tx = self
                 .writer
@@ -207,19 +204,18 @@ impl Bus for EmbeddedBus {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            let mut next: HashMap<(&str, i32), i64> = HashMap::with_capacity(counts.len());
-            for ((topic, p), n) in &counts {
-                let end = ends
-                    .iter()
-                    .find(|(t, q, _)| t == topic && q == p)
-                    .map(|(_, _, end)| *end)
-                    .ok_or_else(|| {
-                        BusError::Unavailable(format!(
-                            "partition {p} of topic `{topic}` is missing from the bus's file"
-                        ))
-                    })?;
-                next.insert((*topic, *p), end - n);
+            if ends.len() != counts.len() {
+                return Err(BusError::Unavailable(
+                    "a partition is missing from the bus's file".into(),
+                ));
             }
+            // Where the batch starts in each partition: counts becomes the next offsets.
+            for (topic, p, end) in &ends {
+                if let Some(n) = counts.get_mut(&(topic.as_str(), *p)) {
+                    *n = end - *n;
+                }
+            }
+            let mut next = counts;
             let mut result = Vec::with_capacity(records.len());
             for (r, p) in records.iter().zip(&placed) {
                 let offset = next

@@ -79,7 +79,6 @@ fn decode(row: &SqliteRow) -> StoreResult<SqlRow> {
     Ok(SqlRow { columns })
 }
 
-/// The rows `statement` gives on `executor` (the pool, or a transaction).
 /// `sql` with its placeholders `$1 … $n` made anonymous (`?`), and for each `?` in order
 /// the index of the argument it takes (a placeholder used twice takes its argument twice);
 /// `None`, to send `sql` as written, when a placeholder is not `$1 … $args`.
@@ -121,29 +120,26 @@ fn anonymous(sql: &str, args: usize) -> Option<(String, Vec<usize>)> {
     Some((out, order))
 }
 
+/// The rows `statement` gives on `executor` (the pool, or a transaction).
 async fn rows<'e, E>(executor: E, statement: &Statement) -> StoreResult<Vec<SqlRow>>
 where
     E: sqlx::Executor<'e, Database = Sqlite>,
 {
-    let rows = match anonymous(&statement.sql, statement.args.len()) {
-        Some((sql, order)) => {
-            bind(
-                sqlx::query(sqlx::AssertSqlSafe(sql.as_str())),
-                order.iter().map(|&i| &statement.args[i]),
-            )
-            .fetch_all(executor)
-            .await
-        }
-        None => {
-            bind(
-                sqlx::query(sqlx::AssertSqlSafe(statement.sql.as_str())),
-                &statement.args,
-            )
-            .fetch_all(executor)
-            .await
-        }
-    }
-    .map_err(err)?;
+    let (sql, args): (std::borrow::Cow<'_, str>, Vec<&SqlValue>) =
+        match anonymous(&statement.sql, statement.args.len()) {
+            Some((sql, order)) => (
+                sql.into(),
+                order.iter().map(|&i| &statement.args[i]).collect(),
+            ),
+            None => (
+                statement.sql.as_str().into(),
+                statement.args.iter().collect(),
+            ),
+        };
+    let rows = bind(sqlx::query(sqlx::AssertSqlSafe(sql.as_ref())), args)
+        .fetch_all(executor)
+        .await
+        .map_err(err)?;
     rows.iter().map(decode).collect()
 }
 
