@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Streaming;
-use super::entities::EventType;
+use super::entities::{EventType, cpf_with_check_digits};
 use super::generator::{Fakes, ROUND, event_record};
 use super::routing::{RESPONSE_EVENTS, USER_EVENTS};
 use super::users::Users;
@@ -197,10 +197,12 @@ pub async fn run(settings: &Settings, events: u64) -> Result<ProcessorReport, Ap
 /// event on the bus), then round trips through the processor (`?wait=5`) and the
 /// leaderboards those views fed.
 pub fn http_plans(requests: usize) -> Vec<Plan> {
-    // The gateway makes the rest of each event up; new users get e-mails of their own, as
-    // made-up ones may meet (a 409 in the round trip).
+    // The gateway makes the rest of each event up; new users get an e-mail and a CPF of
+    // their own, as made-up ones meet (nine random digits: among the 40,000 users of a
+    // run, two CPFs alike are likely, and the round trip answered 409).
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let publish = |what: &str, path: &str, expect: u16, write: bool| Plan {
+    let offset = uuid::Uuid::new_v4().as_u128() % 10_000_000;
+    let publish = |what: &str, path: &str, expect: u16, write: bool, phase: u32| Plan {
         what: what.into(),
         expect,
         write,
@@ -209,9 +211,11 @@ pub fn http_plans(requests: usize) -> Vec<Plan> {
                 method: "POST".into(),
                 path: path.into(),
                 body: path.starts_with("/usuarios").then(|| {
-                    let phase: String = what.chars().filter(char::is_ascii_alphanumeric).collect();
-                    serde_json::json!({"email": format!("bench-{run}-{phase}-{i}@example.com")})
-                        .to_string()
+                    serde_json::json!({
+                        "email": format!("bench-{run}-{phase}-{i}@example.com"),
+                        "cpf": bench_cpf(phase, (offset + i as u128) % 10_000_000),
+                    })
+                    .to_string()
                 }),
             })
             .collect(),
@@ -223,20 +227,52 @@ pub fn http_plans(requests: usize) -> Vec<Plan> {
         requests: vec![Request::get(path); requests],
     };
     vec![
-        publish("POST /usuarios", "/usuarios", 200, true),
+        publish("POST /usuarios", "/usuarios", 200, true, 1),
         publish(
             "POST /historico-visualizacao",
             "/historico-visualizacao",
             200,
             true,
+            2,
         ),
         publish(
             "POST /usuarios?wait=5 (round trip)",
             "/usuarios?wait=5",
             201,
             false,
+            3,
         ),
         read("/rankings/mais-assistidos?limit=10"),
         read("/rankings/mais-bem-avaliados?genero=drama&limit=10"),
     ]
+}
+
+/// A valid CPF: the bench's `phase` (1–9), a 0 (so never one digit repeated), then the
+/// seven digits of `n` (below 10⁷); distinct for every user of one run.
+fn bench_cpf(phase: u32, n: u128) -> String {
+    let mut nine = [phase % 10, 0, 0, 0, 0, 0, 0, 0, 0];
+    let mut rest = n;
+    for digit in nine[2..].iter_mut().rev() {
+        *digit = (rest % 10) as u32;
+        rest /= 10;
+    }
+    cpf_with_check_digits(nine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::systems::streaming::entities::cpf_is_valid;
+
+    #[test]
+    fn bench_cpfs_are_valid_and_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for phase in [1, 3] {
+            for n in [0, 1, 1_111_111, 9_999_999] {
+                let cpf = bench_cpf(phase, n);
+                assert!(cpf_is_valid(&cpf), "{cpf} is not a valid CPF");
+                assert!(seen.insert(cpf.clone()), "{cpf} made twice");
+            }
+        }
+    }
 }
