@@ -35,6 +35,10 @@ const SIZES: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often histograms fold their recent samples into their buckets (the exporter's
+/// own default).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process's recorder, installed by the first call. Should another recorder already be
 /// installed (an embedding program's), ours still renders, and stays empty.
 pub fn handle() -> &'static PrometheusHandle {
@@ -49,6 +53,24 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("another metrics recorder is installed: /metrics stays empty");
+        }
+        // A histogram keeps each sample until its buckets are brought up to date: by a
+        // render, or by the upkeep. With nobody scraping `/metrics`, a busy server would
+        // otherwise keep two samples per request, forever (the exporter's own `install`
+        // runs this upkeep; `build_recorder` leaves it to us).
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(
+                "cannot start the metrics upkeep ({e}): histograms grow until /metrics is read"
+            );
         }
         handle
     })

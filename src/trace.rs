@@ -39,18 +39,12 @@ pub fn current() -> Option<TraceParent> {
 pub fn header_for_publish(topic: &str) -> Option<(String, String)> {
     let request = current()?;
     let send = request.child();
-    let now = SystemTime::now();
-    let attributes = vec![KeyValue::new(
-        "messaging.destination.name",
-        topic.to_string(),
-    )];
     export(
-        format!("send {topic}"),
         SpanKind::Producer,
         &send,
         Some(&request),
-        now,
-        attributes,
+        SystemTime::now(),
+        || (format!("send {topic}"), destination(topic)),
     );
     Some((HEADER.to_string(), send.header()))
 }
@@ -69,29 +63,31 @@ pub async fn middleware(
         .map(TraceParent::child)
         .unwrap_or_else(TraceParent::root);
     let value = span.header();
-    let started = SystemTime::now();
-    let method = request.method().to_string();
-    let path = request.uri().path().to_string();
-    let mut response = CURRENT.scope(span.clone(), next.run(request)).await;
-    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+    // The server span's details are built only when something exports them: most runs
+    // export nothing, and every request would pay for them.
+    let exported = EXPORTER.get().map(|_| {
+        (
+            span.clone(),
+            SystemTime::now(),
+            request.method().to_string(),
+            request.uri().path().to_string(),
+        )
+    });
+    let mut response = CURRENT.scope(span, next.run(request)).await;
+    if let Ok(value) = axum::http::HeaderValue::try_from(value) {
         response.headers_mut().insert(HEADER, value);
     }
-    let attributes = vec![
-        KeyValue::new("http.request.method", method.clone()),
-        KeyValue::new("url.path", path.clone()),
-        KeyValue::new(
-            "http.response.status_code",
-            i64::from(response.status().as_u16()),
-        ),
-    ];
-    export(
-        format!("{method} {path}"),
-        SpanKind::Server,
-        &span,
-        parent.as_ref(),
-        started,
-        attributes,
-    );
+    if let Some((span, started, method, path)) = exported {
+        let status = i64::from(response.status().as_u16());
+        export(SpanKind::Server, &span, parent.as_ref(), started, || {
+            let attributes = vec![
+                KeyValue::new("http.request.method", method.clone()),
+                KeyValue::new("url.path", path.clone()),
+                KeyValue::new("http.response.status_code", status),
+            ];
+            (format!("{method} {path}"), attributes)
+        });
+    }
     response
 }
 
@@ -108,18 +104,9 @@ pub fn consumed(
         .find(|(k, _)| k == HEADER)
         .and_then(|(_, v)| TraceParent::parse(v))?;
     let span = parent.child();
-    let attributes = vec![KeyValue::new(
-        "messaging.destination.name",
-        topic.to_string(),
-    )];
-    export(
-        format!("process {topic}"),
-        SpanKind::Consumer,
-        &span,
-        Some(&parent),
-        started,
-        attributes,
-    );
+    export(SpanKind::Consumer, &span, Some(&parent), started, || {
+        (format!("process {topic}"), destination(topic))
+    });
     Some(span)
 }
 
@@ -162,18 +149,27 @@ pub fn shutdown_export() {
     }
 }
 
-/// Hands one finished span to the exporter, if exporting.
+/// The attributes of a span that sends or takes a message on `topic`.
+fn destination(topic: &str) -> Vec<KeyValue> {
+    vec![KeyValue::new(
+        "messaging.destination.name",
+        topic.to_string(),
+    )]
+}
+
+/// Hands one finished span to the exporter, if exporting. Its name and attributes
+/// (`details`) are made only then: most runs export nothing.
 fn export(
-    name: String,
     kind: SpanKind,
     span: &TraceParent,
     parent: Option<&TraceParent>,
     started: SystemTime,
-    attributes: Vec<KeyValue>,
+    details: impl FnOnce() -> (String, Vec<KeyValue>),
 ) {
     let Some(processor) = EXPORTER.get() else {
         return;
     };
+    let (name, attributes) = details();
     let (Ok(trace_id), Ok(span_id)) = (
         TraceId::from_hex(&span.trace_id),
         SpanId::from_hex(&span.parent_id),
@@ -218,7 +214,13 @@ pub struct TraceParent {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 fn valid_id(id: &str, len: usize) -> bool {

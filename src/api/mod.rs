@@ -57,9 +57,18 @@ const MAX_PER_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1_000_000;
 
 /// A system's API state gives its settings to the shared extractors ([`Authorized`]).
+///
+/// A system keeps its state in an `Arc` (`State<Arc<AppState>>`): axum clones the state
+/// for every request, and one reference count is cheaper than one per field.
 pub trait HasApiConfig {
     /// The API's settings.
     fn api_config(&self) -> &ApiConfig;
+}
+
+impl<T: HasApiConfig> HasApiConfig for Arc<T> {
+    fn api_config(&self) -> &ApiConfig {
+        T::api_config(self)
+    }
 }
 
 /// Runs a store call under a deadline: a store that is down or hung answers `503` with
@@ -250,8 +259,7 @@ pub async fn health() -> Json<Status> {
     })
 }
 
-/// What `/ready` and the request printer need: the stores and the settings.
-#[derive(Clone)]
+/// What `/ready` and [`observe`] need: the stores and the settings.
 pub struct Ops {
     stores: Stores,
     config: Arc<ApiConfig>,
@@ -267,7 +275,7 @@ pub struct Ops {
         (status = 200, description = "Every store answers", body = Status),
         (status = 503, description = "Some store does not answer; `stores` says which", body = Status),
     ))]
-pub async fn ready(State(state): State<Ops>) -> Response {
+pub async fn ready(State(state): State<Arc<Ops>>) -> Response {
     let stores = &state.stores;
     let timeout = state.config.store_timeout;
     let (relational, document, key_value) = tokio::join!(
@@ -334,48 +342,37 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
-/// Counts every request and its latency, by its route (the matched path, so ids do not
-/// multiply the series).
-async fn record_request(
-    State(state): State<Ops>,
+/// Around every request, in one layer (each layer clones the route behind it for every
+/// request): its trace ([`crate::trace::middleware`]), its count and latency in the
+/// metrics by its route (the matched path, so ids do not multiply the series), and, when
+/// the settings ask for it, a printed line like the seeds' servers printed:
+/// `[S2] POST /customers → 201 (0.8 ms)`.
+async fn observe(
+    State(ops): State<Arc<Ops>>,
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = request.method().clone();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let response = next.run(request).await;
-    crate::metrics::http_request(
-        state.system,
-        &method,
-        &route,
-        response.status().as_u16(),
-        started,
-    );
-    response
-}
-
-/// Prints `[S2] POST /customers → 201 (0.8 ms)` per request, like the seeds' servers.
-async fn print_request(
-    State(state): State<Ops>,
-    request: axum::extract::Request,
-    next: middleware::Next,
-) -> Response {
-    if !state.config.print_requests {
-        return next.run(request).await;
+        .cloned();
+    let printed = ops
+        .config
+        .print_requests
+        .then(|| format!("{method} {}", request.uri().path()));
+    let response = crate::trace::middleware(request, next).await;
+    let status = response.status().as_u16();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    crate::metrics::http_request(ops.system, method.as_str(), route, status, started);
+    if let Some(line) = printed {
+        println!(
+            "[{}] {line} → {status} ({:.1} ms)",
+            ops.label,
+            started.elapsed().as_secs_f64() * 1e3
+        );
     }
-    let started = Instant::now();
-    let line = format!("{} {}", request.method(), request.uri().path());
-    let response = next.run(request).await;
-    println!(
-        "[{}] {line} → {} ({:.1} ms)",
-        state.label,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1e3
-    );
     response
 }
 
@@ -408,12 +405,12 @@ pub fn finish(
     use utoipa::Modify;
     BearerAuth.modify(&mut doc);
     let body_limit = config.body_limit;
-    let ops = Ops {
+    let ops = Arc::new(Ops {
         stores,
         config,
         system,
         label,
-    };
+    });
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .url("/openapi.json", doc)
         // The validator badge would call an external host; the UI must work offline.
@@ -429,9 +426,7 @@ pub fn finish(
         .merge(docs)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(ops.clone(), print_request))
-        .layer(middleware::from_fn_with_state(ops, record_request))
-        .layer(middleware::from_fn(crate::trace::middleware))
+        .layer(middleware::from_fn_with_state(ops, observe))
         .layer(DefaultBodyLimit::max(body_limit))
 }
 

@@ -44,7 +44,7 @@ use crate::api::{
 use crate::services::{Handler, Outcome};
 use crate::store::StoreResult;
 
-#[derive(Clone)]
+/// Shared by every request behind one `Arc` (see [`crate::api::HasApiConfig`]).
 struct AppState {
     router: Router,
     config: Arc<ApiConfig>,
@@ -147,7 +147,7 @@ pub struct BookFilter {
     ),
     security((), ("bearer" = [])))]
 async fn create_customer(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
@@ -164,7 +164,7 @@ async fn create_customer(
     ),
     security((), ("bearer" = [])))]
 async fn create_book(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
@@ -181,7 +181,7 @@ async fn create_book(
     ),
     security((), ("bearer" = [])))]
 async fn create_order(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
@@ -197,7 +197,7 @@ async fn create_order(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn get_customer(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Customer>, ApiError> {
     let Path(id) = id?;
@@ -222,7 +222,7 @@ async fn get_customer(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn get_book(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(id) = id?;
@@ -247,7 +247,7 @@ async fn get_book(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn get_order(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Order>, ApiError> {
     let Path(id) = id?;
@@ -273,7 +273,7 @@ async fn get_order(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn list_customers(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     filter: Result<Query<CustomerFilter>, QueryRejection>,
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<Customer>>, ApiError> {
@@ -295,7 +295,7 @@ async fn list_customers(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn list_books(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     filter: Result<Query<BookFilter>, QueryRejection>,
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<serde_json::Value>>, ApiError> {
@@ -328,7 +328,7 @@ async fn list_books(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn customer_orders(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<Order>>, ApiError> {
@@ -440,7 +440,7 @@ pub fn app(router: Router, config: ApiConfig) -> axum::Router {
         .route("/books/{id}", get(get_book))
         .route("/orders", axum::routing::post(create_order))
         .route("/orders/{id}", get(get_order))
-        .with_state(state);
+        .with_state(Arc::new(state));
     crate::api::finish(
         routes,
         ApiDoc::openapi(),

@@ -33,7 +33,7 @@ use crate::api::{
 use crate::services::Rejection;
 use crate::store::Stores;
 
-#[derive(Clone)]
+/// Shared by every request behind one `Arc` (see [`crate::api::HasApiConfig`]).
 struct AppState {
     stores: Stores,
     writer: Writer<Result<Stored, Rejection>>,
@@ -66,7 +66,7 @@ fn answer(stored: Stored) -> Response {
     ),
     security((), ("bearer" = [])))]
 async fn create_product(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _: Authorized,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
@@ -85,7 +85,7 @@ async fn create_product(
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ))]
 async fn get_product(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) = id?;
@@ -122,7 +122,7 @@ pub struct ProductFilter {
         (status = 503, description = "The store is unavailable", body = ErrorBody),
     ))]
 async fn list_products(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     filter: Result<Query<ProductFilter>, QueryRejection>,
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<Product>>, ApiError> {
@@ -180,7 +180,7 @@ pub fn app(stores: Stores, writer: ProductWriter, config: ApiConfig) -> axum::Ro
         .route("/products/", get(list_products).post(create_product))
         .route("/products", get(list_products).post(create_product))
         .route("/products/{id}", get(get_product))
-        .with_state(state);
+        .with_state(Arc::new(state));
     crate::api::finish(
         routes,
         ApiDoc::openapi(),

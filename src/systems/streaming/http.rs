@@ -43,7 +43,7 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often a waiting request looks for its reply.
 const WAIT_POLL: Duration = Duration::from_millis(10);
 
-#[derive(Clone)]
+/// Shared by every request behind one `Arc` (see [`crate::api::HasApiConfig`]).
 struct Gateway {
     activity: Activity,
     stores: Stores,
@@ -343,7 +343,7 @@ async fn home() -> Json<Value> {
     ),
     security((), ("bearer" = [])))]
 async fn criar_usuario(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     wait: Result<Query<Wait>, QueryRejection>,
     headers: HeaderMap,
@@ -378,7 +378,7 @@ macro_rules! user_event {
             ),
             security((), ("bearer" = [])))]
         async fn $name(
-            State(gw): State<Gateway>,
+            State(gw): State<Arc<Gateway>>,
             _: Authorized,
             user_id: Result<Path<String>, PathRejection>,
             wait: Result<Query<Wait>, QueryRejection>,
@@ -424,7 +424,7 @@ user_event!(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn status(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path(id) = id?;
@@ -452,7 +452,7 @@ async fn status(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn usuario(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     user_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let user_id = path_user(user_id)?;
@@ -482,7 +482,7 @@ pub struct UsuarioFilter {
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn usuarios(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     filter: Result<Query<UsuarioFilter>, QueryRejection>,
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<Usuario>>, ApiError> {
@@ -567,7 +567,7 @@ impl Gateway {
     ),
     security((), ("bearer" = [])))]
 async fn registrar_visualizacao(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -604,7 +604,7 @@ pub struct HistoricoParams {
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
 async fn obter_historico(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     user_id: Result<Path<String>, PathRejection>,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -640,7 +640,7 @@ pub struct UserParams {
     ),
     security((), ("bearer" = [])))]
 async fn gerar_recomendacoes(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -668,7 +668,7 @@ pub struct WaitParams {
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
 async fn obter_recomendacoes(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     user_id: Result<Path<String>, PathRejection>,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -709,7 +709,7 @@ pub struct AvaliacaoParams {
     ),
     security((), ("bearer" = [])))]
 async fn avaliar_conteudo(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -743,7 +743,7 @@ pub struct SessaoParams {
     ),
     security((), ("bearer" = [])))]
 async fn criar_sessao(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -789,7 +789,7 @@ impl Gateway {
     ),
     security((), ("bearer" = [])))]
 async fn atividade_sessao(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     session_id: Result<Path<String>, PathRejection>,
     query: RawQuery,
@@ -811,7 +811,7 @@ async fn atividade_sessao(
     ),
     security((), ("bearer" = [])))]
 async fn encerrar_sessao(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     session_id: Result<Path<String>, PathRejection>,
     query: RawQuery,
@@ -845,7 +845,7 @@ pub struct SessoesParams {
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
 async fn listar_sessoes(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     user_id: Result<Path<String>, PathRejection>,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -879,7 +879,7 @@ fn path_title(id: Result<Path<String>, PathRejection>) -> Result<String, ApiErro
     ),
     security((), ("bearer" = [])))]
 async fn cache_conteudo(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     _: Authorized,
     conteudo_id: Result<Path<String>, PathRejection>,
     query: RawQuery,
@@ -901,7 +901,7 @@ async fn cache_conteudo(
         (status = 503, description = "The bus or a store is unavailable", body = ErrorBody),
     ))]
 async fn obter_cache_conteudo(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     conteudo_id: Result<Path<String>, PathRejection>,
     query: RawQuery,
 ) -> Result<Response, ApiError> {
@@ -932,7 +932,7 @@ pub struct CatalogoFilter {
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn catalogo(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     filter: Result<Query<CatalogoFilter>, QueryRejection>,
     paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Listing<Value>>, ApiError> {
@@ -983,7 +983,7 @@ async fn catalogo(
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn titulo(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     conteudo_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_title(conteudo_id)?;
@@ -1019,7 +1019,7 @@ pub enum RankingName {
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn relacionados(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     conteudo_id: Result<Path<String>, PathRejection>,
     params: Result<Query<LimitParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1072,7 +1072,7 @@ pub struct RankingParams {
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn ranking(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     name: Result<Path<String>, PathRejection>,
     params: Result<Query<RankingParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1161,7 +1161,7 @@ pub struct LimitParams {
         (status = 503, description = "A store is unavailable", body = ErrorBody),
     ))]
 async fn continuar_assistindo(
-    State(gw): State<Gateway>,
+    State(gw): State<Arc<Gateway>>,
     user_id: Result<Path<String>, PathRejection>,
     params: Result<Query<LimitParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -1255,7 +1255,7 @@ pub fn app(
             "/usuarios/{user_id}/continuar-assistindo",
             get(continuar_assistindo),
         )
-        .with_state(gateway);
+        .with_state(Arc::new(gateway));
     crate::api::finish(
         routes,
         ApiDoc::openapi(),
