@@ -134,9 +134,11 @@ pub async fn http(
             write: false,
             requests: vec![Request::get("/health"); requests],
         };
+        settle(&mut pipeline, &*bus, settings, system, &health.what).await?;
         let health = driver.run(address, &health).await?;
         let mut phases = Vec::new();
         for plan in plans {
+            settle(&mut pipeline, &*bus, settings, system, &plan.what).await?;
             phases.push((driver.run(address, &plan).await?, plan.write));
         }
         reports.push(SystemReport {
@@ -148,6 +150,28 @@ pub async fn http(
     }
     pipeline.stop().await?;
     Ok(reports)
+}
+
+/// Waits until the consumers have caught up with what the last phase published (the
+/// gateway's events, the outbox's announcements), so that each phase starts from the same
+/// quiet pipeline: a round trip timed behind the previous phase's backlog measures the
+/// backlog, and waits of `?wait=5` ran out behind 60,000 queued events.
+async fn settle(
+    pipeline: &mut Pipeline,
+    bus: &dyn crate::bus::Bus,
+    settings: &Settings,
+    system: &str,
+    next: &str,
+) -> Result<(), BenchError> {
+    let started = std::time::Instant::now();
+    pipeline.drain_work(bus, settings).await?;
+    if started.elapsed() > std::time::Duration::from_secs(1) {
+        println!(
+            "  ({system}: the consumers took {:.1} s to catch up before `{next}`)",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// Runs plans through `livros loadgen` in its own process.
