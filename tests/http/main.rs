@@ -1135,8 +1135,7 @@ async fn the_load_generator_counts_answers_and_reports_the_first_unexpected_one(
 
 /// `livros bench --http` serves the APIs, loads them from its own `livros loadgen`
 /// process and prints each write as a share of the same server's `/health` rate; every
-/// round trip through the streaming processor gets its reply (each phase starts once the
-/// consumers have caught up with the last one).
+/// round trip through the streaming processor gets its reply within its `?wait=5`.
 #[test]
 fn bench_http_prints_every_write_against_the_health_ceiling() {
     let dir = tempfile::tempdir().unwrap();
