@@ -3,6 +3,11 @@
 //! process. Each write endpoint's rate is set against the same server's `GET /health` rate
 //! measured in the same run: the most that server answers at all on this machine, so the
 //! ratio says how much of it the write path keeps, whatever else the machine is doing.
+//! Under each write phase, the API writer's group commit in that phase (read from the
+//! metrics it records, `livros_api_batch_*`): how many requests a batch served, how long
+//! its durable write took, and how much of the phase the writer spent writing. A writer
+//! busy nearly all the phase is what bounds it: the rate is then its batch size over its
+//! batch time, whatever the HTTP plumbing could do.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +15,7 @@ use std::time::Duration;
 
 use crate::app::{self, AppError, Pipeline, Settings};
 use crate::loadgen::{LoadReport, Plan, Request};
+use crate::metrics::{ApiBatches, api_batches};
 use crate::services::ServiceError;
 
 /// A write endpoint meets its goal at this share of the `/health` rate or more…
@@ -42,8 +48,19 @@ pub struct SystemReport {
     pub address: SocketAddr,
     /// `GET /health`: the ceiling.
     pub health: LoadReport,
-    /// Each phase and whether it is a write, held to the goal.
-    pub phases: Vec<(LoadReport, bool)>,
+    /// Each phase, in order.
+    pub phases: Vec<Phase>,
+}
+
+/// One phase of load on an API.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// What the load generator measured.
+    pub load: LoadReport,
+    /// Whether it is a write, held to the goal.
+    pub write: bool,
+    /// The API writers' batches during the phase.
+    pub batches: ApiBatches,
 }
 
 impl SystemReport {
@@ -56,8 +73,8 @@ impl SystemReport {
     pub fn writes_meet_goal(&self) -> bool {
         self.phases
             .iter()
-            .filter(|(_, write)| *write)
-            .all(|(p, _)| meets_goal(self.share(p), p))
+            .filter(|p| p.write)
+            .all(|p| meets_goal(self.share(&p.load), &p.load))
     }
 }
 
@@ -69,15 +86,16 @@ impl std::fmt::Display for SystemReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{} API on {}", self.system, self.address)?;
         writeln!(f, "  {}   (the ceiling)", self.health)?;
-        for (phase, write) in &self.phases {
-            write!(f, "  {phase}")?;
-            if *write {
-                let share = self.share(phase);
+        for phase in &self.phases {
+            let load = &phase.load;
+            write!(f, "  {load}")?;
+            if phase.write {
+                let share = self.share(load);
                 write!(
                     f,
                     "   {:.0} % of /health: {}",
                     100.0 * share,
-                    if meets_goal(share, phase) {
+                    if meets_goal(share, load) {
                         "goal met"
                     } else {
                         "goal NOT met"
@@ -85,6 +103,17 @@ impl std::fmt::Display for SystemReport {
                 )?;
             }
             writeln!(f)?;
+            let b = &phase.batches;
+            if phase.write && b.batches >= 1.0 {
+                writeln!(
+                    f,
+                    "      group commit: {:.1} requests a batch, {:.2} ms each to be durable; \
+                     the writer busy {:.0} % of the phase",
+                    b.requests / b.batches,
+                    1e3 * b.seconds / b.batches,
+                    100.0 * b.seconds / load.elapsed.as_secs_f64().max(1e-9)
+                )?;
+            }
         }
         Ok(())
     }
@@ -139,7 +168,13 @@ pub async fn http(
         let mut phases = Vec::new();
         for plan in plans {
             settle(&mut pipeline, &*bus, settings, system, &plan.what).await?;
-            phases.push((driver.run(address, &plan).await?, plan.write));
+            let before = api_batches();
+            let load = driver.run(address, &plan).await?;
+            phases.push(Phase {
+                load,
+                write: plan.write,
+                batches: api_batches().since(&before),
+            });
         }
         reports.push(SystemReport {
             system,

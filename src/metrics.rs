@@ -12,6 +12,8 @@
 //! | `livros_consumer_lag` | `group`, `topic` (S3: `*`, every topic) | S2 and S3, after a commit, at most every [`LAG_EVERY`] (gauge) |
 //! | `livros_retries_total` | `what` | every retry with backoff |
 //! | `livros_indexed_total`, `livros_index_refused_total` | — | the audit log's indexer |
+//! | `livros_api_batch_size` | `writer` (`customers`, `gateway`, `products`…) | every API write batch: how many requests one durable write served (histogram) |
+//! | `livros_api_batch_seconds` | `writer` | every API write batch: its durable write, from the store call to its answer (histogram) |
 //! | `livros_http_requests_total` | `api` (the system), `method`, `route`, `status` | every HTTP service |
 //! | `livros_http_request_seconds` | `api`, `method`, `route` | every HTTP service (histogram) |
 //!
@@ -173,7 +175,79 @@ pub fn http_request(api: &'static str, method: &str, route: &str, status: u16, s
     .record(started.elapsed().as_secs_f64());
 }
 
+/// Records one API write batch of `writer`: how many requests it served and how long its
+/// durable write took.
+pub fn api_batch(writer: &'static str, requests: usize, took: std::time::Duration) {
+    metrics::histogram!("livros_api_batch_size", "writer" => writer).record(requests as f64);
+    metrics::histogram!("livros_api_batch_seconds", "writer" => writer).record(took.as_secs_f64());
+}
+
+/// Every API writer's batches so far, summed over the writers (what
+/// [`api_batch`] recorded, read back from the exposition).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ApiBatches {
+    /// Batches written.
+    pub batches: f64,
+    /// Requests those batches served.
+    pub requests: f64,
+    /// Time spent in their durable writes, in seconds.
+    pub seconds: f64,
+}
+
+impl ApiBatches {
+    /// What was recorded between `earlier` and this.
+    pub fn since(&self, earlier: &ApiBatches) -> ApiBatches {
+        ApiBatches {
+            batches: self.batches - earlier.batches,
+            requests: self.requests - earlier.requests,
+            seconds: self.seconds - earlier.seconds,
+        }
+    }
+}
+
+/// The API writers' totals now; see [`ApiBatches`].
+pub fn api_batches() -> ApiBatches {
+    let mut totals = ApiBatches::default();
+    for line in render().lines() {
+        let field = if line.starts_with("livros_api_batch_size_sum") {
+            &mut totals.requests
+        } else if line.starts_with("livros_api_batch_size_count") {
+            &mut totals.batches
+        } else if line.starts_with("livros_api_batch_seconds_sum") {
+            &mut totals.seconds
+        } else {
+            continue;
+        };
+        if let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *field += value;
+        }
+    }
+    totals
+}
+
 /// The Prometheus text exposition of everything recorded so far.
 pub fn render() -> String {
     handle().render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_batches_are_read_back_from_the_exposition() {
+        let before = api_batches();
+        api_batch("test-writer", 5, std::time::Duration::from_millis(2));
+        api_batch("test-writer", 3, std::time::Duration::from_millis(4));
+        let delta = api_batches().since(&before);
+        // Other tests may record batches meanwhile: at least ours are counted.
+        assert!(delta.batches >= 2.0, "{delta:?}");
+        assert!(delta.requests >= 8.0, "{delta:?}");
+        assert!(delta.seconds >= 0.006, "{delta:?}");
+        let text = render();
+        assert!(
+            text.contains("livros_api_batch_size_sum{writer=\"test-writer\"} 8"),
+            "{text}"
+        );
+    }
 }

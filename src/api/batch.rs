@@ -62,14 +62,21 @@ impl<O, I> Clone for Writer<O, I> {
 
 impl<O: Send + 'static, I: Send + Sync + 'static> Writer<O, I> {
     /// Starts a writer task over `batch`; it ends when every clone of the writer is gone.
-    pub fn spawn<B: Batch<Input = I, Output = O> + ?Sized + 'static>(batch: Arc<B>) -> Self {
+    /// `name` labels its batches in the metrics (`livros_api_batch_size{writer=…}`).
+    pub fn spawn<B: Batch<Input = I, Output = O> + ?Sized + 'static>(
+        name: &'static str,
+        batch: Arc<B>,
+    ) -> Self {
         let (queue, mut jobs) = mpsc::channel::<Job<I, O>>(4 * MAX_BATCH);
         tokio::spawn(async move {
             let mut taken = Vec::with_capacity(MAX_BATCH);
             while jobs.recv_many(&mut taken, MAX_BATCH).await > 0 {
                 let (inputs, replies): (Vec<I>, Vec<_>) =
                     taken.drain(..).map(|j| (j.input, j.reply)).unzip();
-                match batch.apply(&inputs).await {
+                let started = std::time::Instant::now();
+                let applied = batch.apply(&inputs).await;
+                crate::metrics::api_batch(name, inputs.len(), started.elapsed());
+                match applied {
                     Ok(outputs) => {
                         for (reply, output) in replies.into_iter().zip(outputs) {
                             let _ = reply.send(Ok(output));

@@ -1134,7 +1134,8 @@ async fn the_load_generator_counts_answers_and_reports_the_first_unexpected_one(
 }
 
 /// `livros bench --http` serves the APIs, loads them from its own `livros loadgen`
-/// process and prints each write as a share of the same server's `/health` rate; every
+/// process and prints each write as a share of the same server's `/health` rate, with
+/// its group commit's batches under it (read from the metrics the writers record); every
 /// round trip through the streaming processor gets its reply within its `?wait=5`.
 #[test]
 fn bench_http_prints_every_write_against_the_health_ceiling() {
@@ -1168,6 +1169,18 @@ fn bench_http_prints_every_write_against_the_health_ceiling() {
         assert!(!line.contains("errors"), "{line}");
         if phase.starts_with("POST") && !phase.ends_with("(round trip)") {
             assert!(line.contains("% of /health: goal"), "{line}");
+            // Under it, what the API's group commit did in that phase.
+            let next = stdout
+                .lines()
+                .skip_while(|l| *l != line)
+                .nth(1)
+                .unwrap_or_default();
+            assert!(
+                next.contains("group commit:")
+                    && next.contains("requests a batch")
+                    && next.contains("the writer busy"),
+                "no group commit line under `{phase}`:\n{stdout}"
+            );
         }
     }
     assert!(stdout.contains("goal for writes: ≥ 50 %"), "{stdout}");

@@ -370,6 +370,13 @@ async fn seed_flow(p: Platform) {
         metric(&text, "livros_consumer_lag", &[("topic", &cadastro)]).is_some(),
         "{text}"
     );
+    // The API's group commit: every accepted post went through one of its batches.
+    at_least("livros_api_batch_size_sum", &[("writer", "products")], 3.0);
+    at_least(
+        "livros_api_batch_seconds_count",
+        &[("writer", "products")],
+        1.0,
+    );
     at_least(
         "livros_http_requests_total",
         &[

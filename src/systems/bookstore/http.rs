@@ -420,7 +420,7 @@ pub fn app(router: Router, config: ApiConfig) -> axum::Router {
                     router: router.clone(),
                     entity: r.entity,
                 };
-                (r.entity, Writer::spawn(Arc::new(create)))
+                (r.entity, Writer::spawn(r.entity.plural(), Arc::new(create)))
             })
             .collect(),
     );

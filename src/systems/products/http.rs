@@ -172,7 +172,7 @@ pub fn app(stores: Stores, writer: ProductWriter, config: ApiConfig) -> axum::Ro
     let config = Arc::new(config);
     let state = AppState {
         stores: stores.clone(),
-        writer: Writer::spawn(Arc::new(writer)),
+        writer: Writer::spawn("products", Arc::new(writer)),
         config: config.clone(),
     };
     let routes = axum::Router::new()

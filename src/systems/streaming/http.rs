@@ -1221,10 +1221,13 @@ pub fn app(
         topics,
         config: config.clone(),
         fakes: Arc::new(std::sync::Mutex::new(Fakes::new(None))),
-        publisher: Writer::spawn(Arc::new(Publish {
-            stores: stores.clone(),
-            bus,
-        })),
+        publisher: Writer::spawn(
+            "gateway",
+            Arc::new(Publish {
+                stores: stores.clone(),
+                bus,
+            }),
+        ),
     };
     let routes = axum::Router::new()
         .route("/", get(home))
