@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use sqlx::{ConnectOptions as _, Connection as _};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// The writer connection's page cache, in KiB.
@@ -32,11 +34,30 @@ const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
 #[derive(Debug, Clone)]
 pub struct Pools {
     /// The one connection every write transaction goes through.
-    pub writer: SqlitePool,
+    pub writer: Writer,
     /// Connections for reads outside a write transaction.
     pub reader: SqlitePool,
     /// The file's background checkpoint: runs while a clone of this is kept.
     pub checkpoint: Checkpoint,
+}
+
+/// A file's one write connection, held for as long as the file is open and taken in turn
+/// ([`Writer::lock`]) rather than pooled.
+///
+/// sqlx's pool pings a connection on its way back and, unless told not to, again on its
+/// way out: two more trips to SQLite's thread around every write transaction, and with one
+/// writer both lie on the path of the next transaction. A connection to a local file does
+/// not go stale, so there is nothing for them to find.
+#[derive(Debug, Clone)]
+pub struct Writer(Arc<tokio::sync::Mutex<SqliteConnection>>);
+
+impl Writer {
+    /// The write connection, once every write before this one is done with it (in the
+    /// order they asked). A transaction begun on it and dropped unfinished is rolled back
+    /// before the next statement runs (sqlx queues the rollback on the connection).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
+        self.0.lock().await
+    }
 }
 
 /// Keeps a file's background checkpoint running; it stops once every clone is dropped.
@@ -65,19 +86,19 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
     // Page caches are per connection and grow with the file up to their size: the
     // writer's, which random inserts walk, is larger; a file's memory is bounded by
     // WRITER_CACHE_KIB + readers × READER_CACHE_KIB.
-    let pool = |n: u32, cache_kib: u32| {
-        SqlitePoolOptions::new()
-            .max_connections(n)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(
-                options
-                    .clone()
-                    .pragma("cache_size", format!("-{cache_kib}")),
-            )
-    };
+    let cache = |kib: u32| options.clone().pragma("cache_size", format!("-{kib}"));
     // The writer first: it creates the file and switches it to WAL.
-    let writer = pool(1, WRITER_CACHE_KIB).await?;
-    let reader = pool(readers.max(1), READER_CACHE_KIB).await?;
+    let writer = Writer(Arc::new(tokio::sync::Mutex::new(
+        cache(WRITER_CACHE_KIB).connect().await?,
+    )));
+    // Readers are pooled (they come and go with the requests), but not pinged on the way
+    // out: as for the writer, a local file's connection does not go stale.
+    let reader = SqlitePoolOptions::new()
+        .max_connections(readers.max(1))
+        .acquire_timeout(Duration::from_secs(60))
+        .test_before_acquire(false)
+        .connect_with(cache(READER_CACHE_KIB))
+        .await?;
     let stop = CancellationToken::new();
     tokio::spawn(checkpoint(reader.clone(), stop.clone()));
     Ok(Pools {
@@ -113,8 +134,9 @@ async fn checkpoint(pool: SqlitePool, stop: CancellationToken) {
 
 /// Runs `CREATE … IF NOT EXISTS` statements in one write transaction, so processes starting
 /// together cannot race.
-pub async fn apply_schema(pool: &SqlitePool, statements: &[&str]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+pub async fn apply_schema(writer: &Writer, statements: &[&str]) -> Result<(), sqlx::Error> {
+    let mut writer = writer.lock().await;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
     for statement in statements {
         // The project's own DDL, with field names it wrote itself.
         sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
@@ -128,6 +150,39 @@ pub async fn apply_schema(pool: &SqlitePool, statements: &[&str]) -> Result<(), 
 mod tests {
     use super::*;
 
+    /// A write transaction dropped unfinished (a task cancelled mid-batch) leaves the held
+    /// connection ready for the next: nothing of it committed, no transaction left open.
+    #[tokio::test]
+    async fn a_transaction_dropped_unfinished_is_rolled_back_before_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let pools = open(&dir.path().join("t.db"), 1).await.unwrap();
+        apply_schema(&pools.writer, &["CREATE TABLE t (v TEXT NOT NULL)"])
+            .await
+            .unwrap();
+        {
+            let mut writer = pools.writer.lock().await;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("INSERT INTO t (v) VALUES ('dropped')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        {
+            let mut writer = pools.writer.lock().await;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("INSERT INTO t (v) VALUES ('kept')")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let rows: Vec<String> = sqlx::query_scalar("SELECT v FROM t")
+            .fetch_all(&pools.reader)
+            .await
+            .unwrap();
+        assert_eq!(rows, ["kept"]);
+    }
+
     /// Committed pages reach the database file without any commit checkpointing: the
     /// writer's own threshold (64 MiB of WAL) is far above what this writes.
     #[tokio::test]
@@ -138,7 +193,8 @@ mod tests {
         apply_schema(&pools.writer, &["CREATE TABLE t (v TEXT NOT NULL)"])
             .await
             .unwrap();
-        let mut tx = pools.writer.begin().await.unwrap();
+        let mut writer = pools.writer.lock().await;
+        let mut tx = writer.begin().await.unwrap();
         for _ in 0..1000 {
             sqlx::query("INSERT INTO t (v) VALUES (?)")
                 .bind("x".repeat(1000))

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection as _, QueryBuilder, Row, Sqlite};
 use tokio::sync::Notify;
 
 use super::{
@@ -82,7 +82,7 @@ pub struct EmbeddedBus {
     /// Reads outside a write transaction.
     pool: SqlitePool,
     /// Every write transaction (publish, commit, leases, topics).
-    writer: SqlitePool,
+    writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
     _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
@@ -133,8 +133,8 @@ impl EmbeddedBus {
 #[async_trait]
 impl Bus for EmbeddedBus {
     async fn ensure_topics(&self, topics: &[String], partitions: i32) -> BusResult<()> {
-        let mut tx = self
-            .writer
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
@@ -181,8 +181,8 @@ impl Bus for EmbeddedBus {
             for (r, p) in records.iter().zip(&placed) {
                 *counts.entry((r.topic.as_str(), *p)).or_default() += 1;
             }
-            let mut tx = self
-                .writer
+            let mut writer = self.writer.lock().await;
+            let mut tx = writer
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(unavailable)?;
@@ -344,9 +344,8 @@ struct EmbeddedConsumer {
 impl EmbeddedConsumer {
     /// Claims or renews the lease on `topic`; true when this member holds it afterwards.
     async fn claim(&self, topic: &str) -> BusResult<bool> {
-        let mut tx = self
-            .bus
-            .writer
+        let mut writer = self.bus.writer.lock().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
@@ -545,9 +544,8 @@ impl Consumer for EmbeddedConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .bus
-            .writer
+        let mut writer = self.bus.writer.lock().await;
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(unavailable)?;
@@ -606,7 +604,7 @@ impl Consumer for EmbeddedConsumer {
         sqlx::query("DELETE FROM leases WHERE grp = ? AND owner = ?")
             .bind(&self.group)
             .bind(&self.owner)
-            .execute(&self.bus.writer)
+            .execute(&mut *self.bus.writer.lock().await)
             .await
             .map_err(unavailable)?;
         self.held.clear();

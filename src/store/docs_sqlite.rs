@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::sqlite::SqlitePool;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection as _, QueryBuilder, Row, Sqlite};
 
 use super::{DocumentStore, Filter, OpenError, Page, Sort, StoreError, StoreResult};
 
@@ -79,7 +79,7 @@ pub struct SqliteDocumentStore {
     /// Reads outside a write transaction.
     pool: SqlitePool,
     /// Every write transaction.
-    writer: SqlitePool,
+    writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
     _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
@@ -115,11 +115,8 @@ impl SqliteDocumentStore {
     }
 
     async fn upsert_rows(&self, collection: &str, docs: &[&(String, Value)]) -> StoreResult<()> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut writer = self.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
         for chunk in docs.chunks(CHUNK) {
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO documents (collection, id, body) ");

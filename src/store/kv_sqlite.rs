@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqlitePool;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{Connection as _, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{KeyValueStore, KvWrite, OpenError, StoreError, StoreResult};
 
@@ -69,7 +69,7 @@ pub struct SqliteKvStore {
     /// Reads outside a write transaction.
     pool: SqlitePool,
     /// Every write transaction.
-    writer: SqlitePool,
+    writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
     _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
@@ -282,11 +282,8 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
 impl KeyValueStore for SqliteKvStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
         crate::metrics::timed_store("key-value", "embedded", async {
-            let mut tx = self
-                .writer
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(err)?;
+            let mut writer = self.writer.lock().await;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
             purge_expired(&mut tx, now_ms()).await.map_err(err)?;
             let mut pending = Pending::default();
             for write in writes {

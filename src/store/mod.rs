@@ -833,7 +833,7 @@ pub(crate) async fn open_embedded(
         let _guard = migration_lock(path).map_err(|e| open_error(e.to_string()))?;
         for migrator in migrations {
             migrator
-                .run(&pools.writer)
+                .run(&mut *pools.writer.lock().await)
                 .await
                 .map_err(|e| open_error(format!("migration failed: {e}")))?;
         }

@@ -5,13 +5,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
-use sqlx::{Column, Postgres, Row, TypeInfo};
+use sqlx::{Column, Connection as _, Postgres, Row, TypeInfo};
 
 use super::{
     OpenError, RelationalStore, SqlRow, SqlValue, Statement, StoreError, StoreResult, redact,
 };
 
 const STORE: &str = "postgres";
+
+/// A pooled connection idle this long is pinged before it is used again: long enough idle
+/// for a server restart or an idle timeout to have closed it unseen.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 fn err(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(STORE, e)
@@ -41,9 +45,24 @@ impl PostgresStore {
         };
         // Consumers write one batch at a time per topic and the APIs add a few readers: a
         // small pool is plenty and leaves the server's connection budget to others.
+        //
+        // sqlx pings every connection it hands out unless told not to: a round trip per
+        // statement, doubling a one-statement write's. Only a connection that sat idle
+        // can have been closed unseen; one in steady use that breaks fails its statement
+        // either way (a store unavailable: retried, or 503), and sqlx drops it when its
+        // release ping fails.
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| open_error(e.to_string()))?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
-use sqlx::{Column, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::{Column, Connection as _, Row, Sqlite, TypeInfo, ValueRef};
 
 use super::{OpenError, RelationalStore, SqlRow, SqlValue, Statement, StoreError, StoreResult};
 
@@ -20,7 +20,7 @@ pub struct SqliteStore {
     /// Reads outside a write transaction.
     pool: SqlitePool,
     /// Every write transaction.
-    writer: SqlitePool,
+    writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
     _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
@@ -149,11 +149,8 @@ impl RelationalStore for SqliteStore {
         crate::metrics::timed_store("relational", "sqlite", async {
             // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
             // fails half-way on a lock another writer took meanwhile.
-            let mut tx = self
-                .writer
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(err)?;
+            let mut writer = self.writer.lock().await;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
                 results.push(rows(&mut *tx, statement).await?);

@@ -50,6 +50,18 @@ impl TestDb {
         }
     }
 
+    /// Closes every connection to the database from the server's side, as a restart does.
+    pub async fn close_connections(&self) {
+        let mut conn = sqlx::PgConnection::connect(&self.admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.admin_url));
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .execute(&mut conn)
+            .await
+            .expect("terminate the test database's connections");
+    }
+
     /// Drops the database (connections still open are terminated).
     pub async fn drop_db(self) {
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {

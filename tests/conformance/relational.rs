@@ -1,5 +1,7 @@
 //! The relational store suite: SQLite (embedded) and PostgreSQL.
 
+use std::time::Duration;
+
 use livros::store::postgres::PostgresStore;
 use livros::store::sqlite::SqliteStore;
 use livros::store::{Page, RelationalStore};
@@ -136,16 +138,46 @@ async fn sqlite() {
     assert_eq!(store.count_customers().await.unwrap(), 2_503);
 }
 
-#[tokio::test]
-async fn postgres() {
-    let Some(url) = service_url("LIVROS_TEST_POSTGRES_URL") else {
-        return;
-    };
+/// A store on a fresh database of the test server; `None` (skipped) when its URL is unset
+/// outside CI.
+async fn postgres_store() -> Option<(TestDb, PostgresStore)> {
+    let url = service_url("LIVROS_TEST_POSTGRES_URL")?;
     let db = TestDb::create(&url).await;
     let store = PostgresStore::connect(&db.url, &postgres_migrations())
         .await
         .unwrap();
+    Some((db, store))
+}
+
+#[tokio::test]
+async fn postgres() {
+    let Some((db, store)) = postgres_store().await else {
+        return;
+    };
     suite(&store).await;
+    drop(store);
+    db.drop_db().await;
+}
+
+/// Connections the server closed while they sat in the pool (a restart, an idle timeout)
+/// are found out before use and replaced: the next write goes through, not a 503.
+#[tokio::test]
+async fn postgres_connections_closed_while_idle_are_replaced() {
+    let Some((db, store)) = postgres_store().await else {
+        return;
+    };
+    store
+        .upsert_customers(&[customer("a", "Ana", "ana@example.net")])
+        .await
+        .unwrap();
+    db.close_connections().await;
+    tokio::time::sleep(livros::store::postgres::PING_IF_IDLE_FOR + Duration::from_millis(200))
+        .await;
+    store
+        .upsert_customers(&[customer("b", "Bia", "bia@example.net")])
+        .await
+        .expect("a write after the server closed the idle connections");
+    assert_eq!(store.count_customers().await.unwrap(), 2);
     drop(store);
     db.drop_db().await;
 }
