@@ -6,10 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -36,7 +33,7 @@ pub struct Pools {
     /// The one connection every write transaction goes through.
     pub writer: Writer,
     /// Connections for reads outside a write transaction.
-    pub reader: SqlitePool,
+    pub reader: Readers,
     /// The file's background checkpoint: runs while a clone of this is kept.
     pub checkpoint: Checkpoint,
 }
@@ -57,6 +54,59 @@ impl Writer {
     /// before the next statement runs (sqlx queues the rollback on the connection).
     pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
         self.0.lock().await
+    }
+}
+
+/// A file's reader connections, pooled by deadpool rather than by sqlx.
+///
+/// sqlx's pool pings every connection that comes back to it, and cannot be told not to: a
+/// trip to SQLite's thread after every read, which on two shared cores cost the reads a
+/// quarter of their rate (`GET /customers/{id}` 29,800–39,500 → 46,600–51,300 req/s). A
+/// connection to a local file does not go stale, so one that comes back here is checked
+/// for nothing. A read cancelled half-way leaves nothing behind: the connection's next
+/// statement waits for the one before it.
+#[derive(Debug, Clone)]
+pub struct Readers(deadpool::managed::Pool<ReaderManager>);
+
+/// Opens the reader connections of [`Readers`], with the file's settings.
+#[derive(Debug)]
+pub struct ReaderManager(SqliteConnectOptions);
+
+impl deadpool::managed::Manager for ReaderManager {
+    type Type = SqliteConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<SqliteConnection, sqlx::Error> {
+        self.0.connect().await
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut SqliteConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<sqlx::Error> {
+        Ok(())
+    }
+}
+
+/// A reader connection, back to [`Readers`] when dropped.
+pub type Reader = deadpool::managed::Object<ReaderManager>;
+
+impl Readers {
+    /// A reader connection, waiting up to a minute for one to be free.
+    pub async fn get(&self) -> Result<Reader, sqlx::Error> {
+        use deadpool::managed::PoolError;
+        self.0.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => e,
+            PoolError::Timeout(_) => sqlx::Error::PoolTimedOut,
+            PoolError::Closed => sqlx::Error::PoolClosed,
+            other => sqlx::Error::Protocol(format!("reader pool: {other}")),
+        })
+    }
+
+    /// Checks that a reader connection answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        self.get().await?.ping().await
     }
 }
 
@@ -91,14 +141,16 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
     let writer = Writer(Arc::new(tokio::sync::Mutex::new(
         cache(WRITER_CACHE_KIB).connect().await?,
     )));
-    // Readers are pooled (they come and go with the requests), but not pinged on the way
-    // out: as for the writer, a local file's connection does not go stale.
-    let reader = SqlitePoolOptions::new()
-        .max_connections(readers.max(1))
-        .acquire_timeout(Duration::from_secs(60))
-        .test_before_acquire(false)
-        .connect_with(cache(READER_CACHE_KIB))
-        .await?;
+    let reader = Readers(
+        deadpool::managed::Pool::builder(ReaderManager(cache(READER_CACHE_KIB)))
+            .max_size(readers.max(1) as usize)
+            .wait_timeout(Some(Duration::from_secs(60)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?,
+    );
+    // Opened now, so that a file that cannot be read fails here rather than at first use.
+    reader.ping().await?;
     let stop = CancellationToken::new();
     tokio::spawn(checkpoint(reader.clone(), stop.clone()));
     Ok(Pools {
@@ -109,7 +161,7 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
 }
 
 /// Copies the WAL back into the file every [`CHECKPOINT_EVERY`] until `stop`.
-async fn checkpoint(pool: SqlitePool, stop: CancellationToken) {
+async fn checkpoint(readers: Readers, stop: CancellationToken) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -117,16 +169,16 @@ async fn checkpoint(pool: SqlitePool, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        if pool.is_closed() {
-            return;
-        }
         // PASSIVE: copies what no reader still needs, never waits on a lock. A failure
         // (busy, closed during the call) leaves the WAL to the next round or the writer.
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-            && !pool.is_closed()
-        {
+        let checkpointed = match readers.get().await {
+            Ok(mut reader) => sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&mut *reader)
+                .await
+                .map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checkpointed {
             tracing::debug!(error = %e, "background checkpoint failed; the next one retries");
         }
     }
@@ -177,7 +229,7 @@ mod tests {
             tx.commit().await.unwrap();
         }
         let rows: Vec<String> = sqlx::query_scalar("SELECT v FROM t")
-            .fetch_all(&pools.reader)
+            .fetch_all(&mut *pools.reader.get().await.unwrap())
             .await
             .unwrap();
         assert_eq!(rows, ["kept"]);

@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection as _, QueryBuilder, Row, Sqlite};
 use tokio::sync::Notify;
 
@@ -80,7 +79,7 @@ fn pid_alive(pid: i64) -> bool {
 #[derive(Clone)]
 pub struct EmbeddedBus {
     /// Reads outside a write transaction.
-    pool: SqlitePool,
+    pool: crate::sqlite::Readers,
     /// Every write transaction (publish, commit, leases, topics).
     writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
@@ -118,7 +117,7 @@ impl EmbeddedBus {
         }
         let n: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
             .bind(topic)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await.map_err(unavailable)?)
             .await
             .map_err(unavailable)?;
         let n = n.ok_or_else(|| BusError::UnknownTopic(topic.to_string()))? as i32;
@@ -292,7 +291,7 @@ impl Bus for EmbeddedBus {
             let published: Option<i64> =
                 sqlx::query_scalar("SELECT SUM(next_offset) FROM partitions WHERE topic = ?")
                     .bind(topic)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.pool.get().await.map_err(unavailable)?)
                     .await
                     .map_err(unavailable)?;
             let mut consumed = BTreeMap::new();
@@ -302,7 +301,7 @@ impl Bus for EmbeddedBus {
                 )
                 .bind(group)
                 .bind(topic)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.pool.get().await.map_err(unavailable)?)
                 .await
                 .map_err(unavailable)?;
                 consumed.insert(group.clone(), n.unwrap_or(0));
@@ -401,7 +400,7 @@ impl EmbeddedConsumer {
             .bind(&self.group)
             .bind(topic)
             .bind(p)
-            .fetch_optional(&self.bus.pool)
+            .fetch_optional(&mut *self.bus.pool.get().await.map_err(unavailable)?)
             .await
             .map_err(unavailable)?;
             let position = match (committed, self.start) {
@@ -412,7 +411,7 @@ impl EmbeddedConsumer {
                 )
                 .bind(topic)
                 .bind(p)
-                .fetch_one(&self.bus.pool)
+                .fetch_one(&mut *self.bus.pool.get().await.map_err(unavailable)?)
                 .await
                 .map_err(unavailable)?,
             };
@@ -492,7 +491,7 @@ impl EmbeddedConsumer {
             .bind(partition)
             .bind(from)
             .bind((max - out.len()) as i64)
-            .fetch_all(&self.bus.pool)
+            .fetch_all(&mut *self.bus.pool.get().await.map_err(unavailable)?)
             .await
             .map_err(unavailable)?;
             for row in rows {

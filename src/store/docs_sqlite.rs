@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection as _, QueryBuilder, Row, Sqlite};
 
 use super::{DocumentStore, Filter, OpenError, Page, Sort, StoreError, StoreResult};
@@ -77,7 +76,7 @@ fn err(e: sqlx::Error) -> StoreError {
 /// Documents in SQLite.
 pub struct SqliteDocumentStore {
     /// Reads outside a write transaction.
-    pool: SqlitePool,
+    pool: crate::sqlite::Readers,
     /// Every write transaction.
     writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
@@ -165,7 +164,7 @@ impl DocumentStore for SqliteDocumentStore {
             sqlx::query_scalar("SELECT body FROM documents WHERE collection = ? AND id = ?")
                 .bind(collection)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.pool.get().await.map_err(err)?)
                 .await
                 .map_err(err)?;
         body.map(|b| {
@@ -188,7 +187,11 @@ impl DocumentStore for SqliteDocumentStore {
                 list.push_bind(id.clone());
             }
             q.push(")");
-            let rows = q.build().fetch_all(&self.pool).await.map_err(err)?;
+            let rows = q
+                .build()
+                .fetch_all(&mut *self.pool.get().await.map_err(err)?)
+                .await
+                .map_err(err)?;
             found.extend(rows.iter().map(|r| r.get::<String, _>("id")));
         }
         Ok(found)
@@ -197,7 +200,7 @@ impl DocumentStore for SqliteDocumentStore {
     async fn count(&self, collection: &str) -> StoreResult<i64> {
         sqlx::query_scalar("SELECT COUNT(*) FROM documents WHERE collection = ?")
             .bind(collection)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.pool.get().await.map_err(err)?)
             .await
             .map_err(err)
     }
@@ -259,7 +262,7 @@ impl DocumentStore for SqliteDocumentStore {
             .push_bind(page.skip.min(i64::MAX as u64) as i64);
         let bodies: Vec<String> = q
             .build_query_scalar()
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await.map_err(err)?)
             .await
             .map_err(err)?;
         bodies
@@ -274,7 +277,7 @@ impl DocumentStore for SqliteDocumentStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        super::ping_pool(STORE, &self.pool).await
+        self.pool.ping().await.map_err(err)
     }
 
     fn describe(&self) -> String {

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection as _, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{KeyValueStore, KvWrite, OpenError, StoreError, StoreResult};
@@ -67,7 +66,7 @@ fn err(e: sqlx::Error) -> StoreError {
 /// Hashes, sets, sorted sets and strings in SQLite.
 pub struct SqliteKvStore {
     /// Reads outside a write transaction.
-    pool: SqlitePool,
+    pool: crate::sqlite::Readers,
     /// Every write transaction.
     writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
@@ -335,7 +334,7 @@ impl KeyValueStore for SqliteKvStore {
         )))
         .bind(key)
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.pool.get().await.map_err(err)?)
         .await
         .map_err(err)?;
         let Some(fields) = fields else {
@@ -365,7 +364,12 @@ impl KeyValueStore for SqliteKvStore {
             q.push(") AND NOT EXISTS (SELECT 1 FROM kv_expiry e WHERE e.key = h.key AND e.expires_at <= ")
                 .push_bind(now)
                 .push(")");
-            for row in q.build().fetch_all(&self.pool).await.map_err(err)? {
+            for row in q
+                .build()
+                .fetch_all(&mut *self.pool.get().await.map_err(err)?)
+                .await
+                .map_err(err)?
+            {
                 let key: String = row.get("key");
                 let text: String = row.get("fields");
                 let object = serde_json::from_str(&text).map_err(|e| StoreError::Fault {
@@ -407,7 +411,11 @@ impl KeyValueStore for SqliteKvStore {
                         .push_bind(now)
                         .push(")");
                 }
-                let rows = q.build().fetch_all(&self.pool).await.map_err(err)?;
+                let rows = q
+                    .build()
+                    .fetch_all(&mut *self.pool.get().await.map_err(err)?)
+                    .await
+                    .map_err(err)?;
                 found.extend(rows.iter().map(|r| r.get::<String, _>("key")));
             }
         }
@@ -421,7 +429,7 @@ impl KeyValueStore for SqliteKvStore {
         )))
         .bind(key)
         .bind(now_ms())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.pool.get().await.map_err(err)?)
         .await
         .map_err(err)?;
         Ok(members.into_iter().collect())
@@ -429,7 +437,7 @@ impl KeyValueStore for SqliteKvStore {
 
     async fn scard_many(&self, keys: &[String]) -> StoreResult<Vec<i64>> {
         let mut counts = Vec::with_capacity(keys.len());
-        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut conn = self.pool.get().await.map_err(err)?;
         let sql = format!(
             "SELECT COUNT(*) FROM kv_set s WHERE key = ? AND {}",
             live("s")
@@ -456,7 +464,7 @@ impl KeyValueStore for SqliteKvStore {
         .bind(key)
         .bind(now_ms())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.pool.get().await.map_err(err)?)
         .await
         .map_err(err)?;
         Ok(rows)
@@ -482,7 +490,7 @@ impl KeyValueStore for SqliteKvStore {
         .bind(prefix)
         .bind(upper)
         .bind(now_ms())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.pool.get().await.map_err(err)?)
         .await
         .map_err(err)
     }
@@ -493,13 +501,13 @@ impl KeyValueStore for SqliteKvStore {
         )
         .bind(key)
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.pool.get().await.map_err(err)?)
         .await
         .map_err(err)
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        super::ping_pool(STORE, &self.pool).await
+        self.pool.ping().await.map_err(err)
     }
 
     fn describe(&self) -> String {

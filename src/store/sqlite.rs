@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Column, Connection as _, Row, Sqlite, TypeInfo, ValueRef};
 
 use super::{OpenError, RelationalStore, SqlRow, SqlValue, Statement, StoreError, StoreResult};
@@ -18,7 +18,7 @@ fn err(e: sqlx::Error) -> StoreError {
 /// SQL on SQLite.
 pub struct SqliteStore {
     /// Reads outside a write transaction.
-    pool: SqlitePool,
+    pool: crate::sqlite::Readers,
     /// Every write transaction.
     writer: crate::sqlite::Writer,
     /// Keeps the file's background checkpoint running while this is open.
@@ -163,13 +163,13 @@ impl RelationalStore for SqliteStore {
 
     async fn select(&self, statement: &Statement) -> StoreResult<Vec<SqlRow>> {
         crate::metrics::timed_store("relational", "sqlite", async {
-            rows(&self.pool, statement).await
+            rows(&mut *self.pool.get().await.map_err(err)?, statement).await
         })
         .await
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        super::ping_pool(STORE, &self.pool).await
+        self.pool.ping().await.map_err(err)
     }
 
     fn describe(&self) -> String {
