@@ -211,22 +211,18 @@ mod tests {
         apply_schema(&pools.writer, &["CREATE TABLE t (v TEXT NOT NULL)"])
             .await
             .unwrap();
-        {
+        // The first transaction is dropped at the end of its turn, the second committed.
+        for (value, commit) in [("dropped", false), ("kept", true)] {
             let mut writer = pools.writer.lock().await;
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
-            sqlx::query("INSERT INTO t (v) VALUES ('dropped')")
+            sqlx::query("INSERT INTO t (v) VALUES (?)")
+                .bind(value)
                 .execute(&mut *tx)
                 .await
                 .unwrap();
-        }
-        {
-            let mut writer = pools.writer.lock().await;
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
-            sqlx::query("INSERT INTO t (v) VALUES ('kept')")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            }
         }
         let rows: Vec<String> = sqlx::query_scalar("SELECT v FROM t")
             .fetch_all(&mut *pools.reader.get().await.unwrap())
