@@ -147,9 +147,16 @@ where
 impl RelationalStore for SqliteStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
         crate::metrics::timed_store("relational", "sqlite", async {
+            let mut writer = self.writer.lock().await;
+            if let [statement] = statements {
+                // One statement is a transaction by itself (SQLite's autocommit), and takes
+                // the write lock as it starts: `BEGIN` and `COMMIT` would only add two trips
+                // to the connection's thread, which on two busy cores cost a customers batch
+                // a quarter of its time.
+                return Ok(vec![rows(&mut *writer, statement).await?]);
+            }
             // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
             // fails half-way on a lock another writer took meanwhile.
-            let mut writer = self.writer.lock().await;
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use livros::store::postgres::PostgresStore;
 use livros::store::sqlite::SqliteStore;
-use livros::store::{Page, RelationalStore};
+use livros::store::{Page, RelationalStore, SqlValue, Statement, StoreError};
 use livros::systems::bookstore::customers::Customers;
 use livros::systems::bookstore::entities::Customer;
 
@@ -105,6 +105,46 @@ async fn suite(store: &dyn RelationalStore) {
         ["a", "b", "c"]
     );
     store.ping().await.unwrap();
+
+    // A transaction is all or nothing, of one statement (SQLite runs it without `BEGIN`)
+    // or of several: a row refused leaves none of the transaction's rows behind.
+    let insert = |sql: &str, args: Vec<SqlValue>| Statement::new(sql.to_string(), args);
+    let one = insert(
+        "INSERT INTO customers (id, name, email) VALUES ($1, $2, $3), ($4, $5, $6)",
+        vec![
+            "atomic-1".into(),
+            "Ana".into(),
+            "ana@example.com".into(),
+            "atomic-2".into(),
+            SqlValue::Text(None),
+            "bia@example.com".into(),
+        ],
+    );
+    let refused = store.transaction(&[one]).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Rejected { .. }),
+        "{refused:?}"
+    );
+    let first = insert(
+        "INSERT INTO customers (id, name, email) VALUES ($1, $2, $3)",
+        vec!["atomic-1".into(), "Ana".into(), "ana@example.com".into()],
+    );
+    let second = insert(
+        "INSERT INTO customers (id, name, email) VALUES ($1, $2, $3)",
+        vec![
+            "atomic-2".into(),
+            SqlValue::Text(None),
+            "bia@example.com".into(),
+        ],
+    );
+    let refused = store.transaction(&[first, second]).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Rejected { .. }),
+        "{refused:?}"
+    );
+    let atomic = ["atomic-1".to_string(), "atomic-2".to_string()];
+    assert!(store.existing_customers(&atomic).await.unwrap().is_empty());
+    assert_eq!(store.count_customers().await.unwrap(), 3);
 
     // Batches larger than one statement's worth of parameters.
     let many: Vec<Customer> = (0..2_500)
