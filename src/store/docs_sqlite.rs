@@ -125,6 +125,9 @@ impl SqliteDocumentStore {
             q.push(" ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body WHERE body IS NOT excluded.body");
             q
         };
+        if docs.is_empty() {
+            return Ok(());
+        }
         let mut writer = self.writer.lock().await;
         if docs.len() <= CHUNK {
             // One statement is a transaction by itself: no `BEGIN` and `COMMIT`, two trips

@@ -224,6 +224,8 @@ async fn suite(store: &dyn DocumentStore) {
     assert_eq!(store.get("books", "none").await.unwrap(), None);
     assert_eq!(store.count("books").await.unwrap(), 0);
     store.ping().await.unwrap();
+    // An empty batch (every record of it invalid, say) writes nothing and is no error.
+    assert!(store.upsert("books", &[]).await.unwrap().is_empty());
 
     // Documents keep their shape: nested arrays, nulls, numbers, unicode.
     let dom = json!({"id": "b1", "title": "Dom Casmurro", "authors": ["Machado de Assis"], "isbn": null,
