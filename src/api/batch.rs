@@ -8,6 +8,7 @@
 //! which on two cores beat several smaller batches in flight (see ARCHITECTURE.md).
 
 use axum::body::Bytes;
+use futures::FutureExt as _;
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::Arc;
@@ -74,7 +75,19 @@ impl<O: Send + 'static, I: Send + Sync + 'static> Writer<O, I> {
                 let (inputs, replies): (Vec<I>, Vec<_>) =
                     taken.drain(..).map(|j| (j.input, j.reply)).unzip();
                 let started = std::time::Instant::now();
-                let applied = batch.apply(&inputs).await;
+                // A bug that panics in one batch must not stop the writer: every later
+                // request of this kind would get "shutting down" until a restart.
+                let applied = std::panic::AssertUnwindSafe(batch.apply(&inputs))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::error!(writer = name, "a batch panicked; its requests get a 500");
+                        Err(StoreError::Fault {
+                            store: "api",
+                            reason: "a bug: writing the batch panicked (see the server's log)"
+                                .into(),
+                        })
+                    });
                 crate::metrics::api_batch(name, inputs.len(), started.elapsed());
                 match applied {
                     Ok(outputs) => {
@@ -105,5 +118,32 @@ impl<O: Send + 'static, I: Send + Sync + 'static> Writer<O, I> {
             .await
             .map_err(|_| stopped())?;
         output.await.map_err(|_| stopped())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Panics on an input of 0, doubles the others.
+    struct Doubler;
+
+    #[async_trait::async_trait]
+    impl Batch for Doubler {
+        type Input = u32;
+        type Output = u32;
+
+        async fn apply(&self, inputs: &[u32]) -> StoreResult<Vec<u32>> {
+            assert!(!inputs.contains(&0), "zero");
+            Ok(inputs.iter().map(|i| i * 2).collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_panics_fails_its_requests_and_the_writer_goes_on() {
+        let writer = Writer::spawn("test", Arc::new(Doubler));
+        let failed = writer.write(0).await.unwrap_err();
+        assert!(matches!(failed, StoreError::Fault { .. }), "{failed:?}");
+        assert_eq!(writer.write(21).await.unwrap(), 42);
     }
 }
