@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sqlx::{Connection as _, QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{DocumentStore, Filter, OpenError, Page, Sort, StoreError, StoreResult};
 
@@ -125,25 +125,18 @@ impl SqliteDocumentStore {
             q.push(" ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body WHERE body IS NOT excluded.body");
             q
         };
-        if docs.is_empty() {
-            return Ok(());
-        }
         let mut writer = self.writer.lock().await;
-        if docs.len() <= CHUNK {
-            // One statement is a transaction by itself: no `BEGIN` and `COMMIT`, two trips
-            // to the connection's thread fewer (see `SqliteStore::transaction`).
-            return upsert(docs)
-                .build()
-                .execute(&mut *writer)
-                .await
-                .map(drop)
-                .map_err(err);
-        }
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+        let mut write = crate::sqlite::begin(&mut writer, docs.len().div_ceil(CHUNK))
+            .await
+            .map_err(err)?;
         for chunk in docs.chunks(CHUNK) {
-            upsert(chunk).build().execute(&mut *tx).await.map_err(err)?;
+            upsert(chunk)
+                .build()
+                .execute(write.conn())
+                .await
+                .map_err(err)?;
         }
-        tx.commit().await.map_err(err)
+        write.commit().await.map_err(err)
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Column, Connection as _, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::{Column, Row, Sqlite, TypeInfo, ValueRef};
 
 use super::{OpenError, RelationalStore, SqlRow, SqlValue, Statement, StoreError, StoreResult};
 
@@ -148,21 +148,14 @@ impl RelationalStore for SqliteStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
         crate::metrics::timed_store("relational", "sqlite", async {
             let mut writer = self.writer.lock().await;
-            if let [statement] = statements {
-                // One statement is a transaction by itself (SQLite's autocommit), and takes
-                // the write lock as it starts: `BEGIN` and `COMMIT` would only add two trips
-                // to the connection's thread, which on two busy cores cost a customers batch
-                // a quarter of its time.
-                return Ok(vec![rows(&mut *writer, statement).await?]);
-            }
-            // IMMEDIATE: take the write lock up front, so a read-then-write transaction never
-            // fails half-way on a lock another writer took meanwhile.
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
+            let mut write = crate::sqlite::begin(&mut writer, statements.len())
+                .await
+                .map_err(err)?;
             let mut results = Vec::with_capacity(statements.len());
             for statement in statements {
-                results.push(rows(&mut *tx, statement).await?);
+                results.push(rows(write.conn(), statement).await?);
             }
-            tx.commit().await.map_err(err)?;
+            write.commit().await.map_err(err)?;
             Ok(results)
         })
         .await
