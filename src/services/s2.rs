@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Counters, Handler, Outcome, ServiceError, bus_transient, short};
+use super::{Counters, Handler, Outcome, Rejection, ServiceError, bus_transient, short};
 use crate::bus::{Bus, Message, Record, StartFrom, next_offsets};
 use crate::retry;
 use crate::store::StoreError;
@@ -197,7 +197,7 @@ async fn store_batch(
         &format!("storing a batch from `{topic}`"),
         shutdown,
         StoreError::is_retryable,
-        || spec.handler.handle(&payloads),
+        || handle(&*spec.handler, topic, &payloads),
     )
     .await?;
     let Some(outcomes) = stored else {
@@ -244,6 +244,55 @@ async fn store_batch(
     Ok(Some((outcomes, rejected)))
 }
 
+/// `handler`'s outcomes for `payloads`. A batch that panics (a bug, on some message) is
+/// handled again one message at a time, and a message that panics alone is rejected with
+/// the panic's words, so that it is dead-lettered and the consumer goes on: a panic that
+/// stopped S2 would stop it again on the same message after every restart.
+async fn handle(
+    handler: &dyn Handler,
+    topic: &str,
+    payloads: &[&[u8]],
+) -> crate::store::StoreResult<Vec<Outcome>> {
+    use futures::FutureExt;
+    use std::panic::AssertUnwindSafe;
+    let panic = match AssertUnwindSafe(handler.handle(payloads))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcomes) => return outcomes,
+        Err(panic) => panic,
+    };
+    tracing::error!(
+        topic,
+        "a batch of {} panicked ({}); handling it one message at a time",
+        payloads.len(),
+        panic_words(&*panic)
+    );
+    let mut outcomes = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        match AssertUnwindSafe(handler.handle(std::slice::from_ref(payload)))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => outcomes.extend(outcome?),
+            Err(panic) => outcomes.push(Outcome::Rejected(Rejection::Store(format!(
+                "a bug: handling this message panicked: {}",
+                panic_words(&*panic)
+            )))),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// What a panic said, when it said it with a string (as `panic!` and `expect` do).
+fn panic_words(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
 /// The dead-letter record for `m`: the original bytes, key and headers untouched, plus
 /// headers saying why and where it came from (Kafka Connect's convention).
 pub fn dead_letter(m: &Message, reason: &str, dlq: &str) -> Record {
@@ -260,5 +309,97 @@ pub fn dead_letter(m: &Message, reason: &str, dlq: &str) -> Record {
         key: m.key.clone(),
         headers,
         payload: m.payload.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::embedded::EmbeddedBus;
+    use std::sync::Mutex;
+
+    /// Stores every payload it is handed, and panics on `boom`.
+    #[derive(Default)]
+    struct PanicsOnBoom(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Handler for PanicsOnBoom {
+        async fn handle(&self, payloads: &[&[u8]]) -> crate::store::StoreResult<Vec<Outcome>> {
+            let texts: Vec<String> = payloads
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            assert!(!texts.iter().any(|t| t == "boom"), "boom is not a record");
+            self.0.lock().unwrap().extend(texts.iter().cloned());
+            Ok(texts
+                .into_iter()
+                .map(|id| Outcome::Stored {
+                    label: id.clone(),
+                    id,
+                    out: Vec::new(),
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_makes_the_handler_panic_is_dead_lettered_and_the_rest_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(EmbeddedBus::open(dir.path()).await.unwrap());
+        bus.ensure_topics(&["t".into(), "t.dlq".into()], 1)
+            .await
+            .unwrap();
+        let record = |payload: &str| Record {
+            topic: "t".into(),
+            key: None,
+            headers: Vec::new(),
+            payload: payload.as_bytes().to_vec(),
+        };
+        bus.publish(&[record("a"), record("boom"), record("b")])
+            .await
+            .unwrap();
+
+        let handler = Arc::new(PanicsOnBoom::default());
+        let spec = ConsumerSpec {
+            topic: "t".into(),
+            group: "g".into(),
+            noun: "thing",
+            place: "memory".into(),
+            handler: handler.clone(),
+            dead_letters: "t.dlq".into(),
+        };
+        let config = S2Config {
+            print_events: false,
+            ..S2Config::default()
+        };
+        let counters = Arc::new(Counters::default());
+        let shutdown = CancellationToken::new();
+        let s2 = tokio::spawn(run(
+            bus.clone(),
+            vec![spec],
+            config,
+            counters.clone(),
+            shutdown.clone(),
+        ));
+        let mut dlq = bus
+            .subscribe("inspector", &["t.dlq".into()], StartFrom::Earliest)
+            .await
+            .unwrap();
+        let letters = dlq.poll(10, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(letters.len(), 1, "one dead letter");
+        assert_eq!(letters[0].payload, b"boom");
+        let reason = letters[0].header("dlq.reason").unwrap_or_default();
+        assert!(
+            reason.contains("panicked: boom is not a record"),
+            "{reason}"
+        );
+
+        while Counters::get(&counters.stored) < 2 && !s2.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        s2.await.expect("S2 went on").unwrap();
+        assert_eq!(*handler.0.lock().unwrap(), ["a", "b"]);
+        assert_eq!(Counters::get(&counters.dead_lettered), 1);
     }
 }
