@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
@@ -46,14 +47,53 @@ pub struct Pools {
 /// writer both lie on the path of the next transaction. A connection to a local file does
 /// not go stale, so there is nothing for them to find.
 #[derive(Debug, Clone)]
-pub struct Writer(Arc<tokio::sync::Mutex<SqliteConnection>>);
+pub struct Writer {
+    conn: Arc<tokio::sync::Mutex<SqliteConnection>>,
+    /// Set while a [`Writer::script`] runs: a script dropped half-way (its task cancelled)
+    /// may leave its transaction open, which sqlx does not know of, so the next
+    /// [`Writer::lock`] rolls it back.
+    script_unfinished: Arc<AtomicBool>,
+}
 
 impl Writer {
+    fn new(conn: SqliteConnection) -> Self {
+        Self {
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            script_unfinished: Arc::default(),
+        }
+    }
+
     /// The write connection, once every write before this one is done with it (in the
     /// order they asked). A transaction begun on it and dropped unfinished is rolled back
-    /// before the next statement runs (sqlx queues the rollback on the connection).
+    /// before the next statement runs (sqlx queues the rollback on the connection; a
+    /// script's, by this).
     pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
-        self.0.lock().await
+        let mut conn = self.conn.lock().await;
+        if self.script_unfinished.load(Ordering::Acquire) {
+            // "No transaction is active" when the script got to its end after all.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            self.script_unfinished.store(false, Ordering::Release);
+        }
+        conn
+    }
+
+    /// Runs `script` as one write transaction in one trip to SQLite's thread: its
+    /// statements, separated by `;`, from `BEGIN IMMEDIATE` to `COMMIT`, their arguments
+    /// bound in order (anonymous `?` only: sqlx numbers `?NNN` across the whole script).
+    ///
+    /// Each statement sent on its own is a trip there and back, and on two busy cores a
+    /// trip waits for a core: an order's write (purge, hashes, sets) spent 0.4 ms of its
+    /// 0.9 ms in trips. A script stops at its first failing statement, inside its
+    /// transaction; it is rolled back here, so nothing of a failed script is kept.
+    pub async fn script(&self, script: &mut sqlx::QueryBuilder<sqlx::Sqlite>) -> sqlx::Result<()> {
+        let mut conn = self.lock().await;
+        self.script_unfinished.store(true, Ordering::Release);
+        let result = script.build().execute(&mut *conn).await.map(drop);
+        if result.is_err() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        }
+        self.script_unfinished.store(false, Ordering::Release);
+        result
     }
 }
 
@@ -180,9 +220,7 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
     // WRITER_CACHE_KIB + readers × READER_CACHE_KIB.
     let cache = |kib: u32| options.clone().pragma("cache_size", format!("-{kib}"));
     // The writer first: it creates the file and switches it to WAL.
-    let writer = Writer(Arc::new(tokio::sync::Mutex::new(
-        cache(WRITER_CACHE_KIB).connect().await?,
-    )));
+    let writer = Writer::new(cache(WRITER_CACHE_KIB).connect().await?);
     let reader = Readers(
         deadpool::managed::Pool::builder(ReaderManager(cache(READER_CACHE_KIB)))
             .max_size(readers.max(1) as usize)
@@ -244,15 +282,21 @@ pub async fn apply_schema(writer: &Writer, statements: &[&str]) -> Result<(), sq
 mod tests {
     use super::*;
 
-    /// A write transaction dropped unfinished (a task cancelled mid-batch) leaves the held
-    /// connection ready for the next: nothing of it committed, no transaction left open.
-    #[tokio::test]
-    async fn a_transaction_dropped_unfinished_is_rolled_back_before_the_next() {
+    /// A new file with a table `t (v TEXT NOT NULL)`, and the directory that holds it.
+    async fn table_t() -> (tempfile::TempDir, Pools) {
         let dir = tempfile::tempdir().unwrap();
         let pools = open(&dir.path().join("t.db"), 1).await.unwrap();
         apply_schema(&pools.writer, &["CREATE TABLE t (v TEXT NOT NULL)"])
             .await
             .unwrap();
+        (dir, pools)
+    }
+
+    /// A write transaction dropped unfinished (a task cancelled mid-batch) leaves the held
+    /// connection ready for the next: nothing of it committed, no transaction left open.
+    #[tokio::test]
+    async fn a_transaction_dropped_unfinished_is_rolled_back_before_the_next() {
+        let (_dir, pools) = table_t().await;
         // The first transaction is dropped at the end of its turn, the second committed.
         for (value, commit) in [("dropped", false), ("kept", true)] {
             let mut writer = pools.writer.lock().await;
@@ -273,16 +317,72 @@ mod tests {
         assert_eq!(rows, ["kept"]);
     }
 
+    /// The rows of `t`, read as a reader sees them: what is committed.
+    async fn committed(pools: &Pools) -> Vec<String> {
+        sqlx::query_scalar("SELECT v FROM t ORDER BY rowid")
+            .fetch_all(&mut *pools.reader.get().await.unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Inserts `values` into `t` by one script, in one transaction.
+    async fn insert_by_script(pools: &Pools, values: &[Option<&str>]) -> sqlx::Result<()> {
+        let mut q = sqlx::QueryBuilder::new("BEGIN IMMEDIATE;\n");
+        for value in values {
+            q.push("INSERT INTO t (v) VALUES (")
+                .push_bind(value.map(str::to_string))
+                .push(");\n");
+        }
+        q.push("COMMIT");
+        pools.writer.script(&mut q).await
+    }
+
+    /// A script stops at its first failing statement, inside its transaction: nothing of
+    /// it is kept, and the writer takes the next one.
+    #[tokio::test]
+    async fn a_script_that_fails_half_way_keeps_nothing() {
+        let (_dir, pools) = table_t().await;
+        let failed = insert_by_script(&pools, &[Some("first"), None]).await;
+        assert!(failed.is_err(), "a NULL in a NOT NULL column: {failed:?}");
+        insert_by_script(&pools, &[Some("kept")]).await.unwrap();
+        assert_eq!(committed(&pools).await, ["kept"]);
+    }
+
+    /// A script whose task was cancelled half-way may leave its transaction open on the
+    /// connection, unknown to sqlx: the next lock rolls it back.
+    #[tokio::test]
+    async fn a_script_left_unfinished_is_rolled_back_before_the_next_write() {
+        let (_dir, pools) = table_t().await;
+        // What a script cancelled after its first statements leaves behind.
+        {
+            let mut conn = pools.writer.conn.lock().await;
+            sqlx::query("BEGIN IMMEDIATE; INSERT INTO t (v) VALUES ('cancelled')")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            pools
+                .writer
+                .script_unfinished
+                .store(true, Ordering::Release);
+        }
+        insert_by_script(&pools, &[Some("kept")]).await.unwrap();
+        let mut writer = pools.writer.lock().await;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query("INSERT INTO t (v) VALUES ('after')")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        drop(writer);
+        assert_eq!(committed(&pools).await, ["kept", "after"]);
+    }
+
     /// Committed pages reach the database file without any commit checkpointing: the
     /// writer's own threshold (64 MiB of WAL) is far above what this writes.
     #[tokio::test]
     async fn the_wal_is_checkpointed_in_the_background() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, pools) = table_t().await;
         let path = dir.path().join("t.db");
-        let pools = open(&path, 1).await.unwrap();
-        apply_schema(&pools.writer, &["CREATE TABLE t (v TEXT NOT NULL)"])
-            .await
-            .unwrap();
         let mut writer = pools.writer.lock().await;
         let mut tx = writer.begin().await.unwrap();
         for _ in 0..1000 {

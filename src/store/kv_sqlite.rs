@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use sqlx::{Connection as _, QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{KeyValueStore, KvWrite, OpenError, StoreError, StoreResult};
 
@@ -99,43 +99,38 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    async fn flush(&mut self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    /// Adds the pending writes' statements to `q`, and forgets them.
+    fn flush(&mut self, q: &mut QueryBuilder<Sqlite>) {
         for chunk in self.hashes.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO kv_hash (key, fields) ");
+            q.push("INSERT INTO kv_hash (key, fields) ");
             q.push_values(chunk, |mut row, (key, fields)| {
                 row.push_bind((*key).clone()).push_bind(fields.clone());
             });
-            q.push(" ON CONFLICT (key) DO UPDATE SET fields = json_patch(kv_hash.fields, excluded.fields)");
-            q.build().execute(&mut *conn).await?;
+            q.push(" ON CONFLICT (key) DO UPDATE SET fields = json_patch(kv_hash.fields, excluded.fields);\n");
         }
         for chunk in self.members.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO kv_set (key, member) ");
+            q.push("INSERT INTO kv_set (key, member) ");
             q.push_values(chunk, |mut row, (key, member)| {
                 row.push_bind((*key).clone()).push_bind((*member).clone());
             });
-            q.push(" ON CONFLICT DO NOTHING");
-            q.build().execute(&mut *conn).await?;
+            q.push(" ON CONFLICT DO NOTHING;\n");
         }
         for chunk in self.strings.chunks(CHUNK) {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO kv_string (key, value, expires_at) ");
+            q.push("INSERT INTO kv_string (key, value, expires_at) ");
             q.push_values(chunk, |mut row, (key, value, expires)| {
                 row.push_bind((*key).clone())
                     .push_bind((*value).clone())
                     .push_bind(*expires);
             });
             q.push(
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at;\n",
             );
-            q.build().execute(&mut *conn).await?;
         }
         for chunk in self.absent.chunks(CHUNK) {
             // The transaction purged expired keys first, so a key still here is live; as in
             // Redis, a key holding a hash, set or sorted set is not absent either. Of two
             // rows for one key the first is inserted, the second conflicts: as two NX in turn.
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            q.push(
                 "INSERT INTO kv_string (key, value, expires_at) SELECT column1, column2, column3 FROM (",
             );
             q.push_values(chunk, |mut row, (key, value, expires)| {
@@ -147,126 +142,120 @@ impl Pending<'_> {
                 ") AS v WHERE NOT EXISTS (SELECT 1 FROM kv_hash h WHERE h.key = v.column1)
                    AND NOT EXISTS (SELECT 1 FROM kv_set s WHERE s.key = v.column1)
                    AND NOT EXISTS (SELECT 1 FROM kv_zset z WHERE z.key = v.column1)
-                 ON CONFLICT (key) DO NOTHING",
+                 ON CONFLICT (key) DO NOTHING;\n",
             );
-            q.build().execute(&mut *conn).await?;
         }
         self.hashes.clear();
         self.members.clear();
         self.strings.clear();
         self.absent.clear();
-        Ok(())
     }
 }
 
-/// Deletes every key that has expired.
-async fn purge_expired(conn: &mut SqliteConnection, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM kv_string WHERE expires_at IS NOT NULL AND expires_at <= ?")
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    let expired: Vec<String> =
-        sqlx::query_scalar("SELECT key FROM kv_expiry WHERE expires_at <= ?")
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
-    for key in &expired {
-        delete_key(conn, key).await?;
+/// Adds to `q` the statements that delete every key expired by `now`.
+fn purge_expired(q: &mut QueryBuilder<Sqlite>, now: i64) {
+    q.push("DELETE FROM kv_string WHERE expires_at IS NOT NULL AND expires_at <= ")
+        .push_bind(now)
+        .push(";\n");
+    for table in ["kv_hash", "kv_set", "kv_zset", "kv_string"] {
+        q.push(format_args!(
+            "DELETE FROM {table} WHERE key IN (SELECT key FROM kv_expiry WHERE expires_at <= "
+        ))
+        .push_bind(now)
+        .push(");\n");
     }
-    Ok(())
+    q.push("DELETE FROM kv_expiry WHERE expires_at <= ")
+        .push_bind(now)
+        .push(";\n");
 }
 
-/// `DEL key`: whatever it holds, and its expiry.
-async fn delete_key(conn: &mut SqliteConnection, key: &str) -> Result<(), sqlx::Error> {
+/// Adds to `q` the statements of `DEL key`: whatever it holds, and its expiry.
+fn delete_key(q: &mut QueryBuilder<Sqlite>, key: &str) {
     for table in ["kv_hash", "kv_set", "kv_zset", "kv_string", "kv_expiry"] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE key = ?"
-        )))
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
+        q.push(format_args!("DELETE FROM {table} WHERE key = "))
+            .push_bind(key.to_string())
+            .push(";\n");
     }
-    Ok(())
 }
 
-/// One write that must see the writes before it, applied on its own.
-async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), sqlx::Error> {
+/// Adds to `q` one write that must see the writes before it.
+fn apply_one(q: &mut QueryBuilder<Sqlite>, write: &KvWrite) {
     match write {
         KvWrite::HIncrBy { key, field, by } => {
             let path = field_path(field);
-            sqlx::query(
-                "INSERT INTO kv_hash (key, fields) VALUES (?1, json_object(?2, CAST(?4 AS TEXT)))
-                 ON CONFLICT (key) DO UPDATE SET fields = json_set(kv_hash.fields, ?3,
-                   CAST(CAST(COALESCE(json_extract(kv_hash.fields, ?3), '0') AS INTEGER) + ?4 AS TEXT))",
-            )
-            .bind(key)
-            .bind(field)
-            .bind(path)
-            .bind(by)
-            .execute(&mut *conn)
-            .await?;
+            q.push("INSERT INTO kv_hash (key, fields) VALUES (")
+                .push_bind(key.clone())
+                .push(", json_object(")
+                .push_bind(field.clone())
+                .push(", CAST(")
+                .push_bind(*by)
+                .push(" AS TEXT))) ON CONFLICT (key) DO UPDATE SET fields = json_set(kv_hash.fields, ")
+                .push_bind(path.clone())
+                .push(", CAST(CAST(COALESCE(json_extract(kv_hash.fields, ")
+                .push_bind(path)
+                .push("), '0') AS INTEGER) + ")
+                .push_bind(*by)
+                .push(" AS TEXT));\n");
         }
         KvWrite::ZAdd { key, members } => {
             for chunk in members.chunks(CHUNK) {
-                let mut q: QueryBuilder<Sqlite> =
-                    QueryBuilder::new("INSERT INTO kv_zset (key, member, score) ");
+                q.push("INSERT INTO kv_zset (key, member, score) ");
                 q.push_values(chunk, |mut row, (member, score)| {
                     row.push_bind(key.clone())
                         .push_bind(member.clone())
                         .push_bind(*score);
                 });
-                q.push(" ON CONFLICT (key, member) DO UPDATE SET score = excluded.score");
-                q.build().execute(&mut *conn).await?;
+                q.push(" ON CONFLICT (key, member) DO UPDATE SET score = excluded.score;\n");
             }
         }
         KvWrite::ZRaise { key, member, score } => {
-            sqlx::query(
-                "INSERT INTO kv_zset (key, member, score) VALUES (?, ?, ?)
-                 ON CONFLICT (key, member) DO UPDATE SET score = excluded.score
-                 WHERE excluded.score > kv_zset.score",
-            )
-            .bind(key)
-            .bind(member)
-            .bind(score)
-            .execute(&mut *conn)
-            .await?;
+            q.push("INSERT INTO kv_zset (key, member, score) VALUES (")
+                .push_bind(key.clone())
+                .push(", ")
+                .push_bind(member.clone())
+                .push(", ")
+                .push_bind(*score)
+                .push(
+                    ") ON CONFLICT (key, member) DO UPDATE SET score = excluded.score
+                     WHERE excluded.score > kv_zset.score;\n",
+                );
         }
         KvWrite::ZRem { key, members } => {
             for member in members {
-                sqlx::query("DELETE FROM kv_zset WHERE key = ? AND member = ?")
-                    .bind(key)
-                    .bind(member)
-                    .execute(&mut *conn)
-                    .await?;
+                q.push("DELETE FROM kv_zset WHERE key = ")
+                    .push_bind(key.clone())
+                    .push(" AND member = ")
+                    .push_bind(member.clone())
+                    .push(";\n");
             }
         }
         KvWrite::ZRemUpTo { key, max } => {
-            sqlx::query("DELETE FROM kv_zset WHERE key = ? AND score <= ?")
-                .bind(key)
-                .bind(max)
-                .execute(&mut *conn)
-                .await?;
+            q.push("DELETE FROM kv_zset WHERE key = ")
+                .push_bind(key.clone())
+                .push(" AND score <= ")
+                .push_bind(*max)
+                .push(";\n");
         }
         KvWrite::Expire { key, ttl } => {
             let at = expires_at(*ttl);
-            sqlx::query("UPDATE kv_string SET expires_at = ? WHERE key = ?")
-                .bind(at)
-                .bind(key)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "INSERT INTO kv_expiry (key, expires_at) SELECT ?1, ?2
-                 WHERE EXISTS (SELECT 1 FROM kv_hash WHERE key = ?1)
-                    OR EXISTS (SELECT 1 FROM kv_set WHERE key = ?1)
-                    OR EXISTS (SELECT 1 FROM kv_zset WHERE key = ?1)
-                 ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
-            )
-            .bind(key)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            q.push("UPDATE kv_string SET expires_at = ")
+                .push_bind(at)
+                .push(" WHERE key = ")
+                .push_bind(key.clone())
+                .push(";\n");
+            q.push("INSERT INTO kv_expiry (key, expires_at) SELECT ")
+                .push_bind(key.clone())
+                .push(", ")
+                .push_bind(at);
+            q.push(" WHERE EXISTS (SELECT 1 FROM kv_hash WHERE key = ")
+                .push_bind(key.clone())
+                .push(") OR EXISTS (SELECT 1 FROM kv_set WHERE key = ")
+                .push_bind(key.clone())
+                .push(") OR EXISTS (SELECT 1 FROM kv_zset WHERE key = ")
+                .push_bind(key.clone())
+                .push(") ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at;\n");
         }
-        KvWrite::Del { key } => delete_key(conn, key).await?,
+        KvWrite::Del { key } => delete_key(q, key),
         KvWrite::HSet { .. }
         | KvWrite::SAdd { .. }
         | KvWrite::Set { .. }
@@ -274,16 +263,15 @@ async fn apply_one(conn: &mut SqliteConnection, write: &KvWrite) -> Result<(), s
             unreachable!("batched by Pending")
         }
     }
-    Ok(())
 }
 
 #[async_trait]
 impl KeyValueStore for SqliteKvStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
         crate::metrics::timed_store("key-value", "embedded", async {
-            let mut writer = self.writer.lock().await;
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
-            purge_expired(&mut tx, now_ms()).await.map_err(err)?;
+            // The whole transaction is one script: one trip to SQLite's thread.
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("BEGIN IMMEDIATE;\n");
+            purge_expired(&mut q, now_ms());
             let mut pending = Pending::default();
             for write in writes {
                 // `SET … NX` rows and the others are batched apart, each group in turn.
@@ -292,7 +280,7 @@ impl KeyValueStore for SqliteKvStore {
                     || !pending.members.is_empty()
                     || !pending.strings.is_empty();
                 if (absent && others) || (!absent && !pending.absent.is_empty()) {
-                    pending.flush(&mut tx).await.map_err(err)?;
+                    pending.flush(&mut q);
                 }
                 match write {
                     KvWrite::Set { key, value, ttl } => {
@@ -316,13 +304,14 @@ impl KeyValueStore for SqliteKvStore {
                         pending.absent.push((key, value, expires));
                     }
                     other => {
-                        pending.flush(&mut tx).await.map_err(err)?;
-                        apply_one(&mut tx, other).await.map_err(err)?;
+                        pending.flush(&mut q);
+                        apply_one(&mut q, other);
                     }
                 }
             }
-            pending.flush(&mut tx).await.map_err(err)?;
-            tx.commit().await.map_err(err)
+            pending.flush(&mut q);
+            q.push("COMMIT");
+            self.writer.script(&mut q).await.map_err(err)
         })
         .await
     }
