@@ -85,10 +85,15 @@ impl Writer {
     /// trip waits for a core: an order's write (purge, hashes, sets) spent 0.4 ms of its
     /// 0.9 ms in trips. A script stops at its first failing statement, inside its
     /// transaction; it is rolled back here, so nothing of a failed script is kept.
-    pub async fn script(&self, script: &mut sqlx::QueryBuilder<sqlx::Sqlite>) -> sqlx::Result<()> {
+    ///
+    /// Returns the rows its statements returned (a `RETURNING`'s), in order.
+    pub async fn script(
+        &self,
+        script: &mut sqlx::QueryBuilder<sqlx::Sqlite>,
+    ) -> sqlx::Result<Vec<sqlx::sqlite::SqliteRow>> {
         let mut conn = self.lock().await;
         self.script_unfinished.store(true, Ordering::Release);
-        let result = script.build().execute(&mut *conn).await.map(drop);
+        let result = script.build().fetch_all(&mut *conn).await;
         if result.is_err() {
             let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         }
@@ -334,7 +339,7 @@ mod tests {
                 .push(");\n");
         }
         q.push("COMMIT");
-        pools.writer.script(&mut q).await
+        pools.writer.script(&mut q).await.map(drop)
     }
 
     /// A script stops at its first failing statement, inside its transaction: nothing of

@@ -175,77 +175,83 @@ impl Bus for EmbeddedBus {
                 placed.push(super::partition_for(r.key.as_deref(), n, fallback));
             }
             let timestamp = now_ms();
-            // How many records go to each partition.
+            // Each record's place among this batch's records in its partition, and how
+            // many go to each partition.
             let mut counts: HashMap<(&str, i32), i64> = HashMap::new();
-            for (r, p) in records.iter().zip(&placed) {
-                *counts.entry((r.topic.as_str(), *p)).or_default() += 1;
-            }
-            let mut writer = self.writer.lock().await;
-            let mut tx = writer
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(unavailable)?;
-            // Every partition's offsets reserved in one statement (one trip to SQLite's
-            // thread rather than a read and a write per partition): the new end of each,
-            // less what this batch adds there, is where the batch starts.
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "UPDATE partitions SET next_offset = partitions.next_offset + v.column3 FROM (",
-            );
-            q.push_values(&counts, |mut row, ((topic, p), n)| {
-                row.push_bind(*topic).push_bind(*p).push_bind(*n);
-            });
-            q.push(
-                ") AS v WHERE partitions.topic = v.column1 AND partitions.partition = v.column2 \
-                 RETURNING topic, partition, next_offset",
-            );
-            let ends: Vec<(String, i32, i64)> = q
-                .build_query_as()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            if ends.len() != counts.len() {
-                return Err(BusError::Unavailable(
-                    "a partition is missing from the bus's file".into(),
-                ));
-            }
-            // Where the batch starts in each partition: counts becomes the next offsets.
-            for (topic, p, end) in &ends {
-                if let Some(n) = counts.get_mut(&(topic.as_str(), *p)) {
-                    *n = end - *n;
-                }
-            }
-            let mut next = counts;
-            let mut result = Vec::with_capacity(records.len());
-            for (r, p) in records.iter().zip(&placed) {
-                let offset = next
-                    .get_mut(&(r.topic.as_str(), *p))
-                    .expect("every partition was counted");
-                result.push((*p, *offset));
-                *offset += 1;
-            }
+            let places: Vec<i64> = records
+                .iter()
+                .zip(&placed)
+                .map(|(r, p)| {
+                    let n = counts.entry((r.topic.as_str(), *p)).or_default();
+                    *n += 1;
+                    *n - 1
+                })
+                .collect();
+            // One script, one trip to SQLite's thread: the messages are inserted at their
+            // partitions' ends as they were (a partition missing from the file makes an
+            // offset NULL, which the table refuses, and nothing is kept), then every
+            // partition's end moves past them in one statement that returns the new ends.
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("BEGIN IMMEDIATE;\n");
             for chunk in records
                 .iter()
-                .zip(&result)
+                .zip(placed.iter().zip(&places))
                 .collect::<Vec<_>>()
                 .chunks(INSERT_CHUNK)
             {
-                let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                    "INSERT INTO messages (topic, partition, offset, key, headers, payload, timestamp_ms) ",
+                q.push(
+                    "INSERT INTO messages (topic, partition, offset, key, headers, payload, timestamp_ms) \
+                     SELECT v.column1, v.column2, (SELECT p.next_offset FROM partitions p \
+                       WHERE p.topic = v.column1 AND p.partition = v.column2) + v.column3, \
+                     v.column4, v.column5, v.column6, v.column7 FROM (",
                 );
-                q.push_values(chunk, |mut row, (r, (p, o))| {
+                q.push_values(chunk, |mut row, (r, (p, place))| {
                     let headers = (!r.headers.is_empty())
                         .then(|| serde_json::to_string(&r.headers).expect("strings serialize"));
                     row.push_bind(r.topic.clone())
                         .push_bind(*p)
-                        .push_bind(*o)
+                        .push_bind(**place)
                         .push_bind(r.key.clone())
                         .push_bind(headers)
                         .push_bind(r.payload.clone())
                         .push_bind(timestamp);
                 });
-                q.build().execute(&mut *tx).await.map_err(unavailable)?;
+                q.push(") AS v;\n");
             }
-            tx.commit().await.map_err(unavailable)?;
+            q.push("UPDATE partitions SET next_offset = partitions.next_offset + v.column3 FROM (");
+            q.push_values(&counts, |mut row, ((topic, p), n)| {
+                row.push_bind(topic.to_string()).push_bind(*p).push_bind(*n);
+            });
+            q.push(
+                ") AS v WHERE partitions.topic = v.column1 AND partitions.partition = v.column2 \
+                 RETURNING topic, partition, next_offset;\nCOMMIT",
+            );
+            let ends = self.writer.script(&mut q).await.map_err(unavailable)?;
+            if ends.len() != counts.len() {
+                return Err(BusError::Unavailable(
+                    "a partition is missing from the bus's file".into(),
+                ));
+            }
+            // Where the batch started in each partition: its new end less what it added.
+            let mut starts: HashMap<(&str, i32), i64> = HashMap::with_capacity(ends.len());
+            for row in &ends {
+                let (topic, p, end): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
+                // A handful of partitions: looked up by hand, since a key borrowed from
+                // `records` cannot be matched by one borrowed from the row.
+                let (&key, n) = counts
+                    .iter()
+                    .find(|((t, q), _)| *t == topic && *q == p)
+                    .ok_or_else(|| {
+                        BusError::Unavailable(format!(
+                            "the bus file answered for {topic}[{p}], which this publish did not write"
+                        ))
+                    })?;
+                starts.insert(key, end - n);
+            }
+            let result: Vec<(i32, i64)> = records
+                .iter()
+                .zip(placed.iter().zip(&places))
+                .map(|(r, (p, place))| (*p, starts[&(r.topic.as_str(), *p)] + place))
+                .collect();
             self.notify.notify_waiters();
             Ok(result)
 
@@ -609,5 +615,37 @@ impl Consumer for EmbeddedConsumer {
         self.held.clear();
         self.positions.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publish is all or nothing even when the file lacks one of its partitions: the
+    /// records bound for the others are not kept either.
+    #[tokio::test]
+    async fn a_publish_to_a_missing_partition_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).await.unwrap();
+        bus.ensure_topics(&["t".into()], 2).await.unwrap();
+        sqlx::query("DELETE FROM partitions WHERE topic = 't' AND partition = 1")
+            .execute(&mut *bus.writer.lock().await)
+            .await
+            .unwrap();
+        let record = |key: &str| Record {
+            topic: "t".into(),
+            key: Some(key.into()),
+            headers: Vec::new(),
+            payload: b"x".to_vec(),
+        };
+        // Keys enough to land in both partitions.
+        let records: Vec<Record> = (0..8).map(|i| record(&format!("k{i}"))).collect();
+        assert!(bus.publish(&records).await.is_err());
+        let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&mut *bus.pool.get().await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(kept, 0);
     }
 }

@@ -311,7 +311,7 @@ impl KeyValueStore for SqliteKvStore {
             }
             pending.flush(&mut q);
             q.push("COMMIT");
-            self.writer.script(&mut q).await.map_err(err)
+            self.writer.script(&mut q).await.map(drop).map_err(err)
         })
         .await
     }

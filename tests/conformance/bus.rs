@@ -100,7 +100,15 @@ async fn publish_and_consume(bus: &dyn Bus) {
         .await
         .unwrap();
     let got = take(&mut *consumer, 30).await;
-    // Everything arrives once, with key, headers and bytes intact…
+    // Each record is where its publish said it put it…
+    let at: HashMap<&[u8], (i32, i64)> = got
+        .iter()
+        .map(|m| (m.payload.as_slice(), (m.partition, m.offset)))
+        .collect();
+    for (i, place) in placed.iter().enumerate() {
+        assert_eq!(at.get(format!("m{i}").as_bytes()), Some(place), "m{i}");
+    }
+    // …everything arrives once, with key, headers and bytes intact…
     let mut payloads: Vec<String> = got
         .iter()
         .map(|m| String::from_utf8(m.payload.clone()).unwrap())
