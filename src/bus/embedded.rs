@@ -622,6 +622,41 @@ impl Consumer for EmbeddedConsumer {
 mod tests {
     use super::*;
 
+    /// A commit is all or nothing: offsets of a topic another member holds fail it, and
+    /// the offsets of the topic this member does hold are not written either.
+    #[tokio::test]
+    async fn a_commit_partly_fenced_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).await.unwrap();
+        let topics = ["mine".to_string(), "theirs".to_string()];
+        bus.ensure_topics(&topics, 1).await.unwrap();
+        let record = |topic: &str| Record {
+            topic: topic.into(),
+            key: None,
+            headers: Vec::new(),
+            payload: b"x".to_vec(),
+        };
+        bus.publish(&[record("mine"), record("theirs")])
+            .await
+            .unwrap();
+        let wait = Duration::from_secs(5);
+        let mut them = bus
+            .subscribe("g", &topics[1..], StartFrom::Earliest)
+            .await
+            .unwrap();
+        let theirs = them.poll(10, wait).await.unwrap();
+        let mut me = bus
+            .subscribe("g", &topics, StartFrom::Earliest)
+            .await
+            .unwrap();
+        let mine = me.poll(10, wait).await.unwrap();
+        assert!(mine.iter().all(|m| m.topic == "mine") && !mine.is_empty());
+        let both = crate::bus::next_offsets(&[mine, theirs].concat());
+        let fenced = me.commit(&both).await;
+        assert!(matches!(fenced, Err(BusError::Fenced(_))), "{fenced:?}");
+        assert_eq!(bus.lag("g", &topics).await.unwrap(), 2, "nothing committed");
+    }
+
     /// A publish is all or nothing even when the file lacks one of its partitions: the
     /// records bound for the others are not kept either.
     #[tokio::test]
