@@ -191,7 +191,7 @@ impl Bus for EmbeddedBus {
             // partitions' ends as they were (a partition missing from the file makes an
             // offset NULL, which the table refuses, and nothing is kept), then every
             // partition's end moves past them in one statement that returns the new ends.
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("BEGIN IMMEDIATE;\n");
+            let mut q = crate::sqlite::script();
             for chunk in records
                 .iter()
                 .zip(placed.iter().zip(&places))
@@ -223,7 +223,7 @@ impl Bus for EmbeddedBus {
             });
             q.push(
                 ") AS v WHERE partitions.topic = v.column1 AND partitions.partition = v.column2 \
-                 RETURNING topic, partition, next_offset;\nCOMMIT",
+                 RETURNING topic, partition, next_offset;\n",
             );
             let ends = self.writer.script(&mut q).await.map_err(unavailable)?;
             if ends.len() != counts.len() {

@@ -270,7 +270,7 @@ impl KeyValueStore for SqliteKvStore {
     async fn write(&self, writes: &[KvWrite]) -> StoreResult<()> {
         crate::metrics::timed_store("key-value", "embedded", async {
             // The whole transaction is one script: one trip to SQLite's thread.
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("BEGIN IMMEDIATE;\n");
+            let mut q = crate::sqlite::script();
             purge_expired(&mut q, now_ms());
             let mut pending = Pending::default();
             for write in writes {
@@ -310,7 +310,6 @@ impl KeyValueStore for SqliteKvStore {
                 }
             }
             pending.flush(&mut q);
-            q.push("COMMIT");
             self.writer.script(&mut q).await.map(drop).map_err(err)
         })
         .await
