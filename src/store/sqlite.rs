@@ -89,35 +89,45 @@ fn decode(row: &SqliteRow) -> StoreResult<SqlRow> {
 /// of products (whose write id is one placeholder used on every row) still spent 3.5 % of
 /// the SQLite thread there. Anonymous placeholders have no name to look up.
 fn anonymous(sql: &str, args: usize) -> Option<(String, Vec<usize>)> {
-    let mut out = String::with_capacity(sql.len());
+    let (pieces, order) = split_at_placeholders(sql, args)?;
+    Some((pieces.join("?"), order))
+}
+
+/// `sql` cut at its placeholders `$1 … $n` (the pieces between them, one more than the
+/// placeholders), and for each placeholder in order the index of the argument it takes;
+/// `None` when a placeholder is not `$1 … $args`. Inside quotes nothing is a placeholder.
+fn split_at_placeholders(sql: &str, args: usize) -> Option<(Vec<&str>, Vec<usize>)> {
+    let mut pieces = Vec::with_capacity(args + 1);
     let mut order = Vec::with_capacity(args);
     let mut quote: Option<char> = None;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut start = 0;
+    let mut chars = sql.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
             (None, '\'' | '"') => quote = Some(c),
             (None, '$') => {
                 let mut number = 0_usize;
-                let mut digits = 0;
-                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                let mut end = i + 1;
+                while let Some(&(j, d)) = chars.peek() {
+                    let Some(d) = d.to_digit(10) else { break };
                     number = number.saturating_mul(10).saturating_add(d as usize);
-                    digits += 1;
+                    end = j + 1;
                     chars.next();
                 }
-                if digits == 0 || number == 0 || number > args {
+                if end == i + 1 || number == 0 || number > args {
                     return None;
                 }
+                pieces.push(&sql[start..i]);
                 order.push(number - 1);
-                out.push('?');
-                continue;
+                start = end;
             }
             _ => {}
         }
-        out.push(c);
     }
-    Some((out, order))
+    pieces.push(&sql[start..]);
+    Some((pieces, order))
 }
 
 /// The rows `statement` gives on `executor` (the pool, or a transaction).
@@ -143,10 +153,60 @@ where
     rows.iter().map(decode).collect()
 }
 
+/// Where one statement's rows end in a script's: a row with only this column.
+const STATEMENT_END: &str = "livros_statement_end";
+
+/// `statements` as one script for [`crate::sqlite::Writer::script`], each followed by a
+/// row marking its end, so that each statement's rows can be told apart; `None` when a
+/// statement's placeholders are not `$1 … $n` (sent one by one then).
+fn script_of(statements: &[Statement]) -> Option<sqlx::QueryBuilder<Sqlite>> {
+    let mut q = crate::sqlite::script();
+    for statement in statements {
+        let (pieces, order) = split_at_placeholders(&statement.sql, statement.args.len())?;
+        let mut pieces = pieces.into_iter();
+        q.push(pieces.next().unwrap_or_default());
+        for (piece, &arg) in pieces.zip(&order) {
+            match &statement.args[arg] {
+                SqlValue::Int(v) => q.push_bind(*v),
+                SqlValue::Real(v) => q.push_bind(*v),
+                SqlValue::Text(v) => q.push_bind(v.clone()),
+                SqlValue::Bool(v) => q.push_bind(*v),
+            };
+            q.push(piece);
+        }
+        q.push(format_args!(";\nSELECT 1 AS {STATEMENT_END};\n"));
+    }
+    Some(q)
+}
+
+/// Runs a transaction made one script ([`script_of`]): one trip to SQLite's thread
+/// instead of one a statement and two more for `BEGIN` and `COMMIT`.
+async fn by_script(
+    writer: &crate::sqlite::Writer,
+    mut script: sqlx::QueryBuilder<Sqlite>,
+) -> StoreResult<Vec<Vec<SqlRow>>> {
+    let mut results = vec![Vec::new()];
+    for row in writer.script(&mut script).await.map_err(err)? {
+        if row.columns().len() == 1 && row.columns()[0].name() == STATEMENT_END {
+            results.push(Vec::new());
+        } else {
+            results.last_mut().expect("never empty").push(decode(&row)?);
+        }
+    }
+    // The last marker opened a group no statement fills.
+    results.pop();
+    Ok(results)
+}
+
 #[async_trait]
 impl RelationalStore for SqliteStore {
     async fn transaction(&self, statements: &[Statement]) -> StoreResult<Vec<Vec<SqlRow>>> {
         crate::metrics::timed_store("relational", "sqlite", async {
+            if statements.len() > 1
+                && let Some(script) = script_of(statements)
+            {
+                return by_script(&self.writer, script).await;
+            }
             let mut writer = self.writer.lock().await;
             let mut write = crate::sqlite::begin(&mut writer, statements.len())
                 .await

@@ -146,6 +146,48 @@ async fn suite(store: &dyn RelationalStore) {
     assert!(store.existing_customers(&atomic).await.unwrap().is_empty());
     assert_eq!(store.count_customers().await.unwrap(), 3);
 
+    // Each statement of a transaction gets its own rows (SQLite sends them as one script):
+    // rows returned, none, one; a placeholder used twice; quoted text that looks like one.
+    let results = store
+        .transaction(&[
+            insert(
+                "INSERT INTO customers (id, name, email) VALUES ($1, $2, $3), ($4, $2, $3) \
+                 RETURNING id",
+                vec![
+                    "rows-1".into(),
+                    "Rui".into(),
+                    "rui@example.com".into(),
+                    "rows-2".into(),
+                ],
+            ),
+            insert(
+                "UPDATE customers SET name = $1 WHERE id = $2",
+                vec!["Rui ?".into(), "rows-2".into()],
+            ),
+            insert(
+                "SELECT name, '$1 ?' AS quoted FROM customers WHERE id = $1",
+                vec!["rows-2".into()],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    let mut returned: Vec<String> = results[0].iter().filter_map(|r| r.text("id")).collect();
+    returned.sort();
+    assert_eq!(returned, ["rows-1", "rows-2"]);
+    assert!(results[1].is_empty());
+    assert_eq!(results[2].len(), 1);
+    assert_eq!(results[2][0].text("name").as_deref(), Some("Rui ?"));
+    assert_eq!(results[2][0].text("quoted").as_deref(), Some("$1 ?"));
+    store
+        .transaction(&[insert(
+            "DELETE FROM customers WHERE id IN ($1, $2)",
+            vec!["rows-1".into(), "rows-2".into()],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(store.count_customers().await.unwrap(), 3);
+
     // Batches larger than one statement's worth of parameters.
     let many: Vec<Customer> = (0..2_500)
         .map(|i| {
