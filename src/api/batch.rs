@@ -80,8 +80,12 @@ impl<O: Send + 'static, I: Send + Sync + 'static> Writer<O, I> {
                 let applied = std::panic::AssertUnwindSafe(batch.apply(&inputs))
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|_| {
-                        tracing::error!(writer = name, "a batch panicked; its requests get a 500");
+                    .unwrap_or_else(|panic| {
+                        tracing::error!(
+                            writer = name,
+                            "a batch panicked ({}); its requests get a 500",
+                            crate::services::panic_words(&*panic)
+                        );
                         Err(StoreError::Fault {
                             store: "api",
                             reason: "a bug: writing the batch panicked (see the server's log)"

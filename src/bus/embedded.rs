@@ -225,32 +225,30 @@ impl Bus for EmbeddedBus {
                 ") AS v WHERE partitions.topic = v.column1 AND partitions.partition = v.column2 \
                  RETURNING topic, partition, next_offset;\n",
             );
-            let ends = self.writer.script(&mut q).await.map_err(unavailable)?;
+            let ends: Vec<(String, i32, i64)> = self
+                .writer
+                .script(&mut q)
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2)))
+                .collect();
             if ends.len() != counts.len() {
                 return Err(BusError::Unavailable(
                     "a partition is missing from the bus's file".into(),
                 ));
             }
-            // Where the batch started in each partition: its new end less what it added.
-            let mut starts: HashMap<(&str, i32), i64> = HashMap::with_capacity(ends.len());
-            for row in &ends {
-                let (topic, p, end): (String, i32, i64) = (row.get(0), row.get(1), row.get(2));
-                // A handful of partitions: looked up by hand, since a key borrowed from
-                // `records` cannot be matched by one borrowed from the row.
-                let (&key, n) = counts
-                    .iter()
-                    .find(|((t, q), _)| *t == topic && *q == p)
-                    .ok_or_else(|| {
-                        BusError::Unavailable(format!(
-                            "the bus file answered for {topic}[{p}], which this publish did not write"
-                        ))
-                    })?;
-                starts.insert(key, end - n);
+            // Where the batch started in each partition (its new end less what it added):
+            // counts become the starts.
+            for (topic, p, end) in &ends {
+                if let Some(n) = counts.get_mut(&(topic.as_str(), *p)) {
+                    *n = end - *n;
+                }
             }
             let result: Vec<(i32, i64)> = records
                 .iter()
                 .zip(placed.iter().zip(&places))
-                .map(|(r, (p, place))| (*p, starts[&(r.topic.as_str(), *p)] + place))
+                .map(|(r, (p, place))| (*p, counts[&(r.topic.as_str(), *p)] + place))
                 .collect();
             self.notify.notify_waiters();
             Ok(result)

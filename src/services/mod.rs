@@ -90,6 +90,15 @@ pub fn short(id: &str) -> String {
     }
 }
 
+/// What a panic said, when it said it with a string (as `panic!` and `expect` do).
+pub(crate) fn panic_words(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
 /// What a system does with a batch of messages from one topic: the same code serves its
 /// consumers and its HTTP writes.
 #[async_trait::async_trait]

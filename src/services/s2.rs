@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Counters, Handler, Outcome, Rejection, ServiceError, bus_transient, short};
+use super::{
+    Counters, Handler, Outcome, Rejection, ServiceError, bus_transient, panic_words, short,
+};
 use crate::bus::{Bus, Message, Record, StartFrom, next_offsets};
 use crate::retry;
 use crate::store::StoreError;
@@ -284,15 +286,6 @@ async fn handle(
     Ok(outcomes)
 }
 
-/// What a panic said, when it said it with a string (as `panic!` and `expect` do).
-fn panic_words(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message")
-}
-
 /// The dead-letter record for `m`: the original bytes, key and headers untouched, plus
 /// headers saying why and where it came from (Kafka Connect's convention).
 pub fn dead_letter(m: &Message, reason: &str, dlq: &str) -> Record {
@@ -394,7 +387,12 @@ mod tests {
             "{reason}"
         );
 
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while Counters::get(&counters.stored) < 2 && !s2.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a and b were not stored"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         shutdown.cancel();
