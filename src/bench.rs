@@ -262,7 +262,10 @@ impl Driver<'_> {
 /// This process's resident memory, in bytes, from `/proc/self/status` (Linux; `None`
 /// elsewhere): all of it, and the anonymous part (heap and stacks: what a leak or an
 /// unbounded queue grows). The rest is file pages mapped in (the search index's segments,
-/// SQLite's files), which the kernel takes back under pressure.
+/// SQLite's files), which the kernel takes back under pressure. Of the anonymous part, what
+/// the C allocator holds ([`c_heap_held`]: SQLite's page caches and statements live there)
+/// and what SQLite uses of it ([`crate::sqlite::heap_in_use`]), so that a watch can tell
+/// caches filling to their bounds from the rest (Rust's heap, stacks) growing.
 pub fn rss() -> Option<Rss> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| -> Option<u64> {
@@ -273,7 +276,27 @@ pub fn rss() -> Option<Rss> {
     Some(Rss {
         total: field("VmRSS:")?,
         anon: field("RssAnon:")?,
+        c_heap: c_heap_held(),
+        sqlite: crate::sqlite::heap_in_use(),
     })
+}
+
+/// Bytes glibc's `malloc` holds from the system, in use or kept free for reuse: the heap
+/// of the C libraries linked in (SQLite above all; Rust's own allocations go to mimalloc,
+/// set in `main.rs`). Memory SQLite frees stays here, so SQLite's use can fall while this
+/// does not. 0 where the C library is not glibc.
+pub fn c_heap_held() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: takes no argument and returns a plain struct of counters; glibc (2.33
+        // and later) walks its arenas under their locks, callable from any thread.
+        let info = unsafe { libc::mallinfo2() };
+        (info.arena + info.hblkhd) as u64
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        0
+    }
 }
 
 /// A reading of [`rss`].
@@ -283,7 +306,24 @@ pub struct Rss {
     pub total: u64,
     /// Resident anonymous pages.
     pub anon: u64,
+    /// What the C allocator holds ([`c_heap_held`]): part of `anon` once touched.
+    pub c_heap: u64,
+    /// What SQLite has allocated of it.
+    pub sqlite: u64,
 }
+
+/// One part of an [`Rss`] reading.
+type Part = fn(&Rss) -> u64;
+
+/// The parts a watch follows, each with its own peak.
+const PARTS: [(&str, Part); 5] = [
+    ("RSS", |r| r.total),
+    ("anonymous", |r| r.anon),
+    ("of which the C heap", |r| r.c_heap),
+    ("SQLite's use of it", |r| r.sqlite),
+    // Rust's heap and the stacks: a leak or an unbounded queue of ours shows here.
+    ("the rest", |r| r.anon.saturating_sub(r.c_heap)),
+];
 
 /// Resident memory over a soak: where it started, where it stood once warmed up, its peak
 /// and where it ended.
@@ -297,8 +337,8 @@ pub struct RssWatch {
     pub start: Rss,
     /// After the warm-up (the first minute, or a tenth of the run if shorter).
     pub warm: Option<Rss>,
-    /// The most seen (each part on its own).
-    pub peak: Rss,
+    /// The most seen of each of [`PARTS`], on its own.
+    peak: [u64; PARTS.len()],
     /// The last reading.
     pub end: Rss,
 }
@@ -312,7 +352,7 @@ impl RssWatch {
             warm_up,
             start: now,
             warm: None,
-            peak: now,
+            peak: PARTS.map(|(_, part)| part(&now)),
             end: now,
         }
     }
@@ -320,8 +360,9 @@ impl RssWatch {
     /// Takes a reading (the first one after the warm-up is kept as such).
     pub fn sample(&mut self) {
         let now = rss().unwrap_or_default();
-        self.peak.total = self.peak.total.max(now.total);
-        self.peak.anon = self.peak.anon.max(now.anon);
+        for (peak, (_, part)) in self.peak.iter_mut().zip(PARTS) {
+            *peak = (*peak).max(part(&now));
+        }
         self.end = now;
         if self.started.elapsed() >= self.warm_up && self.warm.is_none() {
             self.warm = Some(now);
@@ -329,22 +370,18 @@ impl RssWatch {
     }
 }
 
-/// One part of an [`Rss`] reading.
-type Part = fn(&Rss) -> u64;
-
 impl std::fmt::Display for RssWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
-        let parts: [(&str, Part); 2] = [("RSS", |r| r.total), ("anonymous", |r| r.anon)];
-        for (name, part) in parts {
-            if name != "RSS" {
+        for (i, ((name, part), peak)) in PARTS.into_iter().zip(self.peak).enumerate() {
+            if i > 0 {
                 write!(f, " | ")?;
             }
             write!(
                 f,
                 "{name} start {:.1} MB, peak {:.1} MB, end {:.1} MB",
                 mb(part(&self.start)),
-                mb(part(&self.peak)),
+                mb(peak),
                 mb(part(&self.end))
             )?;
             if let Some(warm) = &self.warm {

@@ -229,6 +229,17 @@ impl Readers {
 #[derive(Debug, Clone)]
 pub struct Checkpoint(#[allow(dead_code)] Arc<DropGuard>);
 
+/// Bytes SQLite has allocated in this process, every file and connection together: page
+/// caches (bounded per connection, [`WRITER_CACHE_KIB`], [`READER_CACHE_KIB`]), schemas and
+/// prepared statements (sqlx keeps up to 100 a connection).
+pub fn heap_in_use() -> u64 {
+    // SAFETY: takes no argument and only reads SQLite's allocation counter (kept unless
+    // the library is built with SQLITE_DEFAULT_MEMSTATUS=0, when it reads 0); callable
+    // from any thread at any time, before or after any connection is opened.
+    let used = unsafe { libsqlite3_sys::sqlite3_memory_used() };
+    u64::try_from(used).unwrap_or(0)
+}
+
 /// Opens a file's [`Pools`] (`readers` reading connections) with the settings every
 /// embedded file uses: WAL (readers never block the writer), `synchronous=FULL` (a
 /// committed transaction survives power loss, not only kill -9), and a generous busy
@@ -367,6 +378,28 @@ mod tests {
                 .push(");\n");
         }
         pools.writer.script(&mut q).await.map(drop)
+    }
+
+    /// SQLite's allocation counter is kept, and SQLite's memory is the C allocator's (the
+    /// soak's memory readout rests on both): pages a connection wrote stay in its cache and
+    /// are counted on each side.
+    #[tokio::test]
+    async fn the_heap_in_use_counts_a_connection_s_page_cache() {
+        let (_dir, pools) = table_t().await;
+        // 4,096 rows of 1 KiB: 4 MiB of pages, all in the writer's 8 MiB cache.
+        let mut q = script();
+        q.push(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4096) \
+             INSERT INTO t (v) SELECT hex(zeroblob(512)) FROM n;\n",
+        );
+        pools.writer.script(&mut q).await.unwrap();
+        // Other tests' connections count too, so only a floor is known: our 4 MiB of rows.
+        let used = heap_in_use();
+        assert!(used > 2 << 20, "SQLite's heap reads {used} bytes");
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            let held = crate::bench::c_heap_held();
+            assert!(held > 2 << 20, "the C heap reads {held} bytes");
+        }
     }
 
     /// A script stops at its first failing statement, inside its transaction: nothing of
