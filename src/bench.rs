@@ -278,6 +278,7 @@ pub fn rss() -> Option<Rss> {
         anon: field("RssAnon:")?,
         c_heap: c_heap_held(),
         sqlite: crate::sqlite::heap_in_use(),
+        rust: crate::heap::in_use().unwrap_or(0),
     })
 }
 
@@ -310,19 +311,25 @@ pub struct Rss {
     pub c_heap: u64,
     /// What SQLite has allocated of it.
     pub sqlite: u64,
+    /// What Rust's heap has handed out and not had back ([`crate::heap::in_use`]; 0 in a
+    /// program that does not count): the rest of `anon` is what the allocator keeps
+    /// around it, and the stacks.
+    pub rust: u64,
 }
 
 /// One part of an [`Rss`] reading.
 type Part = fn(&Rss) -> u64;
 
 /// The parts a watch follows, each with its own peak.
-const PARTS: [(&str, Part); 5] = [
+const PARTS: [(&str, Part); 6] = [
     ("RSS", |r| r.total),
     ("anonymous", |r| r.anon),
     ("of which the C heap", |r| r.c_heap),
     ("SQLite's use of it", |r| r.sqlite),
-    // Rust's heap and the stacks: a leak or an unbounded queue of ours shows here.
+    // Rust's heap as its allocator holds it, and the stacks.
     ("the rest", |r| r.anon.saturating_sub(r.c_heap)),
+    // What our code holds: a leak or an unbounded queue of ours grows this.
+    ("Rust's heap in use", |r| r.rust),
 ];
 
 /// Resident memory over a soak: where it started, where it stood once warmed up, its peak

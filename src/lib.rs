@@ -29,6 +29,7 @@
 //! - [`metrics`]: the Prometheus metrics every service records, served at `/metrics`.
 //! - [`trace`]: W3C trace context (`traceparent`) across HTTP and message headers.
 //! - [`retry`], [`sqlite`]: backoff, and SQLite plumbing shared by the embedded parts.
+//! - [`heap`]: the global allocator counted, for the soak's memory readout.
 
 pub mod api;
 pub mod app;
@@ -36,6 +37,7 @@ pub mod bench;
 pub mod bus;
 pub mod dashboard;
 pub mod envelope;
+pub mod heap;
 pub mod loadgen;
 pub mod metrics;
 pub mod retry;

@@ -20,9 +20,11 @@ use livros::systems::bookstore::routing::BOOKS_COLLECTION;
 use livros::systems::{GenConfig, GetError, System};
 
 // mimalloc: the pipeline allocates many small buffers across threads, where glibc's
-// allocator showed up as a quarter of the CPU profile.
+// allocator showed up as a quarter of the CPU profile. Counted, for the soak's readout of
+// what Rust's heap holds (`livros::heap`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: livros::heap::Counting<mimalloc::MiMalloc> =
+    livros::heap::Counting(mimalloc::MiMalloc);
 
 /// Livros & Dados: polyglot persistence over a message bus.
 ///

@@ -1209,4 +1209,14 @@ fn bench_soak_runs_at_a_fixed_rate_and_prints_resident_memory() {
         memory.starts_with("RSS start") && memory.contains("anonymous start"),
         "{memory}"
     );
+    // The binary's allocator counts what Rust's heap holds: a peak of 0.0 MB would mean
+    // it does not (the readout falls back to 0).
+    let rust_peak: f64 = memory
+        .split("Rust's heap in use start ")
+        .nth(1)
+        .and_then(|rest| rest.split("peak ").nth(1))
+        .and_then(|peak| peak.split(" MB").next())
+        .and_then(|mb| mb.parse().ok())
+        .unwrap_or_else(|| panic!("no reading of Rust's heap in: {memory}"));
+    assert!(rust_peak > 0.0, "{memory}");
 }
