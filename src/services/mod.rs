@@ -200,10 +200,50 @@ pub struct Pace {
     pub print: bool,
 }
 
+/// When paced records are due: the `n`th (from 0) at `start + (n + 1) / rate`, so a set
+/// rate holds whatever each send takes. (A pause before each send instead adds the send's
+/// own time to every interval: `--rate 300` sent about 100 events/s a system, fewer the
+/// busier the machine.)
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    start: tokio::time::Instant,
+    rate: f64,
+}
+
+impl Schedule {
+    /// A schedule of `rate` records a second from now; `None` for 0 (flat out).
+    pub fn new(rate: f64) -> Option<Self> {
+        (rate > 0.0).then(|| Self {
+            start: tokio::time::Instant::now(),
+            rate,
+        })
+    }
+
+    /// When the `n`th record is due.
+    pub fn at(&self, n: u64) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_secs_f64((n + 1) as f64 / self.rate)
+    }
+
+    /// How many records are due by now, counting from the first.
+    pub fn due_by_now(&self) -> u64 {
+        (self.start.elapsed().as_secs_f64() * self.rate) as u64
+    }
+
+    /// Waits until the `n`th record is due; false if `shutdown` came first.
+    pub async fn wait_for(&self, n: u64, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep_until(self.at(n)) => true,
+        }
+    }
+}
+
 /// Runs a generator the way every S1 does: `round()` makes one round's records and their
-/// log lines; at a set rate they go out one at a time, flat out many rounds per publish
-/// (see [`send`]). `sent` is called with each record once the bus has it, and its place
-/// among all the records sent (0, 1, …; round after round). Stops after
+/// log lines. At a set rate each record goes out when its [`Schedule`] says, alone, or
+/// with the others due by then if the bus fell behind (at most `rounds_per_publish`
+/// rounds' worth a publish), so the rate holds; flat out, `rounds_per_publish` rounds a
+/// publish (see [`send`]). `sent` is called with each record once the bus has it, and its
+/// place among all the records sent (0, 1, …; round after round). Stops after
 /// `pace.count` rounds or at `shutdown`.
 pub async fn send_rounds(
     bus: &dyn crate::bus::Bus,
@@ -213,25 +253,36 @@ pub async fn send_rounds(
     mut round: impl FnMut() -> Vec<(crate::bus::Record, String)>,
     mut sent: impl FnMut(usize, &crate::bus::Record),
 ) -> Result<(), ServiceError> {
-    let interval = (pace.rate > 0.0).then(|| std::time::Duration::from_secs_f64(1.0 / pace.rate));
-    let per_publish = if interval.is_some() {
-        1
-    } else {
-        pace.rounds_per_publish.max(1)
-    };
-    let mut done = 0_u64;
+    let schedule = Schedule::new(pace.rate);
+    let per_publish = pace.rounds_per_publish.max(1);
+    // Records made and not sent yet: a round's records may be due apart.
+    let mut queue = std::collections::VecDeque::new();
+    let mut made = 0_u64;
     let mut place = 0_usize;
-    while pace.count.is_none_or(|n| done < n) {
-        let rounds = pace
-            .count
-            .map_or(per_publish, |n| (n - done).min(per_publish));
-        done += rounds;
+    loop {
+        // How many records to send now, and the most rounds that may take.
+        let (due, rounds) = match &schedule {
+            Some(schedule) => {
+                if !schedule.wait_for(place as u64, shutdown).await {
+                    break;
+                }
+                let due = schedule.due_by_now().saturating_sub(place as u64).max(1);
+                (due as usize, per_publish)
+            }
+            None => (usize::MAX, per_publish),
+        };
+        let mut new_rounds = 0;
+        while queue.len() < due && new_rounds < rounds && pace.count.is_none_or(|n| made < n) {
+            queue.extend(round());
+            made += 1;
+            new_rounds += 1;
+        }
+        if queue.is_empty() {
+            break;
+        }
         let (records, lines): (Vec<crate::bus::Record>, Vec<String>) =
-            (0..rounds).flat_map(|_| round()).unzip();
-        let n = send(
-            bus, &records, &lines, interval, pace.print, counters, shutdown,
-        )
-        .await?;
+            queue.drain(..due.min(queue.len())).unzip();
+        let n = send(bus, &records, &lines, pace.print, counters, shutdown).await?;
         for record in &records[..n] {
             sent(place, record);
             place += 1;
@@ -243,53 +294,202 @@ pub async fn send_rounds(
     Ok(())
 }
 
-/// Publishes a generator's `records` (`lines[i]` saying what `records[i]` is) the way every S1 does:
-/// one at a time every `interval` when paced, all in one publish otherwise (one durable
-/// commit for many); retrying while the bus is unavailable; printing `[S1] Sent <line>`
-/// once each is durable, when `print`. Returns how many were sent: fewer than all when
-/// `shutdown` stopped it, and nothing is reported sent that the bus has not acknowledged.
+/// Publishes a generator's `records` (`lines[i]` saying what `records[i]` is) the way every
+/// S1 does: in one publish (one durable commit for all); retrying while the bus is
+/// unavailable; printing `[S1] Sent <line>` once each is durable, when `print`. Returns how
+/// many were sent: none when `shutdown` stopped it, and nothing is reported sent that the
+/// bus has not acknowledged.
 async fn send(
     bus: &dyn crate::bus::Bus,
     records: &[crate::bus::Record],
     lines: &[String],
-    interval: Option<std::time::Duration>,
     print: bool,
     counters: &Counters,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<usize, ServiceError> {
-    let step = if interval.is_some() {
-        1
-    } else {
-        records.len().max(1)
-    };
-    let mut sent = 0;
-    for (group, group_lines) in records.chunks(step).zip(lines.chunks(step)) {
-        if let Some(pause) = interval {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(sent),
-                _ = tokio::time::sleep(pause) => {}
-            }
-        } else if shutdown.is_cancelled() {
-            return Ok(sent);
-        }
-        let published =
-            crate::retry::until_ok("publishing", shutdown, bus_transient, || bus.publish(group))
-                .await?;
-        if published.is_none() {
-            return Ok(sent);
-        }
-        if print {
-            for line in group_lines {
-                println!("[S1] Sent {line}");
-            }
-        }
-        Counters::add(&counters.sent, group.len());
-        sent += group.len();
+    if records.is_empty() || shutdown.is_cancelled() {
+        return Ok(0);
     }
-    Ok(sent)
+    let published = crate::retry::until_ok("publishing", shutdown, bus_transient, || {
+        bus.publish(records)
+    })
+    .await?;
+    if published.is_none() {
+        return Ok(0);
+    }
+    if print {
+        for line in lines {
+            println!("[S1] Sent {line}");
+        }
+    }
+    Counters::add(&counters.sent, records.len());
+    Ok(records.len())
 }
 
 /// Whether a bus error may clear up on its own.
 pub fn bus_transient(e: &BusError) -> bool {
     matches!(e, BusError::Unavailable(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::bus::{Bus, BusResult, Consumer, Record, StartFrom, TopicStats};
+
+    /// A bus whose every publish takes `delay` (in tokio's clock: a busy machine's bus, in
+    /// a test whose clock is paused) and keeps what it was given, publish by publish. Not
+    /// a real bus: the real ones' own I/O and background timers would move a paused clock
+    /// on by themselves, and what is tested here is the pacing in front of any bus.
+    struct Slow {
+        delay: Duration,
+        publishes: Mutex<Vec<Vec<Vec<u8>>>>,
+    }
+
+    impl Slow {
+        fn new(delay: Duration) -> Self {
+            Self {
+                delay,
+                publishes: Mutex::default(),
+            }
+        }
+    }
+
+    /// A record of topic `t` and its (empty) log line.
+    fn record(payload: Vec<u8>) -> (Record, String) {
+        let record = Record {
+            topic: "t".into(),
+            key: None,
+            headers: vec![],
+            payload,
+        };
+        (record, String::new())
+    }
+
+    #[async_trait]
+    impl Bus for Slow {
+        async fn ensure_topics(&self, _: &[String], _: i32) -> BusResult<()> {
+            Ok(())
+        }
+        async fn publish(&self, records: &[Record]) -> BusResult<Vec<(i32, i64)>> {
+            tokio::time::sleep(self.delay).await;
+            let mut publishes = self.publishes.lock().unwrap();
+            publishes.push(records.iter().map(|r| r.payload.clone()).collect());
+            Ok(records.iter().map(|_| (0, 0)).collect())
+        }
+        async fn subscribe(
+            &self,
+            _: &str,
+            _: &[String],
+            _: StartFrom,
+        ) -> BusResult<Box<dyn Consumer>> {
+            unreachable!("the pacing tests only publish")
+        }
+        async fn stats(
+            &self,
+            _: &[String],
+            _: &[String],
+        ) -> BusResult<BTreeMap<String, TopicStats>> {
+            unreachable!("the pacing tests only publish")
+        }
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    /// At a set rate the records go out on their schedule however long each publish
+    /// takes: 300 records at 100/s, each publish 25 ms (two and a half intervals), take
+    /// 3 s, not the 10.5 s of a pause before each; the ones that fell due during a publish
+    /// go out together in the next, and every record is published once, in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_set_rate_holds_when_publishing_is_slower_than_the_interval() {
+        let bus = Slow::new(Duration::from_millis(25));
+        let pace = Pace {
+            count: Some(100),
+            rate: 100.0,
+            rounds_per_publish: 1000,
+            print: false,
+        };
+        let mut made = 0;
+        // A round of three records, like the bookstore's.
+        let round = || {
+            (0..3)
+                .map(|_| {
+                    made += 1;
+                    record(made.to_string().into_bytes())
+                })
+                .collect()
+        };
+        let mut places = Vec::new();
+        let started = tokio::time::Instant::now();
+        send_rounds(
+            &bus,
+            pace,
+            &Counters::default(),
+            &tokio_util::sync::CancellationToken::new(),
+            round,
+            |place, _| places.push(place),
+        )
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(3) && took <= Duration::from_millis(3050),
+            "300 records at 100/s took {took:?}"
+        );
+        assert_eq!(places, (0..300).collect::<Vec<_>>());
+        let publishes = bus.publishes.into_inner().unwrap();
+        assert!(
+            (100..=130).contains(&publishes.len()),
+            "{} publishes: each should take the ~3 records due since the last",
+            publishes.len()
+        );
+        let expected: Vec<Vec<u8>> = (1..=300).map(|n: i32| n.to_string().into_bytes()).collect();
+        assert_eq!(publishes.concat(), expected);
+    }
+
+    /// Flat out, rounds go `rounds_per_publish` at a time, the last publish taking what
+    /// is left of the count.
+    #[tokio::test(start_paused = true)]
+    async fn flat_out_rounds_go_many_a_publish() {
+        let bus = Slow::new(Duration::from_millis(25));
+        let pace = Pace {
+            count: Some(25),
+            rate: 0.0,
+            rounds_per_publish: 10,
+            print: false,
+        };
+        let round = || vec![record(vec![]), record(vec![])];
+        let token = tokio_util::sync::CancellationToken::new();
+        send_rounds(&bus, pace, &Counters::default(), &token, round, |_, _| {})
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = bus
+            .publishes
+            .into_inner()
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, [20, 20, 10]);
+    }
+
+    /// A schedule's arithmetic: the `n`th record at `(n + 1) / rate`, and as many due as
+    /// whole intervals have passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_schedule_spaces_records_by_the_rate() {
+        let schedule = Schedule::new(4.0).unwrap();
+        assert!(Schedule::new(0.0).is_none());
+        let start = tokio::time::Instant::now();
+        assert_eq!(schedule.at(0) - start, Duration::from_millis(250));
+        assert_eq!(schedule.at(7) - start, Duration::from_secs(2));
+        assert_eq!(schedule.due_by_now(), 0);
+        tokio::time::advance(Duration::from_millis(1100)).await;
+        assert_eq!(schedule.due_by_now(), 4);
+    }
 }

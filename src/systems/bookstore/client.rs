@@ -200,7 +200,7 @@ pub async fn run(
     } else {
         target.concurrency.max(1)
     };
-    let interval = (config.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / config.rate));
+    let schedule = crate::services::Schedule::new(config.rate);
     let client = Arc::new(Client {
         http: reqwest::Client::new(),
         target,
@@ -226,6 +226,8 @@ pub async fn run(
         let (customer, book, mut order) = generator.entities();
         order.customer_id.clone_from(&customer.id);
         order.book_id.clone_from(&book.id);
+        // At a set rate rounds go one at a time (one slot), three posts each.
+        let first_post = 3 * round;
         round += 1;
         let (client, report, counters, shutdown) = (
             client.clone(),
@@ -240,12 +242,11 @@ pub async fn run(
                 (Entity::Book, book.title.clone(), json!(book)),
                 (Entity::Order, short(&order.id), json!(order)),
             ];
-            for (entity, label, payload) in posts {
-                if let Some(pause) = interval {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(pause) => {}
-                    }
+            for (n, (entity, label, payload)) in (first_post..).zip(posts) {
+                if let Some(schedule) = &schedule
+                    && !schedule.wait_for(n, &shutdown).await
+                {
+                    return Ok(());
                 }
                 let posted = client.post(entity, &label, &payload, &shutdown).await?;
                 let mut report = report.lock().expect("report lock is never poisoned");
