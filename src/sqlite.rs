@@ -16,6 +16,18 @@ pub const WRITER_CACHE_KIB: u32 = 8 * 1024;
 /// Each reader connection's page cache, in KiB.
 pub const READER_CACHE_KIB: u32 = 2 * 1024;
 
+/// Prepared statements each connection keeps (sqlx's default is 100).
+///
+/// A batch's statement has one text per batch size (a row's placeholders each), so a
+/// cache fills with statements of every size it has seen, each holding its compiled
+/// program in SQLite's heap and its text in ours: about 0.4 KiB a row, 1–2 MiB for one
+/// of S2's 1,000-row batches. With 100 kept on each of the 20 connections, a 4-minute
+/// soak at 900 events/s took SQLite's heap to 434 MB and Rust's to 93 MB, still
+/// climbing; with 16, to 81 MB and 66 MB. Preparing costs (a 1,000-row upsert 1.9 ms
+/// cached, 2.5 ms not), so the sizes in use stay cached; the HTTP writes, whose batches
+/// reuse a few sizes, were no slower with 16 kept, nor with 8 (ARCHITECTURE.md).
+const STATEMENT_CACHE: usize = 16;
+
 /// How often a file's WAL is copied back into it, off the write path.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
@@ -231,7 +243,7 @@ pub struct Checkpoint(#[allow(dead_code)] Arc<DropGuard>);
 
 /// Bytes SQLite has allocated in this process, every file and connection together: page
 /// caches (bounded per connection, [`WRITER_CACHE_KIB`], [`READER_CACHE_KIB`]), schemas and
-/// prepared statements (sqlx keeps up to 100 a connection).
+/// prepared statements (up to [`STATEMENT_CACHE`] a connection).
 pub fn heap_in_use() -> u64 {
     // SAFETY: takes no argument and only reads SQLite's allocation counter (kept unless
     // the library is built with SQLITE_DEFAULT_MEMSTATUS=0, when it reads 0); callable
@@ -258,6 +270,7 @@ pub async fn open(path: &Path, readers: u32) -> Result<Pools, sqlx::Error> {
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(30))
         .pragma("temp_store", "memory")
+        .statement_cache_capacity(STATEMENT_CACHE)
         .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES.to_string());
     // Page caches are per connection and grow with the file up to their size: the
     // writer's, which random inserts walk, is larger; a file's memory is bounded by
@@ -378,6 +391,33 @@ mod tests {
                 .push(");\n");
         }
         pools.writer.script(&mut q).await.map(drop)
+    }
+
+    /// Batches of every size leave at most [`STATEMENT_CACHE`] statements prepared on a
+    /// connection, writer and reader alike: one per size would keep them all.
+    #[tokio::test]
+    async fn a_connection_keeps_a_bounded_number_of_statements_prepared() {
+        let (_dir, pools) = table_t().await;
+        let sizes = 1..=3 * STATEMENT_CACHE;
+        for n in sizes.clone() {
+            let values = vec![Some("v"); n];
+            insert_by_script(&pools, &values).await.unwrap();
+        }
+        assert_eq!(
+            pools.writer.lock().await.cached_statements_size(),
+            STATEMENT_CACHE
+        );
+        let mut reader = pools.reader.get().await.unwrap();
+        for n in sizes {
+            let placeholders = vec!["?"; n].join(", ");
+            let sql = format!("SELECT count(*) FROM t WHERE v IN ({placeholders})");
+            let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+            for _ in 0..n {
+                query = query.bind("v");
+            }
+            query.fetch_one(&mut *reader).await.unwrap();
+        }
+        assert_eq!(reader.cached_statements_size(), STATEMENT_CACHE);
     }
 
     /// SQLite's allocation counter is kept, and SQLite's memory is the C allocator's (the

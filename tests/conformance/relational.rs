@@ -264,6 +264,46 @@ async fn postgres_connections_closed_while_idle_are_replaced() {
     db.drop_db().await;
 }
 
+/// Batches of every size leave a bounded number of statements prepared on the server: one
+/// kept per size would hold a plan each in the connection's backend.
+#[tokio::test]
+async fn postgres_keeps_a_bounded_number_of_statements_prepared() {
+    let Some((db, store)) = postgres_store().await else {
+        return;
+    };
+    let cap = livros::store::postgres::STATEMENT_CACHE;
+    // A statement of each size from 1 to 3 × the cap, then the count of what is prepared,
+    // in one transaction: all on one connection.
+    let mut statements: Vec<Statement> = (1..=3 * cap)
+        .map(|n| {
+            let values: Vec<String> = (1..=n).map(|i| format!("(${i}::bigint)")).collect();
+            Statement::new(
+                format!(
+                    "SELECT count(*) AS n FROM (VALUES {}) AS v(x)",
+                    values.join(", ")
+                ),
+                (0..n as i64).map(SqlValue::from).collect(),
+            )
+        })
+        .collect();
+    statements.push(Statement::new(
+        "SELECT count(*) AS n FROM pg_prepared_statements",
+        vec![],
+    ));
+    let results = store.transaction(&statements).await.unwrap();
+    let prepared = match results.last().and_then(|rows| rows[0].get("n")) {
+        Some(SqlValue::Int(Some(n))) => *n as usize,
+        other => panic!("count(*) read as {other:?}"),
+    };
+    // The cap, and the count's own statement.
+    assert!(
+        prepared <= cap + 1,
+        "{prepared} statements prepared on one connection"
+    );
+    drop(store);
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn postgres_unreachable_is_a_clear_error() {
     let error = PostgresStore::connect("postgres://livros:secret@127.0.0.1:1/livros", &[])
