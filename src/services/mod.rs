@@ -260,19 +260,19 @@ pub async fn send_rounds(
     let mut made = 0_u64;
     let mut place = 0_usize;
     loop {
-        // How many records to send now, and the most rounds that may take.
-        let (due, rounds) = match &schedule {
+        // How many records to send now: at a set rate, the next one once it is due and
+        // any others due by then; flat out, all that `per_publish` rounds make.
+        let due = match &schedule {
             Some(schedule) => {
                 if !schedule.wait_for(place as u64, shutdown).await {
                     break;
                 }
-                let due = schedule.due_by_now().saturating_sub(place as u64).max(1);
-                (due as usize, per_publish)
+                schedule.due_by_now().saturating_sub(place as u64).max(1) as usize
             }
-            None => (usize::MAX, per_publish),
+            None => usize::MAX,
         };
         let mut new_rounds = 0;
-        while queue.len() < due && new_rounds < rounds && pace.count.is_none_or(|n| made < n) {
+        while queue.len() < due && new_rounds < per_publish && pace.count.is_none_or(|n| made < n) {
             queue.extend(round());
             made += 1;
             new_rounds += 1;
