@@ -525,8 +525,11 @@ enum Command {
         /// (start, after warm-up, peak, end) and progress every 30 s.
         #[arg(long, value_parser = humantime::parse_duration)]
         soak: Option<Duration>,
-        /// Events per second per system's S1, with --soak.
-        #[arg(long, default_value_t = 1000.0)]
+        /// Events per second per system's S1, with --soak. A soak wants a load the
+        /// consumers keep up with: past it the backlog grows on the bus and S2's batches
+        /// grow with it, which is another run than a steady one (100 a system is 300 in
+        /// all, which a 2-core machine keeps up with).
+        #[arg(long, default_value_t = 100.0)]
         rate: f64,
     },
     /// The load generator `livros bench --http` runs in its own process: sends a plan's
