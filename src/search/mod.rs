@@ -44,8 +44,13 @@ use crate::retry::Backoff;
 /// The Elasticsearch index unless configured otherwise (seed 3's).
 pub const DEFAULT_INDEX: &str = "system_logs";
 
-/// How long an idle indexer waits before looking at the log again.
-const IDLE: Duration = Duration::from_millis(250);
+/// How long the indexer waits, after a batch that did not fill, before it looks at the log
+/// again: while the log grows slower than a batch a second, it is indexed once a second
+/// (Elasticsearch's own refresh interval) rather than as fast as lines come. Each batch is
+/// a commit, and on the embedded index a commit is a new segment that tantivy's merges
+/// then rewrite: committing a few dozen lines at a time took a third of the process's CPU
+/// in a soak at 300 events/s (ARCHITECTURE.md, "Measured").
+const REFRESH: Duration = Duration::from_secs(1);
 
 /// Why indexing or searching failed.
 #[derive(Debug, thiserror::Error)]
@@ -427,8 +432,8 @@ impl Indexer {
         Ok(())
     }
 
-    /// Indexes until `shutdown`: batch after batch while the log grows, then a look every
-    /// [`IDLE`]. Any failure (an engine unavailable, another process writing the embedded
+    /// Indexes until `shutdown`: batch after batch while full ones are waiting, then a look
+    /// every [`REFRESH`]. Any failure (an engine unavailable, another process writing the embedded
     /// index, an unreadable log) is logged and retried with backoff, for as long as it
     /// takes: indexing never stops S3.
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -437,7 +442,7 @@ impl Indexer {
             match self.index_once().await {
                 Ok(n) => {
                     backoff = Backoff::default();
-                    if n > 0 {
+                    if n >= self.engine.batch_lines() {
                         continue;
                     }
                 }
@@ -455,7 +460,7 @@ impl Indexer {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(IDLE) => {}
+                _ = tokio::time::sleep(REFRESH) => {}
             }
         }
     }
@@ -569,6 +574,137 @@ mod tests {
         assert_eq!((lines.len(), end), (1, 8));
         let (lines, _) = read_lines(&log, 16, 100).unwrap();
         assert!(lines.is_empty(), "the torn line waits until it is whole");
+    }
+
+    /// The embedded index with batches of `batch` lines, noting when each commit is made.
+    struct Commits {
+        index: embedded::Embedded,
+        batch: usize,
+        at: std::sync::Mutex<Vec<std::time::Instant>>,
+    }
+
+    impl Commits {
+        fn open(dir: &Path, batch: usize) -> Arc<Self> {
+            Arc::new(Self {
+                index: embedded::Embedded::open(dir).unwrap(),
+                batch,
+                at: Default::default(),
+            })
+        }
+
+        fn at(&self) -> Vec<std::time::Instant> {
+            self.at.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl SearchEngine for Commits {
+        async fn position(&self) -> Result<u64, SearchError> {
+            self.index.position().await
+        }
+        async fn index(&self, docs: Vec<Document>, position: u64) -> Result<(), SearchError> {
+            self.index.index(docs, position).await?;
+            self.at.lock().unwrap().push(std::time::Instant::now());
+            Ok(())
+        }
+        async fn search(&self, query: &Query) -> Result<Found, SearchError> {
+            self.index.search(query).await
+        }
+        fn batch_lines(&self) -> usize {
+            self.batch
+        }
+        fn kind(&self) -> &'static str {
+            "embedded"
+        }
+        fn describe(&self) -> String {
+            "embedded, its commits noted".into()
+        }
+    }
+
+    fn append(log: &Path, from: usize, n: usize) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        for offset in from..from + n {
+            writeln!(
+                f,
+                r#"{{"topic":"t","partition":0,"offset":{offset},"key":null,"timestamp":null,"message":"m {offset}"}}"#
+            )
+            .unwrap();
+        }
+        f.metadata().unwrap().len()
+    }
+
+    /// Runs an indexer over `log` into `engine` until the engine's position is `end`.
+    async fn index_until(engine: Arc<Commits>, log: &Path, end: impl Fn() -> u64) {
+        let stop = CancellationToken::new();
+        let indexer = Indexer::new(engine.clone(), log.to_path_buf(), TopicSystems::new());
+        let task = tokio::spawn(indexer.run(stop.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while engine.position().await.unwrap() != end() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log never indexed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_growing_slower_than_a_batch_is_committed_once_a_refresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("messages.log");
+        let engine = Commits::open(&dir.path().join("index"), 1_000);
+        let end = Arc::new(std::sync::atomic::AtomicU64::new(append(&log, 0, 1)));
+        let writer = {
+            let (log, end) = (log.clone(), end.clone());
+            tokio::spawn(async move {
+                // 150 lines over 3 s, one every 20 ms.
+                for n in 1..150 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    end.store(append(&log, n, 1), std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let last = || end.load(std::sync::atomic::Ordering::SeqCst);
+        index_until(engine.clone(), &log, || {
+            if writer.is_finished() {
+                last()
+            } else {
+                u64::MAX
+            }
+        })
+        .await;
+        let seconds = started.elapsed().as_secs_f64() / REFRESH.as_secs_f64();
+        let commits = engine.at().len();
+        // One at the start, then at most one a refresh.
+        assert!(
+            (commits as f64) <= seconds.ceil() + 1.0,
+            "{commits} commits in {seconds:.1} refresh intervals"
+        );
+    }
+
+    #[tokio::test]
+    async fn full_batches_are_committed_one_after_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("messages.log");
+        let engine = Commits::open(&dir.path().join("index"), 10);
+        let end = append(&log, 0, 35);
+        index_until(engine.clone(), &log, || end).await;
+        let at = engine.at();
+        assert_eq!(at.len(), 4, "10, 10, 10 and 5 lines");
+        // Waiting a refresh after each would take three.
+        assert!(
+            at[3] - at[0] < 2 * REFRESH,
+            "the batches took {:?}",
+            at[3] - at[0]
+        );
     }
 
     #[test]
