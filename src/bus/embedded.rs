@@ -34,8 +34,8 @@ use super::{
 const LEASE_TTL: Duration = Duration::from_secs(10);
 /// Renew well before expiry so a busy member never loses its lease by accident.
 const LEASE_RENEW: Duration = Duration::from_secs(3);
-/// Idle poll interval: wake-ups within one process are immediate (a `Notify`); this bounds
-/// how long a consumer in another process waits to see a new message.
+/// Idle poll interval: wake-ups within one process are immediate (a `Notify` a topic); this
+/// bounds how long a consumer in another process waits to see a new message.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// Rows per INSERT statement: 7 bound values each stays far below SQLite's variable limit.
 const INSERT_CHUNK: usize = 500;
@@ -75,7 +75,24 @@ fn pid_alive(pid: i64) -> bool {
     !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The embedded bus. Cheap to clone; clones share the pool and the wake-up signal.
+/// A wake-up signal a topic, for this process's consumers of it: a publish wakes the members
+/// of the topics it added to, not every consumer in the process (S3 alone reads every topic,
+/// and a member woken for nothing still reads the bus's file to find that out).
+#[derive(Clone, Default)]
+struct Wakes(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
+
+impl Wakes {
+    fn of(&self, topic: &str) -> Arc<Notify> {
+        self.0
+            .lock()
+            .expect("poisoned")
+            .entry(topic.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+/// The embedded bus. Cheap to clone; clones share the pool and the wake-up signals.
 #[derive(Clone)]
 pub struct EmbeddedBus {
     /// Reads outside a write transaction.
@@ -85,7 +102,7 @@ pub struct EmbeddedBus {
     /// Keeps the file's background checkpoint running while this is open.
     _checkpoint: crate::sqlite::Checkpoint,
     path: PathBuf,
-    notify: Arc<Notify>,
+    wakes: Wakes,
     partitions: Arc<Mutex<HashMap<String, i32>>>,
     round_robin: Arc<AtomicU64>,
 }
@@ -105,7 +122,7 @@ impl EmbeddedBus {
             writer: pools.writer,
             _checkpoint: pools.checkpoint,
             path,
-            notify: Arc::new(Notify::new()),
+            wakes: Wakes::default(),
             partitions: Arc::default(),
             round_robin: Arc::default(),
         })
@@ -250,7 +267,12 @@ impl Bus for EmbeddedBus {
                 .zip(placed.iter().zip(&places))
                 .map(|(r, (p, place))| (*p, counts[&(r.topic.as_str(), *p)] + place))
                 .collect();
-            self.notify.notify_waiters();
+            let mut topics: Vec<&str> = records.iter().map(|r| r.topic.as_str()).collect();
+            topics.sort_unstable();
+            topics.dedup();
+            for topic in topics {
+                self.wakes.of(topic).notify_waiters();
+            }
             Ok(result)
 
         }
@@ -282,6 +304,7 @@ impl Bus for EmbeddedBus {
             positions: BTreeMap::new(),
             last_claim_attempt: None,
             cursor: 0,
+            wakes: topics.iter().map(|t| self.wakes.of(t)).collect(),
         }))
     }
 
@@ -342,6 +365,8 @@ struct EmbeddedConsumer {
     last_claim_attempt: Option<Instant>,
     /// Rotates the partition read first, so one busy partition cannot starve the others.
     cursor: usize,
+    /// The wake-up signals of the subscribed topics.
+    wakes: Vec<Arc<Notify>>,
 }
 
 impl EmbeddedConsumer {
@@ -468,12 +493,29 @@ impl EmbeddedConsumer {
     }
 
     async fn fetch(&mut self, max: usize) -> BusResult<Vec<Message>> {
+        let mut out = Vec::new();
+        if self.positions.is_empty() {
+            return Ok(out);
+        }
+        // Only the partitions with messages past this member's position are read: every
+        // partition's end in one read first (the table has a row a partition), not a read
+        // of each. A member of many topics (S3 reads all of them) is woken by every
+        // publish, and most wake-ups find one partition with something new, or none.
+        let ends: HashMap<TopicPartition, i64> = sqlx::query_as::<_, (String, i32, i64)>(
+            "SELECT topic, partition, next_offset FROM partitions",
+        )
+        .fetch_all(&mut *self.bus.pool.get().await.map_err(unavailable)?)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|(topic, partition, end)| ((topic, partition), end))
+        .collect();
         let parts: Vec<(TopicPartition, i64)> = self
             .positions
             .iter()
+            .filter(|(k, v)| ends.get(*k).is_some_and(|end| end > *v))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let mut out = Vec::new();
         if parts.is_empty() {
             return Ok(out);
         }
@@ -525,10 +567,11 @@ impl Consumer for EmbeddedConsumer {
     async fn poll(&mut self, max: usize, timeout: Duration) -> BusResult<Vec<Message>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let notify = self.bus.notify.clone();
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            let wakes = self.wakes.clone();
+            let mut woken: Vec<_> = wakes.iter().map(|w| Box::pin(w.notified())).collect();
+            for w in &mut woken {
+                w.as_mut().enable();
+            }
             self.maintain_leases().await?;
             let messages = self.fetch(max.max(1)).await?;
             let now = Instant::now();
@@ -536,8 +579,16 @@ impl Consumer for EmbeddedConsumer {
                 return Ok(messages);
             }
             let wait = IDLE_POLL.min(deadline - now);
+            // `select_all` wants at least one future; a member of no topic waits on the clock.
+            let any_woken = async {
+                if woken.is_empty() {
+                    std::future::pending::<()>().await;
+                } else {
+                    futures::future::select_all(woken).await;
+                }
+            };
             tokio::select! {
-                _ = &mut notified => {}
+                _ = any_woken => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
