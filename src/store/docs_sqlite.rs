@@ -1,7 +1,7 @@
 //! The embedded document store: JSON documents in SQLite (`<data dir>/documents.db`),
 //! one row per (collection, id), the body kept as JSON text.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -75,6 +75,9 @@ fn err(e: sqlx::Error) -> StoreError {
 
 /// Documents in SQLite.
 pub struct SqliteDocumentStore {
+    /// The fields with an index of their value and of their type (see [`Self::open`]), and
+    /// the name those indexes were given.
+    indexed: HashMap<String, String>,
     /// Reads outside a write transaction.
     pool: crate::sqlite::Readers,
     /// Every write transaction.
@@ -89,11 +92,18 @@ impl SqliteDocumentStore {
     /// `indexed` (top-level field names; see [`Schema`](super::Schema)).
     pub async fn open(path: &Path, indexed: &[&str]) -> Result<Self, OpenError> {
         let mut schema: Vec<String> = SCHEMA.iter().map(|s| s.to_string()).collect();
+        let mut names = HashMap::new();
         for field in indexed {
             let name: String = field
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect();
+            // Two fields whose names differ only in symbols share one index name; only
+            // the first field's index has it.
+            if names.values().any(|n| *n == name) {
+                continue;
+            }
+            names.insert(field.to_string(), name.clone());
             schema.push(format!(
                 "CREATE INDEX IF NOT EXISTS documents_by_{name} ON documents (collection, {})",
                 field_value(field)
@@ -106,11 +116,105 @@ impl SqliteDocumentStore {
         let schema: Vec<&str> = schema.iter().map(String::as_str).collect();
         let pools = super::open_embedded("document", path, &schema, &[]).await?;
         Ok(Self {
+            indexed: names,
             pool: pools.reader,
             writer: pools.writer,
             _checkpoint: pools.checkpoint,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The ids in `collection` whose `field` equals `value` or, where it is an array,
+    /// contains it: two lookups, each on its own index where `field` has them. Named, since
+    /// SQLite's planner, with no statistics, prefers the primary key's `collection` prefix
+    /// to either, which reads (and parses) every document of the collection.
+    fn push_matching(
+        &self,
+        q: &mut QueryBuilder<Sqlite>,
+        collection: &str,
+        field: &str,
+        value: &Value,
+    ) {
+        let by = |kind: &str| {
+            self.indexed
+                .get(field)
+                .map(|name| format!(" INDEXED BY documents_{kind}_{name}"))
+                .unwrap_or_default()
+        };
+        q.push("SELECT id FROM documents")
+            .push(by("by"))
+            .push(" WHERE collection = ")
+            .push_bind(collection.to_string())
+            .push(" AND ")
+            .push(field_value(field))
+            .push(" = ");
+        bind_scalar(q, value);
+        q.push(" UNION SELECT id FROM documents")
+            .push(by("type"))
+            .push(" WHERE collection = ")
+            .push_bind(collection.to_string())
+            .push(" AND ")
+            .push(field_type(field))
+            .push(" = 'array' AND EXISTS (SELECT 1 FROM json_each(body, ")
+            .push_bind(json_path(field))
+            .push(") WHERE value = ");
+        bind_scalar(q, value);
+        q.push(")");
+    }
+
+    /// The query of [`DocumentStore::find_sorted`]. With an equality filter, the documents
+    /// are read by id from what its lookups found (`CROSS JOIN` keeps that order: asked
+    /// to sort by an indexed field, the planner would rather walk that field's index over
+    /// the whole collection, testing each id); without one, the collection is read.
+    fn push_find(
+        &self,
+        q: &mut QueryBuilder<Sqlite>,
+        collection: &str,
+        filters: &[Filter],
+        sort: Option<&Sort>,
+        page: Page,
+    ) {
+        let mut eqs = filters.iter().filter_map(|f| match f {
+            Filter::Eq { field, value } => Some((field, value)),
+            Filter::Words { .. } => None,
+        });
+        q.push("SELECT d.body FROM ");
+        if let Some((field, value)) = eqs.next() {
+            q.push("(");
+            self.push_matching(q, collection, field, value);
+            q.push(") AS m CROSS JOIN documents AS d WHERE d.id = m.id AND ");
+        } else {
+            q.push("documents AS d WHERE ");
+        }
+        q.push("d.collection = ").push_bind(collection.to_string());
+        for (field, value) in eqs {
+            q.push(" AND d.id IN (");
+            self.push_matching(q, collection, field, value);
+            q.push(")");
+        }
+        for filter in filters {
+            if let Filter::Words { field, words } = filter {
+                for word in words {
+                    q.push(" AND lower(json_extract(d.body, ")
+                        .push_bind(json_path(field))
+                        .push(")) LIKE ")
+                        .push_bind(format!("%{}%", like_escape(&word.to_lowercase())))
+                        .push(" ESCAPE '\\'");
+                }
+            }
+        }
+        q.push(" ORDER BY ");
+        if let Some(sort) = sort {
+            q.push(field_value(&sort.field)).push(if sort.descending {
+                " DESC, "
+            } else {
+                " ASC, "
+            });
+        }
+        q.push("d.id LIMIT ")
+            .push_bind(page.limit.min(i64::MAX as u64) as i64)
+            .push(" OFFSET ")
+            .push_bind(page.skip.min(i64::MAX as u64) as i64);
     }
 
     async fn upsert_rows(&self, collection: &str, docs: &[&(String, Value)]) -> StoreResult<()> {
@@ -221,54 +325,8 @@ impl DocumentStore for SqliteDocumentStore {
         sort: Option<&Sort>,
         page: Page,
     ) -> StoreResult<Vec<Value>> {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT body FROM documents WHERE collection = ");
-        q.push_bind(collection.to_string());
-        for filter in filters {
-            match filter {
-                // Two lookups, each able to use its own index (the value's, and the
-                // type's for the few documents where the field is an array); one
-                // condition with OR would scan the collection.
-                Filter::Eq { field, value } => {
-                    q.push(" AND id IN (SELECT id FROM documents WHERE collection = ")
-                        .push_bind(collection.to_string())
-                        .push(" AND ")
-                        .push(field_value(field))
-                        .push(" = ");
-                    bind_scalar(&mut q, value);
-                    q.push(" UNION ALL SELECT id FROM documents WHERE collection = ")
-                        .push_bind(collection.to_string())
-                        .push(" AND ")
-                        .push(field_type(field))
-                        .push(" = 'array' AND EXISTS (SELECT 1 FROM json_each(body, ")
-                        .push_bind(json_path(field))
-                        .push(") WHERE value = ");
-                    bind_scalar(&mut q, value);
-                    q.push("))");
-                }
-                Filter::Words { field, words } => {
-                    for word in words {
-                        q.push(" AND lower(json_extract(body, ")
-                            .push_bind(json_path(field))
-                            .push(")) LIKE ")
-                            .push_bind(format!("%{}%", like_escape(&word.to_lowercase())))
-                            .push(" ESCAPE '\\'");
-                    }
-                }
-            }
-        }
-        q.push(" ORDER BY ");
-        if let Some(sort) = sort {
-            q.push(field_value(&sort.field)).push(if sort.descending {
-                " DESC, "
-            } else {
-                " ASC, "
-            });
-        }
-        q.push("id LIMIT ")
-            .push_bind(page.limit.min(i64::MAX as u64) as i64)
-            .push(" OFFSET ")
-            .push_bind(page.skip.min(i64::MAX as u64) as i64);
+        let mut q = QueryBuilder::new("");
+        self.push_find(&mut q, collection, filters, sort, page);
         let bodies: Vec<String> = q
             .build_query_scalar()
             .fetch_all(&mut *self.pool.get().await.map_err(err)?)
@@ -291,5 +349,52 @@ impl DocumentStore for SqliteDocumentStore {
 
     fn describe(&self) -> String {
         format!("embedded documents ({})", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An equality filter on an indexed field is answered from that field's two indexes,
+    /// and the documents found are read by id: the collection is never read whole, which
+    /// grows with it (a user's views, sorted by date, read 20,000 views each time).
+    #[tokio::test]
+    async fn an_equality_filter_reads_its_indexes_not_the_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteDocumentStore::open(&dir.path().join("d.db"), &["user_id", "data"])
+            .await
+            .unwrap();
+        let mut q = QueryBuilder::new("EXPLAIN QUERY PLAN ");
+        let filters = [
+            crate::store::eq("user_id", 5),
+            Filter::Words {
+                field: "titulo".into(),
+                words: vec!["matrix".into()],
+            },
+        ];
+        let newest = Sort {
+            field: "data".into(),
+            descending: true,
+        };
+        let page = Page { skip: 0, limit: 10 };
+        store.push_find(&mut q, "views", &filters, Some(&newest), page);
+        let plan: Vec<String> = q
+            .build()
+            .fetch_all(&mut *store.pool.get().await.unwrap())
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get("detail"))
+            .collect();
+        let plan = plan.join("\n");
+        for step in [
+            "documents_by_user_id (collection=? AND <expr>=?)",
+            "documents_type_user_id (collection=? AND <expr>=?)",
+            "SEARCH d USING PRIMARY KEY (collection=? AND id=?)",
+        ] {
+            assert!(plan.contains(step), "{step} not in the plan:\n{plan}");
+        }
+        assert!(!plan.contains("documents_by_data"), "{plan}");
     }
 }
