@@ -56,6 +56,24 @@ fn field_type(field: &str) -> String {
     )
 }
 
+/// The two indexes of an indexed field: of its value ([`field_value`]) and of its type
+/// ([`field_type`]).
+#[derive(Clone, Copy)]
+enum Index {
+    Value,
+    Type,
+}
+
+impl Index {
+    /// The index's name for a field whose name, made safe for SQL, is `name`.
+    fn name(self, name: &str) -> String {
+        match self {
+            Index::Value => format!("documents_by_{name}"),
+            Index::Type => format!("documents_type_{name}"),
+        }
+    }
+}
+
 /// A JSON scalar as SQLite's `json_extract` returns it (booleans are 1 and 0).
 fn bind_scalar(q: &mut QueryBuilder<Sqlite>, value: &Value) {
     match value {
@@ -105,11 +123,13 @@ impl SqliteDocumentStore {
             }
             names.insert(field.to_string(), name.clone());
             schema.push(format!(
-                "CREATE INDEX IF NOT EXISTS documents_by_{name} ON documents (collection, {})",
+                "CREATE INDEX IF NOT EXISTS {} ON documents (collection, {})",
+                Index::Value.name(&name),
                 field_value(field)
             ));
             schema.push(format!(
-                "CREATE INDEX IF NOT EXISTS documents_type_{name} ON documents (collection, {})",
+                "CREATE INDEX IF NOT EXISTS {} ON documents (collection, {})",
+                Index::Type.name(&name),
                 field_type(field)
             ));
         }
@@ -135,27 +155,23 @@ impl SqliteDocumentStore {
         field: &str,
         value: &Value,
     ) {
-        let by = |kind: &str| {
-            self.indexed
-                .get(field)
-                .map(|name| format!(" INDEXED BY documents_{kind}_{name}"))
-                .unwrap_or_default()
+        // `SELECT id … WHERE collection = ? AND <expr>`, on `expr`'s own index if it has one.
+        let lookup = |q: &mut QueryBuilder<Sqlite>, index: Index, expr: String| {
+            q.push("SELECT id FROM documents");
+            if let Some(name) = self.indexed.get(field) {
+                q.push(format_args!(" INDEXED BY {}", index.name(name)));
+            }
+            q.push(" WHERE collection = ")
+                .push_bind(collection.to_string())
+                .push(" AND ")
+                .push(expr);
         };
-        q.push("SELECT id FROM documents")
-            .push(by("by"))
-            .push(" WHERE collection = ")
-            .push_bind(collection.to_string())
-            .push(" AND ")
-            .push(field_value(field))
-            .push(" = ");
+        lookup(q, Index::Value, field_value(field));
+        q.push(" = ");
         bind_scalar(q, value);
-        q.push(" UNION SELECT id FROM documents")
-            .push(by("type"))
-            .push(" WHERE collection = ")
-            .push_bind(collection.to_string())
-            .push(" AND ")
-            .push(field_type(field))
-            .push(" = 'array' AND EXISTS (SELECT 1 FROM json_each(body, ")
+        q.push(" UNION ");
+        lookup(q, Index::Type, field_type(field));
+        q.push(" = 'array' AND EXISTS (SELECT 1 FROM json_each(body, ")
             .push_bind(json_path(field))
             .push(") WHERE value = ");
         bind_scalar(q, value);
