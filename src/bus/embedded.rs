@@ -83,12 +83,12 @@ struct Wakes(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
 
 impl Wakes {
     fn of(&self, topic: &str) -> Arc<Notify> {
-        self.0
-            .lock()
-            .expect("poisoned")
-            .entry(topic.to_string())
-            .or_default()
-            .clone()
+        let mut wakes = self.0.lock().expect("poisoned");
+        // Looked up before inserting: every publish asks, and the topic is nearly always known.
+        if let Some(wake) = wakes.get(topic) {
+            return wake.clone();
+        }
+        wakes.entry(topic.to_string()).or_default().clone()
     }
 }
 
