@@ -263,9 +263,9 @@ impl Driver<'_> {
 /// elsewhere): all of it, and the anonymous part (heap and stacks: what a leak or an
 /// unbounded queue grows). The rest is file pages mapped in (the search index's segments,
 /// SQLite's files), which the kernel takes back under pressure. Of the anonymous part, what
-/// the C allocator holds ([`c_heap_held`]: SQLite's page caches and statements live there)
-/// and what SQLite uses of it ([`crate::sqlite::heap_in_use`]), so that a watch can tell
-/// caches filling to their bounds from the rest (Rust's heap, stacks) growing.
+/// SQLite uses ([`crate::sqlite::heap_in_use`]: page caches filling to their bounds,
+/// statements), what Rust's heap hands out, and what the C library's allocator holds
+/// ([`c_heap_held`]), so that a watch can tell caches filling from the rest growing.
 pub fn rss() -> Option<Rss> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| -> Option<u64> {
@@ -283,9 +283,9 @@ pub fn rss() -> Option<Rss> {
 }
 
 /// Bytes glibc's `malloc` holds from the system, in use or kept free for reuse: the heap
-/// of the C libraries linked in (SQLite above all; Rust's own allocations go to mimalloc,
-/// set in `main.rs`). Memory SQLite frees stays here, so SQLite's use can fall while this
-/// does not. 0 where the C library is not glibc.
+/// of the C libraries linked in but SQLite (librdkafka's, with Kafka), since Rust's own
+/// allocations go to mimalloc (set in `main.rs`) and SQLite's too
+/// ([`crate::sqlite::heap::use_mimalloc`]). 0 where the C library is not glibc.
 pub fn c_heap_held() -> u64 {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -307,13 +307,13 @@ pub struct Rss {
     pub total: u64,
     /// Resident anonymous pages.
     pub anon: u64,
-    /// What the C allocator holds ([`c_heap_held`]): part of `anon` once touched.
+    /// What the C library's allocator holds ([`c_heap_held`]): part of `anon` once touched.
     pub c_heap: u64,
-    /// What SQLite has allocated of it.
+    /// What SQLite has allocated (from mimalloc, or from the C heap where
+    /// [`crate::sqlite::heap::use_mimalloc`] could not be set).
     pub sqlite: u64,
     /// What Rust's heap has handed out and not had back ([`crate::heap::in_use`]; 0 in a
-    /// program that does not count): the rest of `anon` is what the allocator keeps
-    /// around it, and the stacks.
+    /// program that does not count).
     pub rust: u64,
 }
 
@@ -324,12 +324,18 @@ type Part = fn(&Rss) -> u64;
 const PARTS: [(&str, Part); 6] = [
     ("RSS", |r| r.total),
     ("anonymous", |r| r.anon),
-    ("of which the C heap", |r| r.c_heap),
-    ("SQLite's use of it", |r| r.sqlite),
-    // Rust's heap as its allocator holds it, and the stacks.
-    ("the rest", |r| r.anon.saturating_sub(r.c_heap)),
+    // Bounded: each connection's page cache and statement cache.
+    ("of which SQLite's heap in use", |r| r.sqlite),
     // What our code holds: a leak or an unbounded queue of ours grows this.
     ("Rust's heap in use", |r| r.rust),
+    ("the C heap", |r| r.c_heap),
+    // What the allocators keep free around those, and the stacks.
+    ("the rest", |r| {
+        r.anon
+            .saturating_sub(r.c_heap)
+            .saturating_sub(r.rust)
+            .saturating_sub(r.sqlite)
+    }),
 ];
 
 /// Resident memory over a soak: where it started, where it stood once warmed up, its peak

@@ -72,9 +72,54 @@ pub fn in_use() -> Option<u64> {
     }
 }
 
+/// mimalloc's option `purge_delay` (`mi_option_purge_delay` in `mimalloc.h`, which
+/// `libmimalloc-sys` does not name): how long freed memory is kept before it is given
+/// back to the system, in milliseconds.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// How long mimalloc keeps freed memory before giving it back to the system, in ms.
+///
+/// Every allocation here is mimalloc's, Rust's and SQLite's
+/// ([`crate::sqlite::heap::use_mimalloc`]). Kept a second (mimalloc's default), what the
+/// consumers' batches, the search index's commits and SQLite's page caches freed held
+/// 85–130 MB resident around 70–90 MB in use through a soak, rising and falling by 30 MB
+/// from one reading to the next; given back at once, 65–90 MB, but S2 stored 10 % fewer
+/// events a second (`bench --events`), each free page given back and taken again; after
+/// 10 ms (mimalloc 2's default), S2 as fast as with a second (ARCHITECTURE.md, "Measured").
+pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+/// Sets mimalloc to give freed memory back after [`PURGE_DELAY_MS`], unless
+/// `MIMALLOC_PURGE_DELAY` says otherwise. Called first thing in `main`, before any other
+/// thread starts (mimalloc's options are not thread-safe).
+pub fn purge_freed_memory_soon() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options; the caller runs before other threads.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The option set is mimalloc's purge delay (its default, a second, tells it from its
+    /// neighbours), and it is set to ours.
+    #[test]
+    fn freed_memory_is_purged_soon() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            eprintln!("skipped: MIMALLOC_PURGE_DELAY is set, and wins");
+            return;
+        }
+        // SAFETY: reads and sets one option; no other test touches mimalloc's options.
+        unsafe {
+            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
+            purge_freed_memory_soon();
+            assert_eq!(
+                libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
+                PURGE_DELAY_MS
+            );
+        }
+    }
 
     /// The count follows what is allocated, grown, shrunk and freed through a `Counting`
     /// allocator. Tests run in parallel in one process whose global allocator is not
