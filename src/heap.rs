@@ -84,8 +84,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// consumers' batches, the search index's commits and SQLite's page caches freed held
 /// 85–130 MB resident around 70–90 MB in use through a soak, rising and falling by 30 MB
 /// from one reading to the next; given back at once, 65–90 MB, but S2 stored 10 % fewer
-/// events a second (`bench --events`), each free page given back and taken again; after
-/// 10 ms (mimalloc 2's default), S2 as fast as with a second (ARCHITECTURE.md, "Measured").
+/// events a second (`bench --events`), each free page given back and taken again. After
+/// 10 ms (mimalloc 2's default) S2 is as fast as with a second, and a 25-minute soak's
+/// resident memory held at 198–208 MB from minute 13 on (ARCHITECTURE.md, "Measured").
 pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Sets mimalloc to give freed memory back after [`PURGE_DELAY_MS`], unless
