@@ -1116,6 +1116,10 @@ fn bench_times_s2_then_s3_and_prints_each_ceiling() {
     assert!(line("S2 stored:").contains("events/s"), "{stdout}");
     assert!(line("S3 logged:").contains("events/s"), "{stdout}");
     assert!(line("bus ceiling:").contains("S2 reaches"), "{stdout}");
+    assert!(
+        line("S2 bound:").contains("% of the bus ceiling"),
+        "{stdout}"
+    );
     for store in ["relational", "document", "key-value"] {
         // S2 really wrote its third of the events to each store.
         assert!(

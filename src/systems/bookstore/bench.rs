@@ -96,7 +96,30 @@ impl std::fmt::Display for BenchReport {
                 100.0 * per_store / ceiling.max(1e-9)
             )?;
         }
+        if let Some((kind, bound, slowest)) = self.store_bound() {
+            writeln!(
+                f,
+                "S2 bound:    {bound:>10.0} events/s at most: the slowest store written alone ({}, {slowest:.0} records/s) takes {:.2?} for its third of the events, before S2 reads, parses or commits anything; that is {:.0} % of the bus ceiling",
+                kind.name(),
+                Duration::from_secs_f64(self.events as f64 / bound),
+                100.0 * bound / rate(self.events, self.ceiling).max(1e-9)
+            )?;
+        }
         Ok(())
+    }
+}
+
+impl BenchReport {
+    /// The most S2 could store, given the stores' own bulk rates: its consumers write
+    /// their thirds side by side, so it takes at least as long as the slowest store needs
+    /// for its third on its own. The store, the bound (events/s) and that store's rate.
+    pub fn store_bound(&self) -> Option<(StoreKind, f64, f64)> {
+        self.store_ceilings
+            .iter()
+            .map(|(kind, records, spent)| (*kind, rate(*records, *spent)))
+            .filter(|(_, r)| *r > 0.0)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(kind, slowest)| (kind, 3.0 * slowest, slowest))
     }
 }
 
@@ -326,4 +349,44 @@ pub fn http_plans(settings: &Settings, requests: usize) -> Vec<Plan> {
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("entities serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// S2's consumers write their thirds side by side: the slowest store alone bounds it,
+    /// and the readout says which store that is and what share of the bus's ceiling is left.
+    #[test]
+    fn the_slowest_store_bounds_s2() {
+        let secs = Duration::from_secs;
+        let report = BenchReport {
+            bus: "embedded".into(),
+            events: 30_000,
+            publish: secs(1),
+            stored: secs(1),
+            logged: secs(1),
+            // 100,000 events/s.
+            ceiling: Duration::from_millis(300),
+            stores: Vec::new(),
+            store_ceilings: vec![
+                (StoreKind::Relational, 10_000, Duration::from_millis(200)),
+                (StoreKind::Document, 10_000, Duration::from_millis(50)),
+                (StoreKind::KeyValue, 10_000, Duration::from_millis(250)),
+            ],
+            drained: Vec::new(),
+        };
+        let (kind, bound, slowest) = report.store_bound().expect("a bound");
+        assert_eq!(kind, StoreKind::KeyValue);
+        assert!((slowest - 40_000.0).abs() < 1e-6, "{slowest}");
+        assert!((bound - 120_000.0).abs() < 1e-6, "{bound}");
+        let text = report.to_string();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("S2 bound:"))
+            .unwrap_or_else(|| panic!("no bound line in:\n{text}"));
+        assert!(line.contains("(key-value, 40000 records/s)"), "{line}");
+        assert!(line.contains("takes 250.00ms"), "{line}");
+        assert!(line.contains("that is 120 % of the bus ceiling"), "{line}");
+    }
 }
