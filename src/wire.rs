@@ -236,6 +236,21 @@ impl Invalid {
 
 /// Reads the entity object out of a payload: the envelope's `data`, or the bare object.
 pub fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Invalid> {
+    // Most payloads are our envelopes: only `data` is built into a tree. Its other
+    // attributes, when each became a `Value` in an ordered map with hashed keys (bson
+    // turns on serde_json's `preserve_order`), were most of a message's parsing. Anything
+    // the probe does not take whole (no envelope, a duplicate attribute, bad JSON) is
+    // parsed as before, so the outcome and its reason are the same either way. (Only an
+    // object is probed: a derived struct would also take an array, by position.)
+    if payload.trim_ascii_start().starts_with(b"{")
+        && let Ok(EnvelopeProbe {
+            specversion: Some(_),
+            data: Some(data),
+        }) = serde_json::from_slice(payload)
+        && let Ok(Value::Object(map)) = serde_json::from_str(data.get())
+    {
+        return Ok(map);
+    }
     let value: Value =
         serde_json::from_slice(payload).map_err(|e| Invalid::NotJson(e.to_string()))?;
     match envelope::data_of(value) {
@@ -245,6 +260,15 @@ pub fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Invalid>
             json_type(&other)
         ))),
     }
+}
+
+/// An envelope's `data`, unparsed, and whether it names a `specversion`; every other
+/// attribute is skipped.
+#[derive(serde::Deserialize)]
+struct EnvelopeProbe<'a> {
+    specversion: Option<serde::de::IgnoredAny>,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 /// An id may be a non-empty string or an integer (the seeds use both); it is kept as text.
@@ -428,6 +452,51 @@ fn iso(s: &str) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `object` probes envelopes without building their attributes; whatever the payload,
+    /// it must answer as parsing the whole tree does.
+    #[test]
+    fn an_envelope_s_data_is_read_as_the_whole_tree_would_give_it() {
+        let whole_tree = |payload: &[u8]| -> Result<serde_json::Map<String, Value>, Invalid> {
+            let value: Value =
+                serde_json::from_slice(payload).map_err(|e| Invalid::NotJson(e.to_string()))?;
+            match envelope::data_of(value) {
+                Value::Object(map) => Ok(map),
+                other => Err(Invalid::NotJson(format!(
+                    "expected an object, found {}",
+                    json_type(&other)
+                ))),
+            }
+        };
+        let data = json!({"id": "c1", "name": "Ana", "email": "ana@example.com"});
+        let ours = envelope::Envelope::new("livros.customer", "c1", None, &data).to_vec();
+        let payloads: Vec<Vec<u8>> = vec![
+            ours.clone(),
+            data.to_string().into_bytes(),
+            br#"  {"data": {"id": 1}, "specversion": "1.0", "extra": [1, {"a": null}]}"#.to_vec(),
+            br#"{"specversion": null, "data": {"id": "x"}}"#.to_vec(),
+            br#"{"specversion": "1.0", "data": null}"#.to_vec(),
+            br#"{"specversion": "1.0", "data": [1, 2]}"#.to_vec(),
+            br#"{"specversion": "1.0", "data": "text"}"#.to_vec(),
+            br#"{"specversion": "1.0", "data": {"id": "a"}, "data": {"id": "b"}}"#.to_vec(),
+            br#"{"specversion": "1.0", "specversion": "1.0", "data": {"id": "a"}}"#.to_vec(),
+            br#"{"specversion": "1.0", "data": {"id": "a"}} trailing"#.to_vec(),
+            br#"["1.0", {"id": "a"}]"#.to_vec(),
+            br#"{"specversion": "1.0"}"#.to_vec(),
+            b"not json".to_vec(),
+            b"".to_vec(),
+        ];
+        for payload in &payloads {
+            assert_eq!(
+                object(payload),
+                whole_tree(payload),
+                "{}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        assert_eq!(object(&ours).unwrap(), *data.as_object().unwrap());
+        assert!(object(br#"["1.0", {"id": "a"}]"#).is_err());
+    }
 
     fn canonical(v: Value) -> Result<String, String> {
         timestamp(&v).map(|t| format_timestamp(&t))
