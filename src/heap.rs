@@ -83,11 +83,15 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// ([`crate::sqlite::heap::use_mimalloc`]). Kept a second (mimalloc's default), what the
 /// consumers' batches, the search index's commits and SQLite's page caches freed held
 /// 85–130 MB resident around 70–90 MB in use through a soak, rising and falling by 30 MB
-/// from one reading to the next; given back at once, 65–90 MB, but S2 stored 10 % fewer
-/// events a second (`bench --events`), each free page given back and taken again. After
-/// 10 ms (mimalloc 2's default) S2 is as fast as with a second, and a 25-minute soak's
-/// resident memory held at 198–208 MB from minute 13 on (ARCHITECTURE.md, "Measured").
-pub const PURGE_DELAY_MS: std::ffi::c_long = 10;
+/// from one reading to the next. Given back sooner, memory is taken again from the
+/// system, each page faulted in and zeroed by the kernel: after 10 ms the whole of
+/// `bench --events 90000` took 7.6–8.0 s of CPU against 5.7–5.9 after 100 ms and 5.4–6.0
+/// after a second (S2 59,000–63,000 events/s against 63,000–69,000 and 66,000–77,000;
+/// page faults about 200,000, 57,000 and 11,000–19,000),
+/// while a 15-minute soak's resident memory read the same within ten megabytes either way
+/// (180–226 MB after 10 ms, 186–221 after 100, minutes 10 to 15; ARCHITECTURE.md,
+/// "Measured").
+pub const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// Sets mimalloc to give freed memory back after [`PURGE_DELAY_MS`], unless
 /// `MIMALLOC_PURGE_DELAY` says otherwise. Called first thing in `main`, before any other
