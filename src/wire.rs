@@ -238,11 +238,12 @@ impl Invalid {
 pub fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Invalid> {
     // Most payloads are our envelopes: only `data` is built into a tree. Its other
     // attributes, when each became a `Value` in an ordered map with hashed keys (bson
-    // turns on serde_json's `preserve_order`), were most of a message's parsing. Anything
-    // the probe does not take whole (no envelope, a duplicate attribute, bad JSON) is
-    // parsed as before, so the outcome and its reason are the same either way. (Only an
-    // object is probed: a derived struct would also take an array, by position.)
-    if payload.trim_ascii_start().starts_with(b"{")
+    // turns on serde_json's `preserve_order`), were most of a message's parsing. Only an
+    // object whose first key is `specversion`, as our envelopes write it, is probed, so a
+    // bare entity (an HTTP body, a seed's message) is parsed once, as before; and anything
+    // the probe does not take whole (a duplicate attribute, bad JSON) is parsed as before
+    // too, so the outcome and its reason are the same either way.
+    if starts_as_envelope(payload)
         && let Ok(EnvelopeProbe {
             specversion: Some(_),
             data: Some(data),
@@ -260,6 +261,15 @@ pub fn object(payload: &[u8]) -> Result<serde_json::Map<String, Value>, Invalid>
             json_type(&other)
         ))),
     }
+}
+
+/// Whether `payload` is an object whose first key is `specversion`. (An array is not: a
+/// derived struct would read one by position.)
+fn starts_as_envelope(payload: &[u8]) -> bool {
+    payload
+        .trim_ascii_start()
+        .strip_prefix(b"{")
+        .is_some_and(|rest| rest.trim_ascii_start().starts_with(br#""specversion""#))
 }
 
 /// An envelope's `data`, unparsed, and whether it names a `specversion`; every other
@@ -473,7 +483,8 @@ mod tests {
         let payloads: Vec<Vec<u8>> = vec![
             ours.clone(),
             data.to_string().into_bytes(),
-            br#"  {"data": {"id": 1}, "specversion": "1.0", "extra": [1, {"a": null}]}"#.to_vec(),
+            br#"  { "specversion": "1.0", "extra": [1, {"a": null}], "data": {"id": 1}}"#.to_vec(),
+            br#"{"data": {"id": 1}, "specversion": "1.0"}"#.to_vec(),
             br#"{"specversion": null, "data": {"id": "x"}}"#.to_vec(),
             br#"{"specversion": "1.0", "data": null}"#.to_vec(),
             br#"{"specversion": "1.0", "data": [1, 2]}"#.to_vec(),
@@ -495,6 +506,11 @@ mod tests {
             );
         }
         assert_eq!(object(&ours).unwrap(), *data.as_object().unwrap());
+        assert!(
+            starts_as_envelope(&ours),
+            "our envelopes are the ones probed"
+        );
+        assert!(!starts_as_envelope(data.to_string().as_bytes()));
         assert!(object(br#"["1.0", {"id": "a"}]"#).is_err());
     }
 
