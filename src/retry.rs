@@ -46,15 +46,20 @@ impl Backoff {
         );
         self.next = (self.next * 2).min(MAX_DELAY);
         self.attempt += 1;
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
-        }
+        sleep(delay, shutdown).await
     }
 
     /// How many attempts have failed so far.
     pub fn failures(&self) -> u32 {
         self.attempt - 1
+    }
+}
+
+/// Sleeps for `delay`; false (at once) when `shutdown` is cancelled meanwhile.
+pub async fn sleep(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 

@@ -26,7 +26,8 @@ use sqlx::{Connection as _, QueryBuilder, Row, Sqlite};
 use tokio::sync::Notify;
 
 use super::{
-    Bus, BusError, BusResult, Consumer, Message, Record, StartFrom, TopicPartition, TopicStats,
+    Bus, BusError, BusResult, Consumer, Message, Position, Record, StartFrom, TopicPartition,
+    TopicStats,
 };
 
 /// How long a member's claim on a topic lasts without renewal. A crashed member on another
@@ -340,6 +341,33 @@ impl Bus for EmbeddedBus {
                     consumed,
                 },
             );
+        }
+        Ok(out)
+    }
+
+    async fn positions(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> BusResult<BTreeMap<TopicPartition, Position>> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let mut out = BTreeMap::new();
+        for topic in topics {
+            let rows: Vec<(i32, i64, Option<i64>)> = sqlx::query_as(
+                "SELECT p.partition, p.next_offset, g.next_offset FROM partitions p
+                 LEFT JOIN group_offsets g
+                   ON g.grp = ? AND g.topic = p.topic AND g.partition = p.partition
+                 WHERE p.topic = ?",
+            )
+            .bind(group)
+            .bind(topic)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            for (partition, end, committed) in rows {
+                let committed = committed.unwrap_or(0);
+                out.insert((topic.clone(), partition), Position { end, committed });
+            }
         }
         Ok(out)
     }

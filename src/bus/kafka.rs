@@ -25,7 +25,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    Bus, BusError, BusResult, Consumer, Message, Record, StartFrom, TopicPartition, TopicStats,
+    Bus, BusError, BusResult, Consumer, Message, Position, Record, StartFrom, TopicPartition,
+    TopicStats,
 };
 
 /// How long metadata, watermark and commit calls may take before the broker counts as
@@ -379,6 +380,27 @@ impl Bus for KafkaBus {
             .iter()
             .map(|(tp, h)| h - committed.get(tp).copied().unwrap_or(0).min(*h))
             .sum())
+    }
+
+    async fn positions(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> BusResult<BTreeMap<TopicPartition, Position>> {
+        let existing = self.existing_topics().await?;
+        let partitions: BTreeMap<String, i32> = topics
+            .iter()
+            .filter_map(|t| existing.get(t).map(|n| (t.clone(), *n)))
+            .collect();
+        let high = self.watermarks(&partitions).await?;
+        let committed = self.group_committed(group, &partitions).await?;
+        Ok(high
+            .into_iter()
+            .map(|(tp, end)| {
+                let committed = committed.get(&tp).copied().unwrap_or(0);
+                (tp, Position { end, committed })
+            })
+            .collect())
     }
 
     fn describe(&self) -> String {

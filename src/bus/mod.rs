@@ -80,6 +80,15 @@ pub struct TopicStats {
     pub consumed: BTreeMap<String, i64>,
 }
 
+/// Where one partition stands for one consumer group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The offset the next published message will get.
+    pub end: i64,
+    /// The group's committed offset (the next it will read); 0 where it has committed none.
+    pub committed: i64,
+}
+
 /// Errors of a bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -130,6 +139,15 @@ pub trait Bus: Send + Sync {
             .map(|t| t.published - t.consumed.get(group).copied().unwrap_or(0))
             .sum())
     }
+
+    /// Per partition of `topics` (those that exist), its end and what `group` has
+    /// committed: by comparing the ends read now with the commits read later, a caller
+    /// learns whether the group has since stored everything published until now.
+    async fn positions(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> BusResult<BTreeMap<TopicPartition, Position>>;
 
     /// A name for logs (`embedded (livros-data/bus.db)`, `kafka (host:9092)`).
     fn describe(&self) -> String;

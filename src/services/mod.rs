@@ -340,7 +340,9 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::bus::{Bus, BusResult, Consumer, Record, StartFrom, TopicStats};
+    use crate::bus::{
+        Bus, BusResult, Consumer, Position, Record, StartFrom, TopicPartition, TopicStats,
+    };
 
     /// A bus whose every publish takes `delay` (in tokio's clock: a busy machine's bus, in
     /// a test whose clock is paused) and keeps what it was given, publish by publish. Not
@@ -395,6 +397,13 @@ mod tests {
             _: &[String],
             _: &[String],
         ) -> BusResult<BTreeMap<String, TopicStats>> {
+            unreachable!("the pacing tests only publish")
+        }
+        async fn positions(
+            &self,
+            _: &str,
+            _: &[String],
+        ) -> BusResult<BTreeMap<TopicPartition, Position>> {
             unreachable!("the pacing tests only publish")
         }
         fn describe(&self) -> String {

@@ -8,17 +8,21 @@
 //! stores set up wrong) are retried with backoff, never skipped. Each consumer has its own
 //! task, so one waiting (an order for its customer) never holds up another.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Counters, Handler, Outcome, Rejection, ServiceError, bus_transient, panic_words, short,
 };
-use crate::bus::{Bus, Message, Record, StartFrom, next_offsets};
+use crate::bus::{
+    Bus, BusError, Message, Position, Record, StartFrom, TopicPartition, next_offsets,
+};
 use crate::retry;
 use crate::store::StoreError;
+use crate::wire::Invalid;
 
 /// The consumer group of S2's consumer of `topic` (the system's name, unprefixed):
 /// `<group>.<topic>`.
@@ -46,6 +50,21 @@ pub struct ConsumerSpec {
     /// Where rejected messages go, with the reason in headers: `<topic>.dlq`
     /// ([`crate::bus::dlq_topic`]) unless the system's wire contract names another topic.
     pub dead_letters: String,
+    /// The topics this consumer's messages refer to (an order to its customer), each with
+    /// the group that stores it. A message the handler rejects as an
+    /// [`Invalid::UnknownReference`] is handled again until the reference grace has
+    /// passed *and* these groups have stored everything published on their topics by
+    /// then: only a reference still unknown after that is dead-lettered.
+    pub refers_to: Vec<Referenced>,
+}
+
+/// A topic that another consumer's messages refer to, and the group that stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referenced {
+    /// The topic's name in this deployment (prefixed).
+    pub topic: String,
+    /// The consumer group that stores it.
+    pub group: String,
 }
 
 /// Messages on the consumers' topics that their groups have not committed yet.
@@ -64,7 +83,8 @@ pub struct S2Config {
     pub group: String,
     /// Most messages per batch (and per store round trip).
     pub batch_size: usize,
-    /// How long an order may wait for its customer and book to be stored.
+    /// How long a message rejected for an unknown reference (an order for its customer
+    /// and book) is handled again before the rejection can be final.
     pub reference_grace: Duration,
     /// Print one line per event.
     pub print_events: bool,
@@ -143,7 +163,7 @@ async fn consume(
         // so an idle topic never holds this batch's commit back. Nothing of it is committed
         // before it has been stored in turn.
         let (stored, prefetched) = tokio::join!(
-            store_batch(&*bus, &spec, &messages, &shutdown),
+            store_batch(&*bus, &spec, config.reference_grace, &messages, &shutdown),
             consumer.poll(config.batch_size, Duration::ZERO)
         );
         let Some((outcomes, rejected)) = stored? else {
@@ -189,6 +209,7 @@ async fn consume(
 async fn store_batch(
     bus: &dyn Bus,
     spec: &ConsumerSpec,
+    grace: Duration,
     messages: &[Message],
     shutdown: &CancellationToken,
 ) -> Result<Option<(Vec<Outcome>, usize)>, ServiceError> {
@@ -203,6 +224,10 @@ async fn store_batch(
     )
     .await?;
     let Some(outcomes) = stored else {
+        return Ok(None);
+    };
+    let Some(outcomes) = settle_references(bus, spec, grace, &payloads, outcomes, shutdown).await?
+    else {
         return Ok(None);
     };
 
@@ -244,6 +269,142 @@ async fn store_batch(
         }
     }
     Ok(Some((outcomes, rejected)))
+}
+
+/// How often a message waiting for what it refers to is handled again.
+const REFERENCE_RECHECK: Duration = Duration::from_millis(50);
+/// How often, after the grace, the referenced groups' progress is read.
+const PROGRESS_RECHECK: Duration = Duration::from_millis(250);
+
+fn unknown_reference(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Rejected(Rejection::Invalid(Invalid::UnknownReference { .. }))
+    )
+}
+
+/// Gives the messages of a batch rejected for an unknown reference time for it to be
+/// stored: they are handled again, alone, until `grace` has passed, and then until the
+/// groups of `spec.refers_to` have stored everything published on their topics by then.
+/// So a reference whose consumer was merely behind (starting, rebalancing, catching up
+/// after an outage) is never dead-lettered for it, in one process or many; one still
+/// unknown after both is. `None` when stopped for shutdown.
+async fn settle_references(
+    bus: &dyn Bus,
+    spec: &ConsumerSpec,
+    grace: Duration,
+    payloads: &[&[u8]],
+    mut outcomes: Vec<Outcome>,
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<Outcome>>, ServiceError> {
+    let deadline = Instant::now() + grace;
+    loop {
+        let now = Instant::now();
+        if !outcomes.iter().any(unknown_reference) || now >= deadline {
+            break;
+        }
+        if !retry::sleep(REFERENCE_RECHECK.min(deadline - now), shutdown).await
+            || !handle_again(spec, payloads, &mut outcomes, shutdown).await?
+        {
+            return Ok(None);
+        }
+    }
+    if spec.refers_to.is_empty() || !outcomes.iter().any(unknown_reference) {
+        return Ok(Some(outcomes));
+    }
+
+    let read = || positions(bus, &spec.refers_to);
+    let what = format!("reading the progress of what `{}` refers to", spec.topic);
+    let Some(ends) = retry::until_ok(&what, shutdown, bus_transient, read).await? else {
+        return Ok(None);
+    };
+    let mut told = false;
+    loop {
+        let Some(now) = retry::until_ok(&what, shutdown, bus_transient, read).await? else {
+            return Ok(None);
+        };
+        let behind: Vec<String> = spec
+            .refers_to
+            .iter()
+            .filter_map(|r| {
+                let n: i64 = ends
+                    .iter()
+                    .filter(|((topic, _), _)| *topic == r.topic)
+                    .map(|(tp, end)| (end.end - now.get(tp).map_or(0, |p| p.committed)).max(0))
+                    .sum();
+                (n > 0).then(|| format!("`{}` ({n} to go)", r.topic))
+            })
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        if !told {
+            told = true;
+            tracing::info!(
+                topic = %spec.topic,
+                "messages refer to what is not stored yet; waiting for {} to be stored up to \
+                 where it was when the grace ran out",
+                behind.join(", ")
+            );
+        }
+        if !retry::sleep(PROGRESS_RECHECK, shutdown).await
+            || !handle_again(spec, payloads, &mut outcomes, shutdown).await?
+        {
+            return Ok(None);
+        }
+        if !outcomes.iter().any(unknown_reference) {
+            return Ok(Some(outcomes));
+        }
+    }
+    // Everything that was published before it is stored now: one last look is final.
+    if !handle_again(spec, payloads, &mut outcomes, shutdown).await? {
+        return Ok(None);
+    }
+    Ok(Some(outcomes))
+}
+
+/// Where the partitions of `refers_to` stand, each for the group that stores it.
+async fn positions(
+    bus: &dyn Bus,
+    refers_to: &[Referenced],
+) -> Result<BTreeMap<TopicPartition, Position>, BusError> {
+    let mut out = BTreeMap::new();
+    for r in refers_to {
+        out.extend(
+            bus.positions(&r.group, std::slice::from_ref(&r.topic))
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Handles the messages rejected for an unknown reference again, alone, and puts their
+/// new outcomes in place; false when stopped for shutdown.
+async fn handle_again(
+    spec: &ConsumerSpec,
+    payloads: &[&[u8]],
+    outcomes: &mut [Outcome],
+    shutdown: &CancellationToken,
+) -> Result<bool, ServiceError> {
+    let waiting: Vec<usize> = (0..outcomes.len())
+        .filter(|i| unknown_reference(&outcomes[*i]))
+        .collect();
+    let again: Vec<&[u8]> = waiting.iter().map(|i| payloads[*i]).collect();
+    let topic = &spec.topic;
+    let Some(handled) = retry::until_ok(
+        &format!("storing a batch from `{topic}`"),
+        shutdown,
+        StoreError::is_retryable,
+        || handle(&*spec.handler, topic, &again),
+    )
+    .await?
+    else {
+        return Ok(false);
+    };
+    for (i, outcome) in waiting.into_iter().zip(handled) {
+        outcomes[i] = outcome;
+    }
+    Ok(true)
 }
 
 /// `handler`'s outcomes for `payloads`. A batch that panics (a bug, on some message) is
@@ -309,6 +470,7 @@ pub fn dead_letter(m: &Message, reason: &str, dlq: &str) -> Record {
 mod tests {
     use super::*;
     use crate::bus::embedded::EmbeddedBus;
+    use std::collections::HashSet;
     use std::sync::Mutex;
 
     /// Stores every payload it is handed, and panics on `boom`.
@@ -360,6 +522,7 @@ mod tests {
             place: "memory".into(),
             handler: handler.clone(),
             dead_letters: "t.dlq".into(),
+            refers_to: Vec::new(),
         };
         let config = S2Config {
             print_events: false,
@@ -398,6 +561,121 @@ mod tests {
         shutdown.cancel();
         s2.await.expect("S2 went on").unwrap();
         assert_eq!(*handler.0.lock().unwrap(), ["a", "b"]);
+        assert_eq!(Counters::get(&counters.dead_lettered), 1);
+    }
+
+    /// Stores `child-of:<parent>` once `<parent>` is among its parents, and rejects it as
+    /// an unknown reference until then.
+    #[derive(Default)]
+    struct Children {
+        parents: Mutex<HashSet<String>>,
+        stored: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Children {
+        async fn handle(&self, payloads: &[&[u8]]) -> crate::store::StoreResult<Vec<Outcome>> {
+            let parents = self.parents.lock().unwrap();
+            Ok(payloads
+                .iter()
+                .map(|p| {
+                    let text = String::from_utf8_lossy(p).into_owned();
+                    let parent = text.trim_start_matches("child-of:").to_string();
+                    if !parents.contains(&parent) {
+                        return Outcome::Rejected(Rejection::Invalid(Invalid::UnknownReference {
+                            kind: "parent",
+                            id: parent,
+                        }));
+                    }
+                    self.stored.lock().unwrap().push(text.clone());
+                    Outcome::Stored {
+                        label: text.clone(),
+                        id: text,
+                        out: Vec::new(),
+                    }
+                })
+                .collect())
+        }
+    }
+
+    /// A reference whose own consumer is behind (here: has not stored its topic at all) is
+    /// waited for past the grace, however long that takes; once that consumer has stored
+    /// everything published, a reference still unknown is dead-lettered.
+    #[tokio::test]
+    async fn an_unknown_reference_waits_for_its_topic_s_consumer_then_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Arc::new(EmbeddedBus::open(dir.path()).await.unwrap());
+        bus.ensure_topics(&["t".into(), "t.dlq".into(), "parents".into()], 1)
+            .await
+            .unwrap();
+        let record = |topic: &str, payload: &str| Record {
+            topic: topic.into(),
+            key: None,
+            headers: Vec::new(),
+            payload: payload.as_bytes().to_vec(),
+        };
+        bus.publish(&[
+            record("parents", "p1"),
+            record("t", "child-of:p1"),
+            record("t", "child-of:ghost"),
+        ])
+        .await
+        .unwrap();
+
+        let handler = Arc::new(Children::default());
+        let spec = ConsumerSpec {
+            topic: "t".into(),
+            group: "g.t".into(),
+            noun: "child",
+            place: "memory".into(),
+            handler: handler.clone(),
+            dead_letters: "t.dlq".into(),
+            refers_to: vec![Referenced {
+                topic: "parents".into(),
+                group: "g.parents".into(),
+            }],
+        };
+        let config = S2Config {
+            print_events: false,
+            reference_grace: Duration::from_millis(100),
+            ..S2Config::default()
+        };
+        let counters = Arc::new(Counters::default());
+        let shutdown = CancellationToken::new();
+        let s2 = tokio::spawn(run(
+            bus.clone(),
+            vec![spec],
+            config,
+            counters.clone(),
+            shutdown.clone(),
+        ));
+        let mut dlq = bus
+            .subscribe("inspector", &["t.dlq".into()], StartFrom::Earliest)
+            .await
+            .unwrap();
+        // Ten graces on, the parents' consumer has stored nothing: nothing is final.
+        let early = dlq.poll(10, Duration::from_secs(1)).await.unwrap();
+        assert!(early.is_empty(), "dead-lettered while `parents` was behind");
+        assert_eq!(Counters::get(&counters.stored), 0);
+
+        // The parents' consumer stores p1 and commits.
+        handler.parents.lock().unwrap().insert("p1".into());
+        let mut parents = bus
+            .subscribe("g.parents", &["parents".into()], StartFrom::Earliest)
+            .await
+            .unwrap();
+        let p = parents.poll(10, Duration::from_secs(10)).await.unwrap();
+        parents.commit(&next_offsets(&p)).await.unwrap();
+
+        let letters = dlq.poll(10, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(letters.len(), 1, "one dead letter");
+        assert_eq!(letters[0].payload, b"child-of:ghost");
+        let reason = letters[0].header("dlq.reason").unwrap_or_default();
+        assert_eq!(reason, "unknown parent `ghost`, referred to but not stored");
+        shutdown.cancel();
+        s2.await.expect("S2 went on").unwrap();
+        assert_eq!(*handler.stored.lock().unwrap(), ["child-of:p1"]);
+        assert_eq!(Counters::get(&counters.stored), 1);
         assert_eq!(Counters::get(&counters.dead_lettered), 1);
     }
 }

@@ -8,7 +8,7 @@ use crate::common::service_url;
 
 use livros::bus::embedded::EmbeddedBus;
 use livros::bus::kafka::{KafkaBus, KafkaConfig};
-use livros::bus::{Bus, BusError, Consumer, Message, Record, StartFrom, next_offsets};
+use livros::bus::{Bus, BusError, Consumer, Message, Position, Record, StartFrom, next_offsets};
 
 /// Generous: a Kafka group may take seconds to form. Only a failing test waits this long.
 const WAIT: Duration = Duration::from_secs(30);
@@ -271,8 +271,67 @@ async fn unknown_topics_are_errors(bus: &dyn Bus) {
     assert!(matches!(subscribed, Err(BusError::UnknownTopic(_))));
 }
 
+/// Each partition's end and a group's commit on it, as S2 reads them to learn whether a
+/// group has stored everything published until some moment.
+async fn positions_are_per_partition(bus: &dyn Bus) {
+    let t = topic("positions");
+    let g = group("g");
+    bus.ensure_topics(std::slice::from_ref(&t), 2)
+        .await
+        .unwrap();
+    let empty = bus.positions(&g, std::slice::from_ref(&t)).await.unwrap();
+    assert_eq!(
+        empty,
+        (0..2)
+            .map(|p| ((t.clone(), p), Position::default()))
+            .collect(),
+        "both partitions, empty and never committed"
+    );
+
+    let placed = bus
+        .publish(&[
+            record(&t, Some("a"), b"1"),
+            record(&t, Some("a"), b"2"),
+            record(&t, Some("a"), b"3"),
+        ])
+        .await
+        .unwrap();
+    let used = placed[0].0;
+    let mut consumer = bus
+        .subscribe(&g, std::slice::from_ref(&t), StartFrom::Earliest)
+        .await
+        .unwrap();
+    let got = take(&mut *consumer, 3).await;
+    // Two of the three stored.
+    consumer.commit(&next_offsets(&got[..2])).await.unwrap();
+    consumer.close().await.unwrap();
+    let now = bus.positions(&g, std::slice::from_ref(&t)).await.unwrap();
+    assert_eq!(
+        now[&(t.clone(), used)],
+        Position {
+            end: 3,
+            committed: 2
+        }
+    );
+    assert_eq!(now[&(t.clone(), 1 - used)], Position::default());
+    // Another group has committed nothing; an unknown topic has no partitions.
+    let other = bus
+        .positions(&group("never-joined"), &[t.clone(), topic("no-such-topic")])
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 2);
+    assert_eq!(
+        other[&(t.clone(), used)],
+        Position {
+            end: 3,
+            committed: 0
+        }
+    );
+}
+
 async fn suite(bus: &dyn Bus) {
     publish_and_consume(bus).await;
+    positions_are_per_partition(bus).await;
     uncommitted_messages_are_redelivered(bus).await;
     groups_are_independent_and_start_where_asked(bus).await;
     unknown_topics_are_errors(bus).await;

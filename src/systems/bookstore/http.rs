@@ -68,9 +68,7 @@ struct Create {
 #[async_trait::async_trait]
 impl Handler for Create {
     async fn handle(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Outcome>> {
-        self.router
-            .apply(self.entity, payloads, std::time::Duration::ZERO)
-            .await
+        self.router.apply(self.entity, payloads).await
     }
 }
 

@@ -21,7 +21,6 @@ pub mod routing;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +31,7 @@ use super::{GenConfig, GetError, Sent, System, Workers};
 use crate::api::ApiConfig;
 use crate::app::Settings;
 use crate::bus::{Bus, Topics};
-use crate::services::s2::{ConsumerSpec, group_of};
+use crate::services::s2::{ConsumerSpec, Referenced, group_of};
 use crate::services::{Counters, Handler, Outcome, ServiceError};
 use crate::store::{Schema, StoreKind, StoreResult, Stores};
 
@@ -52,15 +51,12 @@ pub struct Bookstore;
 struct EntityHandler {
     router: Router,
     entity: Entity,
-    reference_grace: Duration,
 }
 
 #[async_trait]
 impl Handler for EntityHandler {
     async fn handle(&self, payloads: &[&[u8]]) -> StoreResult<Vec<Outcome>> {
-        self.router
-            .apply(self.entity, payloads, self.reference_grace)
-            .await
+        self.router.apply(self.entity, payloads).await
     }
 }
 
@@ -88,8 +84,18 @@ impl Bookstore {
                 handler: Arc::new(EntityHandler {
                     router: router.clone(),
                     entity: route.entity,
-                    reference_grace: settings.s2.reference_grace,
                 }),
+                refers_to: route
+                    .refers_to
+                    .iter()
+                    .map(|entity| {
+                        let referred = routing::route_of(*entity);
+                        Referenced {
+                            topic: settings.topics.entity(referred),
+                            group: group_of(&settings.s2.group, referred.topic),
+                        }
+                    })
+                    .collect(),
             })
             .collect()
     }

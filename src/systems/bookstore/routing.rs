@@ -8,6 +8,10 @@
 //! | `orders` | order | key-value | hash `order:<id>`, set `customer:<id>:orders` | fast writes and reads of recent history |
 //!
 //! Every topic has a dead-letter topic, `<topic>.dlq`, for messages that cannot be stored.
+//! An order refers to its customer and book, which must be stored for it to be; they come
+//! on their own topics, so an order whose customer or book is unknown is dead-lettered
+//! only after the reference grace, once the customers' and books' consumers have stored
+//! everything published by then (S2 waits: [`crate::services::s2::Referenced`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -65,6 +69,9 @@ pub struct Route {
     pub entity: Entity,
     /// The store that keeps it.
     pub store: StoreKind,
+    /// The entities it refers to by id, which must be stored for it to be (they travel
+    /// on their own topics, so S2 waits for them: see [`crate::services::s2::Referenced`]).
+    pub refers_to: &'static [Entity],
 }
 
 /// The routing table.
@@ -73,16 +80,19 @@ pub const ROUTES: [Route; 3] = [
         topic: "customers",
         entity: Entity::Customer,
         store: StoreKind::Relational,
+        refers_to: &[],
     },
     Route {
         topic: "books",
         entity: Entity::Book,
         store: StoreKind::Document,
+        refers_to: &[],
     },
     Route {
         topic: "orders",
         entity: Entity::Order,
         store: StoreKind::KeyValue,
+        refers_to: &[Entity::Customer, Entity::Book],
     },
 ];
 
@@ -268,9 +278,6 @@ impl Known {
     }
 }
 
-/// How long to wait between looks for an order's customer or book.
-const REFERENCE_RECHECK: Duration = Duration::from_millis(50);
-
 impl Router {
     /// A router over `stores`.
     pub fn new(stores: Stores) -> Self {
@@ -293,18 +300,14 @@ impl Router {
 
     /// Parses, validates and stores `payloads` as `entity`, returning one outcome per
     /// payload in order. Invalid payloads are `Rejected` and do not affect the others.
-    /// An order whose customer or book is not stored yet is looked up again until
-    /// `reference_grace` has passed (they travel on other topics and may arrive later).
+    /// An order whose customer or book is not stored is rejected as
+    /// [`Invalid::UnknownReference`] at once: S2 hands it back later (its grace), the
+    /// HTTP API answers 422.
     ///
     /// `Err` means a store is unavailable or at fault (see [`crate::store::StoreError`]):
     /// nothing is lost, the caller retries the batch (writes are idempotent). Only what is
     /// wrong with a record itself makes it `Rejected`.
-    pub async fn apply(
-        &self,
-        entity: Entity,
-        payloads: &[&[u8]],
-        reference_grace: Duration,
-    ) -> StoreResult<Vec<Outcome>> {
+    pub async fn apply(&self, entity: Entity, payloads: &[&[u8]]) -> StoreResult<Vec<Outcome>> {
         match entity {
             Entity::Customer => {
                 let parsed: Vec<_> = payloads.iter().map(|p| domain::parse_customer(p)).collect();
@@ -316,7 +319,7 @@ impl Router {
             }
             Entity::Order => {
                 let parsed: Vec<_> = payloads.iter().map(|p| domain::parse_order(p)).collect();
-                let checked = self.check_references(parsed, reference_grace).await?;
+                let checked = self.check_references(parsed).await?;
                 self.store_orders(checked).await
             }
         }
@@ -457,81 +460,61 @@ impl Router {
         Ok(failures)
     }
 
-    /// Turns orders whose customer or book is missing into `UnknownReference`, after
-    /// waiting up to `grace` for them to appear.
+    /// Turns orders whose customer or book is not stored into `UnknownReference`.
     async fn check_references(
         &self,
         mut parsed: Vec<Result<Order, Invalid>>,
-        grace: Duration,
     ) -> StoreResult<Vec<Result<Order, Invalid>>> {
-        let deadline = Instant::now() + grace;
         let known = &self.known;
-        loop {
-            let orders: Vec<&Order> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
-            let (mut customers, customer_ids) =
-                Known::split(&known.customers, orders.iter().map(|o| &o.customer_id));
-            let (mut books, book_ids) =
-                Known::split(&known.books, orders.iter().map(|o| &o.book_id));
-            // Both reads at once: they go to different stores.
-            let (customers_read, books_read) = futures::try_join!(
-                async {
-                    match customer_ids.is_empty() {
-                        true => Ok(HashSet::new()),
-                        false => {
-                            self.stores
-                                .relational
-                                .existing_customers(&customer_ids)
-                                .await
-                        }
+        let orders: Vec<&Order> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let (mut customers, customer_ids) =
+            Known::split(&known.customers, orders.iter().map(|o| &o.customer_id));
+        let (mut books, book_ids) = Known::split(&known.books, orders.iter().map(|o| &o.book_id));
+        // Both reads at once: they go to different stores.
+        let (customers_read, books_read) = futures::try_join!(
+            async {
+                match customer_ids.is_empty() {
+                    true => Ok(HashSet::new()),
+                    false => {
+                        self.stores
+                            .relational
+                            .existing_customers(&customer_ids)
+                            .await
                     }
-                },
-                async {
-                    match book_ids.is_empty() {
-                        true => Ok(HashSet::new()),
-                        false => {
-                            self.stores
-                                .document
-                                .existing(BOOKS_COLLECTION, &book_ids)
-                                .await
-                        }
+                }
+            },
+            async {
+                match book_ids.is_empty() {
+                    true => Ok(HashSet::new()),
+                    false => {
+                        self.stores
+                            .document
+                            .existing(BOOKS_COLLECTION, &book_ids)
+                            .await
                     }
-                },
-            )?;
-            Known::remember(&known.customers, customers_read.iter());
-            Known::remember(&known.books, books_read.iter());
-            customers.extend(customers_read);
-            books.extend(books_read);
-            let missing = |o: &Order| -> Option<Invalid> {
-                if !customers.contains(&o.customer_id) {
-                    Some(Invalid::UnknownReference {
+                }
+            },
+        )?;
+        Known::remember(&known.customers, customers_read.iter());
+        Known::remember(&known.books, books_read.iter());
+        customers.extend(customers_read);
+        books.extend(books_read);
+        for p in parsed.iter_mut() {
+            if let Ok(order) = p {
+                if !customers.contains(&order.customer_id) {
+                    *p = Err(Invalid::UnknownReference {
                         kind: "customer",
-                        id: o.customer_id.clone(),
-                    })
-                } else if !books.contains(&o.book_id) {
-                    Some(Invalid::UnknownReference {
+                        id: order.customer_id.clone(),
+                    });
+                } else if !books.contains(&order.book_id) {
+                    *p = Err(Invalid::UnknownReference {
                         kind: "book",
-                        id: o.book_id.clone(),
-                    })
-                } else {
-                    None
+                        id: order.book_id.clone(),
+                    });
                 }
-            };
-            let any_missing = orders.iter().any(|o| missing(o).is_some());
-            if !any_missing {
-                return Ok(parsed);
             }
-            if Instant::now() >= deadline {
-                for p in parsed.iter_mut() {
-                    if let Ok(order) = p
-                        && let Some(invalid) = missing(order)
-                    {
-                        *p = Err(invalid);
-                    }
-                }
-                return Ok(parsed);
-            }
-            tokio::time::sleep(REFERENCE_RECHECK.min(deadline - Instant::now())).await;
         }
+        Ok(parsed)
     }
 }
 

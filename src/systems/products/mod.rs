@@ -99,6 +99,7 @@ pub fn scheduler_spec(settings: &Settings) -> ConsumerSpec {
         place: format!("the products API ({})", scheduler.url()),
         handler: Arc::new(scheduler),
         dead_letters: settings.topics.name(ERRO_PRODUTOS),
+        refers_to: Vec::new(),
     }
 }
 

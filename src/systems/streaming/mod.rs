@@ -91,6 +91,7 @@ impl System for Streaming {
             ConsumerSpec {
                 topic: settings.topics.name(USER_EVENTS),
                 dead_letters: dlq_topic(&settings.topics.name(USER_EVENTS)),
+                refers_to: Vec::new(),
                 group: group_of(&settings.s2.group, USER_EVENTS),
                 noun: "event",
                 place: format!(
@@ -108,6 +109,7 @@ impl System for Streaming {
             ConsumerSpec {
                 topic: settings.topics.name(RESPONSE_EVENTS),
                 dead_letters: dlq_topic(&settings.topics.name(RESPONSE_EVENTS)),
+                refers_to: Vec::new(),
                 group: group_of(&settings.s2.group, RESPONSE_EVENTS),
                 noun: "reply",
                 place: format!("key-value store ({})", engine(stores, StoreKind::KeyValue)),
