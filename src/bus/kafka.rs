@@ -124,6 +124,15 @@ impl KafkaBus {
         Ok(topics)
     }
 
+    /// The partition counts of those of `topics` that exist.
+    async fn partition_counts(&self, topics: &[String]) -> BusResult<BTreeMap<String, i32>> {
+        let existing = self.existing_topics().await?;
+        Ok(topics
+            .iter()
+            .filter_map(|t| existing.get(t).map(|n| (t.clone(), *n)))
+            .collect())
+    }
+
     async fn require_topics(&self, topics: &[String]) -> BusResult<BTreeMap<String, i32>> {
         let existing = self.existing_topics().await?;
         for t in topics {
@@ -341,11 +350,7 @@ impl Bus for KafkaBus {
         topics: &[String],
         groups: &[String],
     ) -> BusResult<BTreeMap<String, TopicStats>> {
-        let existing = self.existing_topics().await?;
-        let partitions: BTreeMap<String, i32> = topics
-            .iter()
-            .filter_map(|t| existing.get(t).map(|n| (t.clone(), *n)))
-            .collect();
+        let partitions = self.partition_counts(topics).await?;
         let high = self.watermarks(&partitions).await?;
         let mut out: BTreeMap<String, TopicStats> = partitions
             .keys()
@@ -387,11 +392,7 @@ impl Bus for KafkaBus {
         group: &str,
         topics: &[String],
     ) -> BusResult<BTreeMap<TopicPartition, Position>> {
-        let existing = self.existing_topics().await?;
-        let partitions: BTreeMap<String, i32> = topics
-            .iter()
-            .filter_map(|t| existing.get(t).map(|n| (t.clone(), *n)))
-            .collect();
+        let partitions = self.partition_counts(topics).await?;
         let high = self.watermarks(&partitions).await?;
         let committed = self.group_committed(group, &partitions).await?;
         Ok(high

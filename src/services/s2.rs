@@ -497,35 +497,40 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_message_that_makes_the_handler_panic_is_dead_lettered_and_the_rest_stored() {
+    /// S2 running one consumer on an embedded bus, and a reader of its dead letters.
+    struct Running {
+        bus: Arc<EmbeddedBus>,
+        s2: tokio::task::JoinHandle<Result<(), ServiceError>>,
+        counters: Arc<Counters>,
+        shutdown: CancellationToken,
+        dlq: Box<dyn crate::bus::Consumer>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Publishes `records` (topic, payload) on a new embedded bus, then runs S2 with the
+    /// consumer `spec` of topic `t` (dead letters to `t.dlq`) and a reference grace of
+    /// `grace`.
+    async fn start(records: &[(&str, &str)], spec: ConsumerSpec, grace: Duration) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let bus = Arc::new(EmbeddedBus::open(dir.path()).await.unwrap());
-        bus.ensure_topics(&["t".into(), "t.dlq".into()], 1)
-            .await
-            .unwrap();
-        let record = |payload: &str| Record {
-            topic: "t".into(),
-            key: None,
-            headers: Vec::new(),
-            payload: payload.as_bytes().to_vec(),
-        };
-        bus.publish(&[record("a"), record("boom"), record("b")])
-            .await
-            .unwrap();
-
-        let handler = Arc::new(PanicsOnBoom::default());
-        let spec = ConsumerSpec {
-            topic: "t".into(),
-            group: "g".into(),
-            noun: "thing",
-            place: "memory".into(),
-            handler: handler.clone(),
-            dead_letters: "t.dlq".into(),
-            refers_to: Vec::new(),
-        };
+        let mut topics = vec!["t".to_string(), "t.dlq".to_string()];
+        topics.extend(records.iter().map(|(topic, _)| topic.to_string()));
+        topics.sort();
+        topics.dedup();
+        bus.ensure_topics(&topics, 1).await.unwrap();
+        let records: Vec<Record> = records
+            .iter()
+            .map(|(topic, payload)| Record {
+                topic: topic.to_string(),
+                key: None,
+                headers: Vec::new(),
+                payload: payload.as_bytes().to_vec(),
+            })
+            .collect();
+        bus.publish(&records).await.unwrap();
         let config = S2Config {
             print_events: false,
+            reference_grace: grace,
             ..S2Config::default()
         };
         let counters = Arc::new(Counters::default());
@@ -537,11 +542,43 @@ mod tests {
             counters.clone(),
             shutdown.clone(),
         ));
-        let mut dlq = bus
+        let dlq = bus
             .subscribe("inspector", &["t.dlq".into()], StartFrom::Earliest)
             .await
             .unwrap();
-        let letters = dlq.poll(10, Duration::from_secs(10)).await.unwrap();
+        Running {
+            bus,
+            s2,
+            counters,
+            shutdown,
+            dlq,
+            _dir: dir,
+        }
+    }
+
+    /// The consumer of `t` in group `g.t`, by `handler`.
+    fn spec(handler: Arc<dyn Handler>, refers_to: Vec<Referenced>) -> ConsumerSpec {
+        ConsumerSpec {
+            topic: "t".into(),
+            group: "g.t".into(),
+            noun: "thing",
+            place: "memory".into(),
+            handler,
+            dead_letters: "t.dlq".into(),
+            refers_to,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_makes_the_handler_panic_is_dead_lettered_and_the_rest_stored() {
+        let handler = Arc::new(PanicsOnBoom::default());
+        let mut s2 = start(
+            &[("t", "a"), ("t", "boom"), ("t", "b")],
+            spec(handler.clone(), Vec::new()),
+            Duration::from_secs(10),
+        )
+        .await;
+        let letters = s2.dlq.poll(10, Duration::from_secs(10)).await.unwrap();
         assert_eq!(letters.len(), 1, "one dead letter");
         assert_eq!(letters[0].payload, b"boom");
         let reason = letters[0].header("dlq.reason").unwrap_or_default();
@@ -551,17 +588,17 @@ mod tests {
         );
 
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Counters::get(&counters.stored) < 2 && !s2.is_finished() {
+        while Counters::get(&s2.counters.stored) < 2 && !s2.s2.is_finished() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "a and b were not stored"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        shutdown.cancel();
-        s2.await.expect("S2 went on").unwrap();
+        s2.shutdown.cancel();
+        s2.s2.await.expect("S2 went on").unwrap();
         assert_eq!(*handler.0.lock().unwrap(), ["a", "b"]);
-        assert_eq!(Counters::get(&counters.dead_lettered), 1);
+        assert_eq!(Counters::get(&s2.counters.dead_lettered), 1);
     }
 
     /// Stores `child-of:<parent>` once `<parent>` is among its parents, and rejects it as
@@ -603,79 +640,45 @@ mod tests {
     /// everything published, a reference still unknown is dead-lettered.
     #[tokio::test]
     async fn an_unknown_reference_waits_for_its_topic_s_consumer_then_is_dead_lettered() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = Arc::new(EmbeddedBus::open(dir.path()).await.unwrap());
-        bus.ensure_topics(&["t".into(), "t.dlq".into(), "parents".into()], 1)
-            .await
-            .unwrap();
-        let record = |topic: &str, payload: &str| Record {
-            topic: topic.into(),
-            key: None,
-            headers: Vec::new(),
-            payload: payload.as_bytes().to_vec(),
-        };
-        bus.publish(&[
-            record("parents", "p1"),
-            record("t", "child-of:p1"),
-            record("t", "child-of:ghost"),
-        ])
-        .await
-        .unwrap();
-
         let handler = Arc::new(Children::default());
-        let spec = ConsumerSpec {
-            topic: "t".into(),
-            group: "g.t".into(),
-            noun: "child",
-            place: "memory".into(),
-            handler: handler.clone(),
-            dead_letters: "t.dlq".into(),
-            refers_to: vec![Referenced {
-                topic: "parents".into(),
-                group: "g.parents".into(),
-            }],
+        let parents = Referenced {
+            topic: "parents".into(),
+            group: "g.parents".into(),
         };
-        let config = S2Config {
-            print_events: false,
-            reference_grace: Duration::from_millis(100),
-            ..S2Config::default()
-        };
-        let counters = Arc::new(Counters::default());
-        let shutdown = CancellationToken::new();
-        let s2 = tokio::spawn(run(
-            bus.clone(),
-            vec![spec],
-            config,
-            counters.clone(),
-            shutdown.clone(),
-        ));
-        let mut dlq = bus
-            .subscribe("inspector", &["t.dlq".into()], StartFrom::Earliest)
-            .await
-            .unwrap();
+        let mut s2 = start(
+            &[
+                ("parents", "p1"),
+                ("t", "child-of:p1"),
+                ("t", "child-of:ghost"),
+            ],
+            spec(handler.clone(), vec![parents]),
+            Duration::from_millis(100),
+        )
+        .await;
         // Ten graces on, the parents' consumer has stored nothing: nothing is final.
-        let early = dlq.poll(10, Duration::from_secs(1)).await.unwrap();
+        let early = s2.dlq.poll(10, Duration::from_secs(1)).await.unwrap();
         assert!(early.is_empty(), "dead-lettered while `parents` was behind");
-        assert_eq!(Counters::get(&counters.stored), 0);
+        assert_eq!(Counters::get(&s2.counters.stored), 0);
 
         // The parents' consumer stores p1 and commits.
         handler.parents.lock().unwrap().insert("p1".into());
-        let mut parents = bus
+        let mut parents = s2
+            .bus
             .subscribe("g.parents", &["parents".into()], StartFrom::Earliest)
             .await
             .unwrap();
         let p = parents.poll(10, Duration::from_secs(10)).await.unwrap();
         parents.commit(&next_offsets(&p)).await.unwrap();
 
-        let letters = dlq.poll(10, Duration::from_secs(10)).await.unwrap();
+        let letters = s2.dlq.poll(10, Duration::from_secs(10)).await.unwrap();
         assert_eq!(letters.len(), 1, "one dead letter");
         assert_eq!(letters[0].payload, b"child-of:ghost");
         let reason = letters[0].header("dlq.reason").unwrap_or_default();
         assert_eq!(reason, "unknown parent `ghost`, referred to but not stored");
-        shutdown.cancel();
-        s2.await.expect("S2 went on").unwrap();
+        s2.shutdown.cancel();
+        s2.s2.await.expect("S2 went on").unwrap();
         assert_eq!(*handler.stored.lock().unwrap(), ["child-of:p1"]);
-        assert_eq!(Counters::get(&counters.stored), 1);
-        assert_eq!(Counters::get(&counters.dead_lettered), 1);
+        assert_eq!(Counters::get(&s2.counters.stored), 1);
+        assert_eq!(Counters::get(&s2.counters.dead_lettered), 1);
     }
 }
