@@ -746,6 +746,62 @@ async fn bad_input_is_dead_lettered_and_the_pipeline_goes_on() {
     assert_eq!(stats["orders.dlq"].published, 2);
 }
 
+/// S2's customers consumer kept from its topic for ten reference graces (another member
+/// of its group holds the topic, as a slow group join or a consumer behind after an
+/// outage would): the orders naming those customers wait for it and are stored, not
+/// dead-lettered.
+#[tokio::test]
+async fn orders_wait_for_a_customers_consumer_that_is_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let backends = Backends::embedded();
+    let bus = backends.bus(dir.path()).await;
+    bus.ensure_topics(&backends.topics.all(), 3).await.unwrap();
+    let customers = backends.topics.entity(routing::route_of(Entity::Customer));
+    let mut holder = bus
+        .subscribe(
+            &s2::group_of(&backends.s2_group, "customers"),
+            std::slice::from_ref(&customers),
+            StartFrom::Earliest,
+        )
+        .await
+        .unwrap();
+    holder.poll(1, Duration::ZERO).await.unwrap();
+
+    let up = livros(dir.path(), &backends)
+        .args(["up", "--count", "50", "--rate", "0", "--quiet"])
+        .args(["--reference-grace-ms", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    holder.close().await.unwrap();
+    let out = tokio::task::spawn_blocking(move || up.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = bus
+        .stats(
+            &[dlq_topic(
+                &backends.topics.entity(routing::route_of(Entity::Order)),
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.values().map(|t| t.published).sum::<i64>(),
+        0,
+        "no order dead-lettered"
+    );
+    verify(dir.path(), &backends, 150, None).await;
+}
+
 /// A fixture of `tests/fixtures/seed`: what the original programs send.
 fn seed_fixture(name: &str) -> Value {
     let path =
