@@ -243,7 +243,9 @@ struct ConsumeArgs {
     #[arg(long, env = "LIVROS_BATCH_SIZE", default_value_t = 1000)]
     batch_size: usize,
 
-    /// How long an order may wait for its customer and book before it is dead-lettered, in ms.
+    /// How long an order waits for its customer and book, in ms. After it, an order whose
+    /// customer or book is still unknown is dead-lettered once S2's customers and books
+    /// consumers have stored everything published by then (not while they are behind).
     #[arg(long, env = "LIVROS_REFERENCE_GRACE_MS", default_value_t = 10_000)]
     reference_grace_ms: u64,
 
