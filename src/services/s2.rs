@@ -27,9 +27,11 @@ use crate::wire::Invalid;
 /// The consumer group of S2's consumer of `topic` (the system's name, unprefixed):
 /// `<group>.<topic>`.
 ///
-/// One group per topic, not one for all: a batch may wait (an order for its customer, up
-/// to the reference grace), and a group member that is not polling holds up every
-/// rebalance of its group. With a group per topic, no consumer is stuck behind another.
+/// One group per topic, not one for all: a batch may wait (an order for its customer: the
+/// reference grace, then until the customers' group has caught up), and a group member
+/// that is not polling holds up every rebalance of its group. With a group per topic, no
+/// consumer is stuck behind another, and the one waited for is never held up by the
+/// waiting one.
 pub fn group_of(group: &str, topic: &str) -> String {
     format!("{group}.{topic}")
 }
