@@ -154,6 +154,20 @@ fn livros(data_dir: &Path, backends: &Backends) -> Command {
     cmd
 }
 
+/// Waits for `child` (without blocking the test's runtime) and checks it succeeded.
+async fn finished(child: Child, what: &str) -> Output {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("livros runs");
     assert!(
@@ -494,15 +508,7 @@ async fn kafka_unreachable_mid_run_loses_and_duplicates_nothing() {
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(4)).await;
     proxy.restore().await;
-    let out = tokio::task::spawn_blocking(move || up.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "up finishes once the broker is reachable again: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = finished(up, "up finishes once the broker is reachable again").await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("bus unavailable"),
@@ -776,15 +782,7 @@ async fn orders_wait_for_a_customers_consumer_that_is_behind() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     holder.close().await.unwrap();
-    let out = tokio::task::spawn_blocking(move || up.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    finished(up, "up finishes once the customers are stored").await;
     let dead = bus
         .stats(
             &[dlq_topic(
