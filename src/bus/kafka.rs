@@ -133,6 +133,23 @@ impl KafkaBus {
             .collect())
     }
 
+    /// Where each of `partitions`' partitions stands for `group`.
+    async fn positions_of(
+        &self,
+        group: &str,
+        partitions: &BTreeMap<String, i32>,
+    ) -> BusResult<BTreeMap<TopicPartition, Position>> {
+        let high = self.watermarks(partitions).await?;
+        let committed = self.group_committed(group, partitions).await?;
+        Ok(high
+            .into_iter()
+            .map(|(tp, end)| {
+                let committed = committed.get(&tp).copied().unwrap_or(0);
+                (tp, Position { end, committed })
+            })
+            .collect())
+    }
+
     async fn require_topics(&self, topics: &[String]) -> BusResult<BTreeMap<String, i32>> {
         let existing = self.existing_topics().await?;
         for t in topics {
@@ -376,15 +393,12 @@ impl Bus for KafkaBus {
     }
 
     async fn lag(&self, group: &str, topics: &[String]) -> BusResult<i64> {
+        // Unlike `positions`, a topic that does not exist is an error here.
         let existing = self.require_topics(topics).await?;
         let partitions: BTreeMap<String, i32> =
             topics.iter().map(|t| (t.clone(), existing[t])).collect();
-        let high = self.watermarks(&partitions).await?;
-        let committed = self.group_committed(group, &partitions).await?;
-        Ok(high
-            .iter()
-            .map(|(tp, h)| h - committed.get(tp).copied().unwrap_or(0).min(*h))
-            .sum())
+        let positions = self.positions_of(group, &partitions).await?;
+        Ok(positions.values().map(Position::lag).sum())
     }
 
     async fn positions(
@@ -393,15 +407,7 @@ impl Bus for KafkaBus {
         topics: &[String],
     ) -> BusResult<BTreeMap<TopicPartition, Position>> {
         let partitions = self.partition_counts(topics).await?;
-        let high = self.watermarks(&partitions).await?;
-        let committed = self.group_committed(group, &partitions).await?;
-        Ok(high
-            .into_iter()
-            .map(|(tp, end)| {
-                let committed = committed.get(&tp).copied().unwrap_or(0);
-                (tp, Position { end, committed })
-            })
-            .collect())
+        self.positions_of(group, &partitions).await
     }
 
     fn describe(&self) -> String {

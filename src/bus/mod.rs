@@ -89,6 +89,13 @@ pub struct Position {
     pub committed: i64,
 }
 
+impl Position {
+    /// Messages published and not yet committed by the group.
+    pub fn lag(&self) -> i64 {
+        (self.end - self.committed).max(0)
+    }
+}
+
 /// Errors of a bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -218,14 +218,7 @@ async fn store_batch(
     let topic = &spec.topic;
     let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
     let batch_started = std::time::SystemTime::now();
-    let stored = retry::until_ok(
-        &format!("storing a batch from `{topic}`"),
-        shutdown,
-        StoreError::is_retryable,
-        || handle(&*spec.handler, topic, &payloads),
-    )
-    .await?;
-    let Some(outcomes) = stored else {
+    let Some(outcomes) = handle_until_stored(spec, &payloads, shutdown).await? else {
         return Ok(None);
     };
     let Some(outcomes) = settle_references(bus, spec, grace, &payloads, outcomes, shutdown).await?
@@ -320,11 +313,10 @@ async fn settle_references(
     let Some(ends) = retry::until_ok(&what, shutdown, bus_transient, read).await? else {
         return Ok(None);
     };
+    // The first reading's commits count too: a group already there is not waited for.
+    let mut now = ends.clone();
     let mut told = false;
     loop {
-        let Some(now) = retry::until_ok(&what, shutdown, bus_transient, read).await? else {
-            return Ok(None);
-        };
         let behind: Vec<String> = spec
             .refers_to
             .iter()
@@ -332,7 +324,15 @@ async fn settle_references(
                 let n: i64 = ends
                     .iter()
                     .filter(|((topic, _), _)| *topic == r.topic)
-                    .map(|(tp, end)| (end.end - now.get(tp).map_or(0, |p| p.committed)).max(0))
+                    .map(|(tp, then)| {
+                        let committed = now.get(tp).map_or(0, |p| p.committed);
+                        // The lag behind the end as it was then, not as it is now.
+                        Position {
+                            end: then.end,
+                            committed,
+                        }
+                        .lag()
+                    })
                     .sum();
                 (n > 0).then(|| format!("`{}` ({n} to go)", r.topic))
             })
@@ -357,6 +357,10 @@ async fn settle_references(
         if !outcomes.iter().any(unknown_reference) {
             return Ok(Some(outcomes));
         }
+        let Some(read) = retry::until_ok(&what, shutdown, bus_transient, read).await? else {
+            return Ok(None);
+        };
+        now = read;
     }
     // Everything that was published before it is stored now: one last look is final.
     if !handle_again(spec, payloads, &mut outcomes, shutdown).await? {
@@ -392,21 +396,30 @@ async fn handle_again(
         .filter(|i| unknown_reference(&outcomes[*i]))
         .collect();
     let again: Vec<&[u8]> = waiting.iter().map(|i| payloads[*i]).collect();
-    let topic = &spec.topic;
-    let Some(handled) = retry::until_ok(
-        &format!("storing a batch from `{topic}`"),
-        shutdown,
-        StoreError::is_retryable,
-        || handle(&*spec.handler, topic, &again),
-    )
-    .await?
-    else {
+    let Some(handled) = handle_until_stored(spec, &again, shutdown).await? else {
         return Ok(false);
     };
     for (i, outcome) in waiting.into_iter().zip(handled) {
         outcomes[i] = outcome;
     }
     Ok(true)
+}
+
+/// `spec`'s handler's outcomes for `payloads`, retried with backoff while a store is
+/// unavailable; `None` when stopped for shutdown.
+async fn handle_until_stored(
+    spec: &ConsumerSpec,
+    payloads: &[&[u8]],
+    shutdown: &CancellationToken,
+) -> Result<Option<Vec<Outcome>>, StoreError> {
+    let topic = &spec.topic;
+    retry::until_ok(
+        &format!("storing a batch from `{topic}`"),
+        shutdown,
+        StoreError::is_retryable,
+        || handle(&*spec.handler, topic, payloads),
+    )
+    .await
 }
 
 /// `handler`'s outcomes for `payloads`. A batch that panics (a bug, on some message) is
