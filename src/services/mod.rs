@@ -57,7 +57,8 @@ pub enum ServiceError {
 pub enum Outcome {
     /// Stored (or already there): the entity's id and a label for output lines.
     Stored {
-        /// Entity id.
+        /// Entity id: two messages stored with the same id wrote the same record (S2
+        /// writes a later one again after an earlier one that waited for a reference).
         id: String,
         /// A human label (a name, a title).
         label: String,

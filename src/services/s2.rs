@@ -8,7 +8,7 @@
 //! stores set up wrong) are retried with backoff, never skipped. Each consumer has its own
 //! task, so one waiting (an order for its customer) never holds up another.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -386,6 +386,10 @@ async fn positions(
 
 /// Handles the messages rejected for an unknown reference again, alone, and puts their
 /// new outcomes in place; false when stopped for shutdown.
+///
+/// The rest of the batch was written while they waited. So when one of them is stored
+/// now, a later message of its batch that stored the same record (a newer version of
+/// the order) is handled again after it, and the newer version is the one that stays.
 async fn handle_again(
     spec: &ConsumerSpec,
     payloads: &[&[u8]],
@@ -395,14 +399,55 @@ async fn handle_again(
     let waiting: Vec<usize> = (0..outcomes.len())
         .filter(|i| unknown_reference(&outcomes[*i]))
         .collect();
-    let again: Vec<&[u8]> = waiting.iter().map(|i| payloads[*i]).collect();
+    if !handle_these(spec, payloads, outcomes, &waiting, shutdown).await? {
+        return Ok(false);
+    }
+    let overtaken = overtaken(outcomes, &waiting);
+    if overtaken.is_empty() {
+        return Ok(true);
+    }
+    handle_these(spec, payloads, outcomes, &overtaken, shutdown).await
+}
+
+/// Handles the messages at `indices` (in their order) and puts their outcomes in place;
+/// false when stopped for shutdown.
+async fn handle_these(
+    spec: &ConsumerSpec,
+    payloads: &[&[u8]],
+    outcomes: &mut [Outcome],
+    indices: &[usize],
+    shutdown: &CancellationToken,
+) -> Result<bool, ServiceError> {
+    let again: Vec<&[u8]> = indices.iter().map(|i| payloads[*i]).collect();
     let Some(handled) = handle_until_stored(spec, &again, shutdown).await? else {
         return Ok(false);
     };
-    for (i, outcome) in waiting.into_iter().zip(handled) {
-        outcomes[i] = outcome;
+    for (i, outcome) in indices.iter().zip(handled) {
+        outcomes[*i] = outcome;
     }
     Ok(true)
+}
+
+/// The messages stored as the same record as one of `rewritten` but later in the batch,
+/// in order: a message's `Stored` id names the record it writes, so these were newer
+/// versions that the rewrite overtook. Empty unless one batch holds two versions of a
+/// record, which is rare; nothing is written twice on the common path.
+fn overtaken(outcomes: &[Outcome], rewritten: &[usize]) -> Vec<usize> {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for &i in rewritten {
+        if let Outcome::Stored { id, .. } = &outcomes[i] {
+            first.entry(id.as_str()).or_insert(i);
+        }
+    }
+    if first.is_empty() {
+        return Vec::new();
+    }
+    (0..outcomes.len())
+        .filter(|j| match &outcomes[*j] {
+            Outcome::Stored { id, .. } => first.get(id.as_str()).is_some_and(|i| j > i),
+            Outcome::Rejected(_) => false,
+        })
+        .collect()
 }
 
 /// `spec`'s handler's outcomes for `payloads`, retried with backoff while a store is
@@ -616,11 +661,12 @@ mod tests {
         assert_eq!(Counters::get(&s2.counters.dead_lettered), 1);
     }
 
-    /// Stores `child-of:<parent>` once `<parent>` is among its parents, and rejects it as
-    /// an unknown reference until then.
+    /// Stores `<child> of <parent>` (as record `<child>`) once `<parent>` is among its
+    /// parents, and rejects it as an unknown reference until then.
     #[derive(Default)]
     struct Children {
         parents: Mutex<HashSet<String>>,
+        /// Every write, in order.
         stored: Mutex<Vec<String>>,
     }
 
@@ -632,17 +678,17 @@ mod tests {
                 .iter()
                 .map(|p| {
                     let text = String::from_utf8_lossy(p).into_owned();
-                    let parent = text.trim_start_matches("child-of:").to_string();
-                    if !parents.contains(&parent) {
+                    let (child, parent) = text.split_once(" of ").expect("<child> of <parent>");
+                    if !parents.contains(parent) {
                         return Outcome::Rejected(Rejection::Invalid(Invalid::UnknownReference {
                             kind: "parent",
-                            id: parent,
+                            id: parent.to_string(),
                         }));
                     }
                     self.stored.lock().unwrap().push(text.clone());
                     Outcome::Stored {
+                        id: child.to_string(),
                         label: text.clone(),
-                        id: text,
                         out: Vec::new(),
                     }
                 })
@@ -661,11 +707,7 @@ mod tests {
             group: "g.parents".into(),
         };
         let mut s2 = start(
-            &[
-                ("parents", "p1"),
-                ("t", "child-of:p1"),
-                ("t", "child-of:ghost"),
-            ],
+            &[("parents", "p1"), ("t", "c1 of p1"), ("t", "c2 of ghost")],
             spec(handler.clone(), vec![parents]),
             Duration::from_millis(100),
         )
@@ -687,13 +729,49 @@ mod tests {
 
         let letters = s2.dlq.poll(10, Duration::from_secs(10)).await.unwrap();
         assert_eq!(letters.len(), 1, "one dead letter");
-        assert_eq!(letters[0].payload, b"child-of:ghost");
+        assert_eq!(letters[0].payload, b"c2 of ghost");
         let reason = letters[0].header("dlq.reason").unwrap_or_default();
         assert_eq!(reason, "unknown parent `ghost`, referred to but not stored");
         s2.shutdown.cancel();
         s2.s2.await.expect("S2 went on").unwrap();
-        assert_eq!(*handler.stored.lock().unwrap(), ["child-of:p1"]);
+        assert_eq!(*handler.stored.lock().unwrap(), ["c1 of p1"]);
         assert_eq!(Counters::get(&s2.counters.stored), 1);
         assert_eq!(Counters::get(&s2.counters.dead_lettered), 1);
+    }
+
+    /// One batch holds two versions of record `c`: the first waits for its parent, the
+    /// second is stored at once. When the first is stored at last, the second is written
+    /// again after it, so the newer version is the one that stays.
+    #[tokio::test]
+    async fn a_newer_version_stored_while_an_older_one_waited_is_written_again_after_it() {
+        let handler = Arc::new(Children::default());
+        handler.parents.lock().unwrap().insert("p2".into());
+        let mut s2 = start(
+            &[("t", "c of p1"), ("t", "c of p2"), ("t", "d of p2")],
+            spec(handler.clone(), Vec::new()),
+            Duration::from_secs(30),
+        )
+        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handler.stored.lock().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "nothing was stored");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        handler.parents.lock().unwrap().insert("p1".into());
+        while Counters::get(&s2.counters.stored) < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the batch was not stored"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        s2.shutdown.cancel();
+        s2.s2.await.expect("S2 went on").unwrap();
+        assert_eq!(
+            *handler.stored.lock().unwrap(),
+            ["c of p2", "d of p2", "c of p1", "c of p2"],
+            "the newer version of `c` is written last, and `d` once"
+        );
+        assert!(s2.dlq.poll(10, Duration::ZERO).await.unwrap().is_empty());
     }
 }
