@@ -616,6 +616,18 @@ mod tests {
         }
     }
 
+    /// Polls `done` until it holds, for ten seconds at most; panics with `what` then.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The consumer of `t` in group `g.t`, by `handler`.
     fn spec(handler: Arc<dyn Handler>, refers_to: Vec<Referenced>) -> ConsumerSpec {
         ConsumerSpec {
@@ -647,14 +659,10 @@ mod tests {
             "{reason}"
         );
 
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Counters::get(&s2.counters.stored) < 2 && !s2.s2.is_finished() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a and b were not stored"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("a and b stored", || {
+            Counters::get(&s2.counters.stored) >= 2 || s2.s2.is_finished()
+        })
+        .await;
         s2.shutdown.cancel();
         s2.s2.await.expect("S2 went on").unwrap();
         assert_eq!(*handler.0.lock().unwrap(), ["a", "b"]);
@@ -752,19 +760,15 @@ mod tests {
             Duration::from_secs(30),
         )
         .await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while handler.stored.lock().unwrap().len() < 2 {
-            assert!(std::time::Instant::now() < deadline, "nothing was stored");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the batch's first writes", || {
+            handler.stored.lock().unwrap().len() >= 2
+        })
+        .await;
         handler.parents.lock().unwrap().insert("p1".into());
-        while Counters::get(&s2.counters.stored) < 3 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the batch was not stored"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually("the whole batch stored", || {
+            Counters::get(&s2.counters.stored) >= 3
+        })
+        .await;
         s2.shutdown.cancel();
         s2.s2.await.expect("S2 went on").unwrap();
         assert_eq!(
