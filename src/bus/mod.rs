@@ -140,11 +140,8 @@ pub trait Bus: Send + Sync {
 
     /// Messages on `topics` that `group` has not committed yet.
     async fn lag(&self, group: &str, topics: &[String]) -> BusResult<i64> {
-        let stats = self.stats(topics, &[group.to_string()]).await?;
-        Ok(stats
-            .values()
-            .map(|t| t.published - t.consumed.get(group).copied().unwrap_or(0))
-            .sum())
+        let positions = self.positions(group, topics).await?;
+        Ok(positions.values().map(Position::lag).sum())
     }
 
     /// Per partition of `topics` (those that exist), its end and what `group` has

@@ -98,6 +98,22 @@ pub async fn redis_cleanup(url: &str, prefix: &str) {
     }
 }
 
+/// Waits for `child` (without blocking the test's runtime) and checks it exited 0;
+/// panics with `what` and its stderr otherwise.
+pub async fn finished(child: std::process::Child, what: &str) -> std::process::Output {
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what} ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

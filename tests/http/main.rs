@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use common::{RealStores, eventually, free_port, service_url, spawn_redis};
+use common::{RealStores, eventually, finished, free_port, service_url, spawn_redis};
 
 /// The `embedded` and `real_stores` tests of one scenario over [`Stores`]; the real one
 /// is skipped when the services' URLs are unset outside CI.
@@ -953,14 +953,11 @@ async fn s1_via_http_logs_every_exchange_and_everything_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("s2-data");
     let (mut s2, addr) = spawn_s2(&data, 0);
-    let out = s1_http(dir.path(), &format!("http://{addr}"), 20)
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = finished(
+        s1_http(dir.path(), &format!("http://{addr}"), 20),
+        "S1 over HTTP finishes",
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("sent 20 customers, 20 books, 20 orders"),
@@ -1010,12 +1007,7 @@ async fn s1_via_http_retries_until_the_server_is_up() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (mut s2, _) = spawn_s2(&dir.path().join("s2-data"), port);
-    let out = s1.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = finished(s1, "S1 finishes once S2 is up").await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("connection error"));
     let log = read_s1_log(dir.path());
     let errors = log.iter().filter(|l| l.get("error").is_some()).count();

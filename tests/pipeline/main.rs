@@ -22,7 +22,7 @@ use livros::systems::bookstore::customers::Customers;
 use livros::systems::bookstore::routing::{self, BOOKS_COLLECTION, BookstoreTopics, Entity};
 use serde_json::Value;
 
-use common::{RealStores, eventually, free_port, service_url, spawn_redis};
+use common::{RealStores, eventually, finished, free_port, service_url, spawn_redis};
 
 /// Held by the Kafka test running now.
 static KAFKA_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -152,20 +152,6 @@ fn livros(data_dir: &Path, backends: &Backends) -> Command {
         .stdin(Stdio::null());
     backends.apply(&mut cmd);
     cmd
-}
-
-/// Waits for `child` (without blocking the test's runtime) and checks it succeeded.
-async fn finished(child: Child, what: &str) -> Output {
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn run_ok(cmd: &mut Command) -> Output {
@@ -969,8 +955,7 @@ async fn ctrl_c_stops_cleanly_and_a_restart_finishes_the_backlog() {
         .args(["-INT", &up.id().to_string()])
         .status()
         .unwrap();
-    let out = up.wait_with_output().unwrap();
-    assert!(out.status.success(), "Ctrl-C exits 0, got {}", out.status);
+    let out = finished(up, "Ctrl-C exits 0").await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let reported_sent = stdout
         .lines()
@@ -1081,12 +1066,7 @@ async fn survives_a_store_outage(
     stop(&mut server);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut server = start();
-    let out = up.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "up finishes once the store is back: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    finished(up, "up finishes once the store is back").await;
     verify(dir.path(), &backends, 900, None).await;
     kill9(&mut server);
 }
